@@ -1,0 +1,191 @@
+"""Interchange interventions as small modules: `forward(base, source, variable) -> intervened`.
+
+All act on the last axis of (B, d) vectors taken at a site.
+
+- `NeuronIntervention`: swap a fixed set of neurons (the brute-force baseline).
+- `DASIntervention`: swap the first k dimensions of a learned rotation (DAS, fixed size).
+- `BoundlessDASIntervention`: swap a soft, learned number of rotated dimensions (Boundless DAS).
+
+The rotated ones share one formula. With W an r x d matrix with orthonormal rows (r = d: a full
+rotation; r < d: the low-rank variant whose memory grows with d*r) and a mask m over the r rotated
+dimensions,
+
+    intervened = base + W^T (m * (W source - W base)),
+
+which for r = d equals the paper's R^T((1 - m) R base + m R source), because R^T R = I.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.utils import parametrizations
+
+
+class NeuronIntervention(nn.Module):
+    """Copy the neurons `dims` of the source into the base: no learned parameters."""
+
+    def __init__(self, d: int, dims: list[int]):
+        super().__init__()
+        if not dims or not all(0 <= i < d for i in dims):
+            raise ValueError(f"neuron dims must be a non-empty subset of 0..{d - 1}, got {dims}")
+        self.d = d
+        self.register_buffer("dims", torch.tensor(sorted(dims), dtype=torch.long))
+
+    def config(self) -> dict[str, Any]:
+        return {"d": self.d, "dims": self.dims.tolist()}
+
+    def forward(self, base: torch.Tensor, source: torch.Tensor, variable: torch.Tensor | None = None) -> torch.Tensor:
+        out = base.clone()
+        out[..., self.dims] = source[..., self.dims]
+        return out
+
+
+class OrthonormalMap(nn.Module):
+    """An r x d matrix with orthonormal rows, kept exact by torch's orthogonal parametrization."""
+
+    def __init__(self, d: int, r: int | None = None):
+        super().__init__()
+        r = d if r is None else r
+        if not 1 <= r <= d:
+            raise ValueError(f"rotation rank r must be in 1..{d} for hidden size {d}, got {r}")
+        self.d, self.r = d, r
+        # matrix_exp for the square case (as the paper); householder for r < d (what torch supports).
+        self.proj = parametrizations.orthogonal(nn.Linear(d, r, bias=False))
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.proj.weight  # (r, d), rows orthonormal
+
+    def orthogonality_error(self) -> float:
+        """max |W W^T - I|: how far the rows are from orthonormal."""
+        with torch.no_grad():
+            w = self.weight.double()
+            return (w @ w.T - torch.eye(self.r, dtype=w.dtype)).abs().max().item()
+
+
+class RotatedSpaceIntervention(nn.Module):
+    """Base class: interchange inside a learned rotated subspace selected by `mask(variable)`."""
+
+    def __init__(self, d: int, r: int | None = None, n_variables: int = 1):
+        super().__init__()
+        self.rotation = OrthonormalMap(d, r)
+        self.d, self.r, self.n_variables = d, self.rotation.r, n_variables
+        if self.r < n_variables:
+            raise ValueError(f"rank {self.r} cannot hold {n_variables} disjoint subspaces")
+
+    def mask(self, variable: torch.Tensor) -> torch.Tensor:
+        """(B, r) weights in [0, 1] of each rotated dimension for the variable of each example."""
+        raise NotImplementedError
+
+    def forward(self, base: torch.Tensor, source: torch.Tensor, variable: torch.Tensor | None = None) -> torch.Tensor:
+        if base.shape[-1] != self.d:
+            raise ValueError(f"intervention was built for hidden size {self.d}, got vectors of size {base.shape[-1]}")
+        if variable is None:
+            variable = torch.zeros(base.shape[0], dtype=torch.long, device=base.device)
+        w = self.rotation.weight.to(base.dtype)
+        m = self.mask(variable.to(base.device)).to(base.dtype)
+        return base + ((source - base) @ w.T * m) @ w
+
+    def config(self) -> dict[str, Any]:
+        return {"d": self.d, "r": self.r, "n_variables": self.n_variables}
+
+
+class DASIntervention(RotatedSpaceIntervention):
+    """DAS with a fixed subspace of k rotated dimensions per variable (disjoint blocks)."""
+
+    def __init__(self, d: int, k: int, r: int | None = None, n_variables: int = 1):
+        super().__init__(d, r, n_variables)
+        if not 1 <= k * n_variables <= self.r:
+            raise ValueError(f"k={k} x {n_variables} variables does not fit in {self.r} rotated dimensions")
+        self.k = k
+        masks = torch.zeros(n_variables, self.r)
+        for v in range(n_variables):
+            masks[v, v * k : (v + 1) * k] = 1.0
+        self.register_buffer("masks", masks)
+
+    def mask(self, variable: torch.Tensor) -> torch.Tensor:
+        return self.masks[variable]
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "k": self.k}
+
+
+def sigmoid_boundary_mask(r: int, lower: torch.Tensor, upper: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Soft mask over dims i = 0..r-1: sigmoid((i - lower) / T) * sigmoid((upper - i) / T)."""
+    i = torch.arange(r, dtype=upper.dtype, device=upper.device)
+    return torch.sigmoid((i - lower.unsqueeze(-1)) / temperature) * torch.sigmoid((upper.unsqueeze(-1) - i) / temperature)
+
+
+class BoundlessDASIntervention(RotatedSpaceIntervention):
+    """Boundless DAS: each variable owns a block of r / n_variables rotated dims and learns what
+    fraction `boundary` of it to intervene on, through a sigmoid mask sharpened by `temperature`."""
+
+    def __init__(self, d: int, r: int | None = None, n_variables: int = 1, init_boundary: float = 0.5):
+        super().__init__(d, r, n_variables)
+        self.block = self.r // n_variables
+        self.boundaries = nn.Parameter(torch.full((n_variables,), float(init_boundary)))
+        self.temperature = 50.0  # annealed by the training loop; not a learned parameter
+
+    def clamped_boundaries(self) -> torch.Tensor:
+        """Boundaries kept in [1/block, 1] so every variable keeps at least one soft dimension."""
+        return self.boundaries.clamp(1.0 / self.block, 1.0)
+
+    def mask(self, variable: torch.Tensor) -> torch.Tensor:
+        b = self.clamped_boundaries()
+        lower = torch.arange(self.n_variables, device=b.device, dtype=b.dtype) * self.block
+        upper = lower + b * self.block
+        masks = sigmoid_boundary_mask(self.r, lower, upper, self.temperature)  # (n_variables, r)
+        return masks[variable]
+
+    def boundary_dims(self) -> list[float]:
+        """Learned subspace size of each variable, in rotated dimensions."""
+        return (self.clamped_boundaries().detach() * self.block).tolist()
+
+    def config(self) -> dict[str, Any]:
+        return super().config()
+
+
+INTERVENTIONS = {c.__name__: c for c in (NeuronIntervention, DASIntervention, BoundlessDASIntervention)}
+
+
+def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Write `path`.safetensors (weights) and `path`.json (class, sizes, site, hyperparameters)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in intervention.state_dict().items()}
+    save_file(state, str(path.with_suffix(".safetensors")))
+    info = {"class": type(intervention).__name__, "config": intervention.config(), "meta": meta or {}}
+    if isinstance(intervention, BoundlessDASIntervention):
+        info["temperature"] = intervention.temperature
+    path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
+    return path
+
+
+def load_intervention(path: str | Path, hidden_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load what `save_intervention` wrote; refuse it if built for another hidden size."""
+    path = Path(path)
+    json_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
+    if not json_path.exists() or not weights_path.exists():
+        raise FileNotFoundError(f"no saved intervention at {path} (need {json_path.name} and {weights_path.name})")
+    info = json.loads(json_path.read_text())
+    cfg = info["config"]
+    if hidden_size is not None and cfg["d"] != hidden_size:
+        raise ValueError(
+            f"alignment {path} was learned for hidden size {cfg['d']} but the model has hidden size "
+            f"{hidden_size}; train an alignment for this model instead"
+        )
+    cls = INTERVENTIONS[info["class"]]
+    if cls is BoundlessDASIntervention:
+        module = cls(cfg["d"], cfg["r"], cfg["n_variables"])
+        module.temperature = info.get("temperature", module.temperature)
+    elif cls is DASIntervention:
+        module = cls(cfg["d"], cfg["k"], cfg["r"], cfg["n_variables"])
+    else:
+        module = cls(cfg["d"], cfg["dims"])
+    module.load_state_dict(load_file(str(weights_path)))
+    return module, info["meta"]

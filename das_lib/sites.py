@@ -1,0 +1,143 @@
+"""Where an intervention happens: a layer's output at one token position, and the hooks that reach it.
+
+A `Site` is plain data so sweeps, stores and figures can name, hash and sort it. The hooks are
+context managers that always remove themselves, whatever exception happens inside.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """The output of decoder layer `layer` at the token playing role `position` (None: no token axis)."""
+
+    layer: int
+    position: str | None = None
+    component: str = "block_output"
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain-data form for JSON records."""
+        return asdict(self)
+
+    def __str__(self) -> str:
+        return f"L{self.layer}" + (f"@{self.position}" if self.position is not None else "")
+
+
+_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers")
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a Llama/Mistral/Qwen, GPT-2, GPT-NeoX or das_lib toy model."""
+    for path in _LAYER_PATHS:
+        obj: Any = model
+        for attr in path.split("."):
+            obj = getattr(obj, attr, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList):
+            return obj
+    raise TypeError(
+        f"cannot find the decoder layers of {type(model).__name__}: looked for {', '.join(_LAYER_PATHS)}"
+    )
+
+
+def layer_module(model: nn.Module, site: Site) -> nn.Module:
+    """The module whose output is the site, refusing layers that do not exist."""
+    if site.component != "block_output":
+        raise ValueError(f"unknown site component {site.component!r}; only 'block_output' is supported")
+    layers = find_layers(model)
+    if not 0 <= site.layer < len(layers):
+        raise IndexError(f"site layer {site.layer} does not exist: {type(model).__name__} has layers 0..{len(layers) - 1}")
+    return layers[site.layer]
+
+
+def _main_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _replace_main(output: Any, new: torch.Tensor) -> Any:
+    return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+
+@contextmanager
+def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """Replace `module`'s (main) output by `fn(output)` while the context is open."""
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> Any:
+        return _replace_main(output, fn(_main_output(output)))
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _Captured(Exception):
+    """Raised inside a hook to stop the forward pass once the site's output is known."""
+
+
+def select_positions(hidden: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+    """hidden[b, positions[b]] for a (B, T, d) tensor; the tensor itself when positions is None."""
+    if positions is None:
+        return hidden
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]
+
+
+def capture(model: nn.Module, site: Site, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None) -> torch.Tensor:
+    """The site's vectors (B, d) on `inputs`; layers above the site are not run."""
+    module = layer_module(model, site)
+    store: list[torch.Tensor] = []
+
+    def hook(mod: nn.Module, args: Any, output: Any) -> None:
+        store.append(select_positions(_main_output(output), positions))
+        raise _Captured
+
+    handle = module.register_forward_hook(hook)
+    try:
+        model(**inputs)
+    except _Captured:
+        pass
+    finally:
+        handle.remove()
+    if not store:
+        raise RuntimeError(f"the forward pass of {type(model).__name__} never reached site {site}")
+    return store[0]
+
+
+def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Logits (B, V) at the answer position: the last token of a language model, or a classifier's output."""
+    out = model(**inputs)
+    logits = getattr(out, "logits", out)
+    return logits[:, -1] if logits.dim() == 3 else logits
+
+
+def intervened_logits(
+    model: nn.Module,
+    site: Site,
+    base: dict[str, torch.Tensor],
+    base_positions: torch.Tensor | None,
+    source_vectors: torch.Tensor,
+    intervention: Callable[..., torch.Tensor],
+    variable: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Answer logits of the base run with the site replaced by `intervention(base_h, source_h, variable)`."""
+
+    def edit(hidden: torch.Tensor) -> torch.Tensor:
+        if base_positions is None:
+            return intervention(hidden, source_vectors, variable)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pos = base_positions.to(hidden.device)
+        new = intervention(hidden[rows, pos], source_vectors, variable)
+        hidden = hidden.clone()
+        hidden[rows, pos] = new.to(hidden.dtype)
+        return hidden
+
+    with edit_output(layer_module(model, site), edit):
+        return answer_logits(model, base)
