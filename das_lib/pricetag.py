@@ -1,0 +1,231 @@
+"""The price-tagging game of the paper: sampling, prompts, and the four hypotheses as causal models.
+
+Prices are kept as integer cents so that every comparison is exact; prompts print them with two
+decimals. A game is a dict {"lb": cents, "ub": cents, "amount": cents}.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from das_lib.causal import CausalModel, Variable
+from das_lib.counterfactual import CounterfactualPair, make_pair
+
+# ---------------------------------------------------------------------------------------------
+# Sampling (paper: width ~ U(2.50, 7.50); lb ~ U(0.05, 9.95 - width); ub = lb + width;
+# amount ~ U(0.01, 9.99); all rounded to 2 decimals)
+
+REGIONS = (1, 2, 3)  # 1: amount below lb, 2: inside [lb, ub], 3: above ub
+
+
+def _cents(x: float) -> int:
+    return int(round(x * 100))
+
+
+def sample_bracket(rng: random.Random) -> tuple[int, int]:
+    """A bracket (lb, ub) in cents, sampled as in the paper."""
+    width = round(rng.uniform(2.50, 7.50), 2)
+    lb = round(rng.uniform(0.05, 9.95 - width), 2)
+    return _cents(lb), _cents(lb) + _cents(width)
+
+
+def sample_game(rng: random.Random, bracket: tuple[int, int] | None = None) -> dict[str, int]:
+    """A game with the amount uniform over 0.01..9.99 (the factual task distribution)."""
+    lb, ub = bracket if bracket is not None else sample_bracket(rng)
+    return {"lb": lb, "ub": ub, "amount": _cents(round(rng.uniform(0.01, 9.99), 2))}
+
+
+def region_of(game: Mapping[str, int]) -> int:
+    """1 if the amount is below the bracket, 2 if inside (bounds included), 3 if above."""
+    if game["amount"] < game["lb"]:
+        return 1
+    return 2 if game["amount"] <= game["ub"] else 3
+
+
+def sample_in_region(rng: random.Random, region: int, bracket: tuple[int, int] | None = None) -> dict[str, int]:
+    """A game whose amount lies in `region` of its bracket (amount uniform there, in cents)."""
+    if region not in REGIONS:
+        raise ValueError(f"region must be 1 (below), 2 (inside) or 3 (above), got {region!r}")
+    lb, ub = bracket if bracket is not None else sample_bracket(rng)
+    low, high = {1: (1, lb - 1), 2: (lb, ub), 3: (ub + 1, 999)}[region]
+    if low > high:
+        raise ValueError(f"bracket {lb / 100:.2f}-{ub / 100:.2f} leaves no amount in region {region}")
+    return {"lb": lb, "ub": ub, "amount": rng.randint(low, high)}
+
+
+def parse_bracket(text: str) -> tuple[int, int]:
+    """'5.49-8.49' -> (549, 849), refusing malformed or empty brackets."""
+    try:
+        lo, hi = (float(x) for x in text.split("-"))
+    except ValueError:
+        raise ValueError(f"bracket {text!r} must look like '5.49-8.49'") from None
+    lb, ub = _cents(lo), _cents(hi)
+    if not 1 < lb < ub < 999:
+        raise ValueError(f"bracket {text!r} must satisfy 0.01 < lower < upper < 9.99")
+    return lb, ub
+
+
+# ---------------------------------------------------------------------------------------------
+# The four hypotheses. Each outputs True for "Yes" (the amount is in the bracket) and False for "No".
+
+_INPUTS = ("lb", "ub", "amount")
+
+
+def _left_right(name: str) -> CausalModel:
+    return CausalModel(
+        name,
+        _INPUTS,
+        [
+            Variable("left", ("amount", "lb"), lambda amount, lb: amount >= lb),
+            Variable("right", ("amount", "ub"), lambda amount, ub: amount <= ub),
+            Variable("answer", ("left", "right"), lambda left, right: bool(left and right)),
+        ],
+        output="answer",
+    )
+
+
+LEFT_BOUNDARY = _left_right("left_boundary")
+LEFT_RIGHT_BOUNDARY = _left_right("left_right_boundary")
+MIDPOINT_DISTANCE = CausalModel(
+    "midpoint_distance",
+    _INPUTS,
+    [
+        Variable("mid", ("lb", "ub"), lambda lb, ub: (lb + ub) / 2),  # exact: halves of integers
+        Variable("half_width", ("lb", "ub"), lambda lb, ub: (ub - lb) / 2),
+        Variable("answer", ("amount", "mid", "half_width"), lambda amount, mid, hw: abs(amount - mid) <= hw),
+    ],
+    output="answer",
+)
+BRACKET_IDENTITY = CausalModel(
+    "bracket_identity",
+    _INPUTS,
+    [
+        Variable("bracket", ("lb", "ub"), lambda lb, ub: (lb, ub)),
+        Variable("answer", ("amount", "bracket"), lambda amount, b: b[0] <= amount <= b[1]),
+    ],
+    output="answer",
+)
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A causal model and the variables whose alignment is searched (one subspace each)."""
+
+    key: str
+    title: str
+    model: CausalModel
+    variables: tuple[str, ...]
+
+
+HYPOTHESES: dict[str, Hypothesis] = {
+    h.key: h
+    for h in (
+        Hypothesis("left", "Left Boundary", LEFT_BOUNDARY, ("left",)),
+        Hypothesis("left_right", "Left and Right Boundary", LEFT_RIGHT_BOUNDARY, ("left", "right")),
+        Hypothesis("midpoint", "Mid-point Distance", MIDPOINT_DISTANCE, ("mid",)),
+        Hypothesis("bracket", "Bracket Identity", BRACKET_IDENTITY, ("bracket",)),
+    )
+}
+
+
+def get_hypothesis(key: str) -> Hypothesis:
+    """The hypothesis named `key`, with the valid names in the error."""
+    if key not in HYPOTHESES:
+        raise KeyError(f"unknown hypothesis {key!r}; choose one of {list(HYPOTHESES)}")
+    return HYPOTHESES[key]
+
+
+def sample_pairs(
+    hypothesis: str,
+    n: int,
+    seed: int,
+    bracket: tuple[int, int] | None = None,
+    balance: bool = True,
+) -> list[CounterfactualPair]:
+    """`n` counterfactual pairs for `hypothesis`, labels from running its causal model.
+
+    As in the paper, base and source each get an amount region (below / inside / above); pairs are
+    drawn over all region pairs and kept so that Yes and No labels are balanced. For a hypothesis
+    with two variables, pairs alternate between intervening on the first and on the second.
+    Each pair's meta holds its regions and the index of the intervened variable.
+    """
+    if n < 2 or (balance and n % 2):
+        raise ValueError(f"n must be an even number >= 2 for balanced Yes/No pairs, got {n}")
+    h = get_hypothesis(hypothesis)
+    rng = random.Random(seed)
+    quota = {(v, label): 0 for v in range(len(h.variables)) for label in (True, False)}
+    per_cell = n / len(quota)
+    pairs: list[CounterfactualPair] = []
+    for attempt in range(1000 * n):
+        v = len(pairs) % len(h.variables)
+        rb, rs = rng.choice(REGIONS), rng.choice(REGIONS)
+        base, source = sample_in_region(rng, rb, bracket), sample_in_region(rng, rs, bracket)
+        pair = make_pair(h.model, base, source, (h.variables[v],), regions=(rb, rs), variable_index=v)
+        if balance and quota[(v, pair.label)] >= per_cell:
+            continue
+        quota[(v, pair.label)] += 1
+        pairs.append(pair)
+        if len(pairs) == n:
+            return pairs
+    raise RuntimeError(f"could not draw {n} balanced pairs for {hypothesis!r} with bracket {bracket}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Prompts
+
+ALPACA_TEMPLATE = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+STANDIN_TEMPLATE = "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+TEMPLATES = {"alpaca": ALPACA_TEMPLATE, "standin": STANDIN_TEMPLATE}
+
+INSTRUCTIONS = {
+    "yesno": "Please say yes only if it costs between {lb} and {ub} dollars, otherwise no.",
+    "truefalse": "Please say True only if it costs between {lb} and {ub} dollars, otherwise False.",
+}
+ANSWERS = {"yesno": ("Yes", "No"), "truefalse": ("True", "False")}
+
+
+def price(cents: int) -> str:
+    """Cents as the paper prints them: 2 decimals."""
+    return f"{cents / 100:.2f}"
+
+
+def render_instruction(game: Mapping[str, int], variant: str = "yesno", context: str | None = None) -> str:
+    """The instruction text, with an optional irrelevant context sentence in front."""
+    if variant not in INSTRUCTIONS:
+        raise KeyError(f"unknown instruction variant {variant!r}; choose one of {list(INSTRUCTIONS)}")
+    text = INSTRUCTIONS[variant].format(lb=price(game["lb"]), ub=price(game["ub"]))
+    return f"{context.strip()} {text}" if context else text
+
+
+def render_input(game: Mapping[str, int]) -> str:
+    """The input text: '{amount} dollars'."""
+    return f"{price(game['amount'])} dollars"
+
+
+def render_prompt(game: Mapping[str, int], template: str = "alpaca", variant: str = "yesno", context: str | None = None) -> str:
+    """The full prompt; the answer is the first token after it."""
+    if template not in TEMPLATES:
+        raise KeyError(f"unknown template {template!r}; choose one of {list(TEMPLATES)}")
+    return TEMPLATES[template].format(instruction=render_instruction(game, variant, context), input=render_input(game))
+
+
+def answer_word(label: bool, variant: str = "yesno") -> str:
+    """'Yes'/'No' (or 'True'/'False' for the sibling instruction) for a boolean label."""
+    yes, no = ANSWERS[variant]
+    return yes if label else no
+
+
+def task_label(game: Mapping[str, Any]) -> bool:
+    """The factual answer: is lb <= amount <= ub?"""
+    return LEFT_BOUNDARY.predict(game)
+
+
+def majority_rate_of(pairs: Sequence[CounterfactualPair]) -> float:
+    """Share of the most common counterfactual label: the dummy classifier's IIA."""
+    yes = sum(bool(p.label) for p in pairs)
+    return max(yes, len(pairs) - yes) / len(pairs)
