@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from das_lib.causal import CausalModel, Variable
 from das_lib.counterfactual import CounterfactualPair, make_pair
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # ---------------------------------------------------------------------------------------------
 # Sampling (paper: width ~ U(2.50, 7.50); lb ~ U(0.05, 9.95 - width); ub = lb + width;
@@ -229,3 +232,57 @@ def majority_rate_of(pairs: Sequence[CounterfactualPair]) -> float:
     """Share of the most common counterfactual label: the dummy classifier's IIA."""
     yes = sum(bool(p.label) for p in pairs)
     return max(yes, len(pairs) - yes) / len(pairs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables of counterfactual pairs (for the chapters)
+
+
+def _game_text(game: Mapping[str, int]) -> str:
+    return f"{price(game['amount'])} in {price(game['lb'])}-{price(game['ub'])}"
+
+
+def pairs_table(pairs: Sequence[CounterfactualPair], variant: str = "yesno") -> pd.DataFrame:
+    """One row per pair: base and source games, regions, intervened variable, factual and counterfactual answers."""
+    import pandas as pd
+
+    return pd.DataFrame(
+        [
+            {
+                "base": _game_text(p.base),
+                "source": _game_text(p.source),
+                "regions": p.meta.get("regions"),
+                "variable": ", ".join(p.variables),
+                "base answer": answer_word(p.base_label, variant),
+                "source answer": answer_word(p.source_label, variant),
+                "counterfactual": answer_word(p.label, variant),
+            }
+            for p in pairs
+        ]
+    )
+
+
+def label_balance(pairs: Sequence[CounterfactualPair]) -> pd.DataFrame:
+    """Counts of Yes and No counterfactual labels per intervened variable."""
+    import pandas as pd
+
+    table = pd.crosstab(
+        pd.Series([", ".join(p.variables) for p in pairs], name="variable"),
+        pd.Series([answer_word(p.label) for p in pairs], name="label"),
+    )
+    return table.reindex(columns=["Yes", "No"], fill_value=0)
+
+
+def changed_rate(pairs: Sequence[CounterfactualPair]) -> float:
+    """Share of pairs whose counterfactual label differs from the base's factual label."""
+    return sum(p.label != p.base_label for p in pairs) / len(pairs)
+
+
+def region_table(pairs: Sequence[CounterfactualPair]) -> pd.DataFrame:
+    """Share of Yes counterfactual labels per (base region, source region); rows: base, columns: source."""
+    import pandas as pd
+
+    frame = pd.DataFrame(
+        [{"base region": p.meta["regions"][0], "source region": p.meta["regions"][1], "yes": float(p.label)} for p in pairs]
+    )
+    return frame.pivot_table(index="base region", columns="source region", values="yes", aggfunc="mean")
