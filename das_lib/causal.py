@@ -46,12 +46,15 @@ class CausalModel:
         inner = ", ".join(f"{v.name}({', '.join(v.parents)})" for v in self.variables)
         return f"CausalModel({self.name!r}: inputs {self.inputs} -> {inner} -> output {self.output!r})"
 
+    def _check_known(self, names: Sequence[str] | Mapping[str, Any]) -> None:
+        unknown = [k for k in names if k not in self.names]
+        if unknown:
+            raise KeyError(f"cannot intervene on {unknown}: {self.name!r} has variables {list(self.names)}")
+
     def run(self, inputs: Mapping[str, Any], interventions: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Values of every variable for `inputs`, with the variables in `interventions` fixed."""
         interventions = dict(interventions or {})
-        unknown = [k for k in interventions if k not in self.names]
-        if unknown:
-            raise KeyError(f"cannot intervene on {unknown}: {self.name!r} has variables {list(self.names)}")
+        self._check_known(interventions)
         missing = [k for k in self.inputs if k not in inputs]
         if missing:
             raise KeyError(f"{self.name!r} needs inputs {list(self.inputs)}; missing {missing}")
@@ -68,5 +71,6 @@ class CausalModel:
 
     def interchange(self, base: Mapping[str, Any], source: Mapping[str, Any], variables: Sequence[str]) -> Any:
         """Counterfactual output: run `base` with `variables` set to the values they take on `source`."""
+        self._check_known(variables)  # before reading them from the source run
         source_values = self.run(source)
         return self.predict(base, {v: source_values[v] for v in variables})

@@ -4,8 +4,9 @@ Two causal models solve it with the same outputs but different intermediate vari
 `sum_model` computes S = a + b first (the hypothesis we expect a network to realise),
 `distributive_model` computes P = a * c and Q = b * c and adds them (a wrong hypothesis for contrast:
 interchanging P predicts other counterfactual outputs than interchanging S).
-The network is a small MLP over one-hot digits whose hidden layers are `self.layers`, so the sites,
-interventions and training loop of das_lib work on it exactly as on a language model.
+The network is a small MLP that reads the digits as numbers; its hidden layers are `self.layers` and
+its forward takes `x=`, so the sites, interventions and training loop of das_lib work on it exactly as
+on a language model.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from das_lib.causal import CausalModel, Variable
 from das_lib.counterfactual import CounterfactualPair, sample_pairs
 from das_lib.interventions import DASIntervention
 from das_lib.metrics import accuracy
-from das_lib.sites import Site, answer_logits
+from das_lib.sites import Site, answer_logits, capture, intervened_logits
 from das_lib.training import InterchangeData, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
 
 INPUTS = ("a", "b", "c")
@@ -73,25 +74,30 @@ def n_classes(n_digits: int) -> int:
 
 
 def encode(triples: Sequence[Mapping[str, int]]) -> torch.Tensor:
-    """(N, 3) long tensor of the digits a, b, c."""
+    """(N, 3) long tensor of the digits a, b, c: the network's input `x`."""
     return torch.tensor([[t[k] for k in INPUTS] for t in triples], dtype=torch.long)
 
 
 class ToyMLP(nn.Module):
-    """One-hot digits -> `n_layers` blocks (Linear + ReLU, exposed as `self.layers`) -> class logits."""
+    """An MLP from the numbers (a, b, c) to a class per output value; its layers are `self.layers`.
+
+    Layer 0 is Linear(3, width); layer i > 0 is ReLU then Linear(width, width); the head is ReLU then
+    Linear(width, n_classes). So each site (a layer's output) is a pre-activation: a sum of
+    contributions, like the residual stream of a transformer, where a variable can own a direction.
+    """
 
     def __init__(self, n_digits: int, width: int, n_layers: int):
         super().__init__()
         self.n_digits, self.width = n_digits, width
-        sizes = [3 * n_digits] + [width] * n_layers
         self.layers = nn.ModuleList(
-            nn.Sequential(nn.Linear(i, o), nn.ReLU()) for i, o in zip(sizes[:-1], sizes[1:])
+            nn.Linear(3, width) if i == 0 else nn.Sequential(nn.ReLU(), nn.Linear(width, width))
+            for i in range(n_layers)
         )
-        self.head = nn.Linear(width, n_classes(n_digits))
+        self.head = nn.Sequential(nn.ReLU(), nn.Linear(width, n_classes(n_digits)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (B, n_classes) for digits x of shape (B, 3)."""
-        h = nn.functional.one_hot(x, self.n_digits).float().flatten(1)
+        h = x.float() / (self.n_digits - 1)  # the digits as numbers in [0, 1]
         for layer in self.layers:
             h = layer(h)
         return self.head(h)
@@ -100,24 +106,31 @@ class ToyMLP(nn.Module):
 def train_toy_model(
     triples: Sequence[Mapping[str, int]],
     n_digits: int,
-    width: int = 16,
+    width: int = 64,
     n_layers: int = 3,
-    steps: int = 2000,
+    steps: int = 1000,
     lr: float = 1e-2,
+    weight_decay: float = 0.1,
     seed: int = 0,
 ) -> ToyMLP:
-    """Train a ToyMLP on `triples` (full batch, Adam) with labels from running `sum_model`."""
+    """Train a ToyMLP on `triples` (full batch, AdamW) with labels from running `sum_model`."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
     set_seed(seed)
     model = ToyMLP(n_digits, width, n_layers)
     causal = sum_model()
     x = encode(triples)
     y = torch.tensor([causal.predict(t) for t in triples])
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    # weight decay makes the network generalise to held-out triples instead of memorising them
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    # linear decay to zero: the last steps settle instead of oscillating at a high learning rate
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / steps)
     for _ in range(steps):
         loss = nn.functional.cross_entropy(model(x=x), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        schedule.step()
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)  # frozen from here on: only interventions are trained
@@ -160,6 +173,21 @@ def train_das(
     intervention = DASIntervention(model.width, k)
     result = train_intervention(PlainForward(model, site, intervention), intervention, train, config, test, progress=False)
     return intervention, result
+
+
+def das_by_layer(
+    model: ToyMLP, k: int, train: InterchangeData, test: InterchangeData, config: TrainConfig
+) -> list[tuple[DASIntervention, TrainResult]]:
+    """`train_das` at every layer of the network, in layer order."""
+    return [train_das(model, Site(layer), k, train, test, config) for layer in range(len(model.layers))]
+
+
+def intervened_answer(model: nn.Module, site: Site, intervention: nn.Module, base: Mapping, source: Mapping) -> int:
+    """The network's answer on `base` when `intervention` brings in the site's vector from `source`."""
+    with torch.no_grad():
+        source_vectors = capture(model, site, {"x": encode([source])}, None)
+        logits = intervened_logits(model, site, {"x": encode([base])}, None, source_vectors, intervention)
+    return int(logits.argmax(-1).item())
 
 
 def describe(triple: Mapping[str, Any]) -> str:
