@@ -54,12 +54,16 @@ class OrthonormalMap(nn.Module):
         if not 1 <= r <= d:
             raise ValueError(f"rotation rank r must be in 1..{d} for hidden size {d}, got {r}")
         self.d, self.r = d, r
-        # matrix_exp for the square case (as the paper); householder for r < d (what torch supports).
-        self.proj = parametrizations.orthogonal(nn.Linear(d, r, bias=False))
+        # The d x r matrix is the parametrized one (rotated = x @ basis), as in the paper's release and
+        # pyvene: the transposed choice spans the same rotations but trains along another path (we
+        # measured different IIA from the same start). matrix_exp for the square case (as the paper);
+        # householder for r < d, without torch's default trivialization, which would keep a d x d
+        # buffer: the low-rank map holds d*r numbers only.
+        self.basis = parametrizations.orthogonal(nn.Linear(r, d, bias=False), use_trivialization=r == d)
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.proj.weight  # (r, d), rows orthonormal
+        return self.basis.weight.T  # (r, d), rows orthonormal
 
     def orthogonality_error(self) -> float:
         """max |W W^T - I|: how far the rows are from orthonormal."""
@@ -140,7 +144,11 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
         lower = torch.arange(self.n_variables, device=b.device, dtype=b.dtype) * self.block
         upper = lower + b * self.block
         masks = sigmoid_boundary_mask(self.r, lower, upper, self.temperature)  # (n_variables, r)
-        return masks[variable]
+        # the soft edges of a hot mask reach into the neighbouring block: cut them, so that
+        # variables stay in disjoint subspaces at every temperature (no-op for one variable)
+        block_of = torch.arange(self.r, device=b.device) // self.block
+        own = block_of[None, :] == torch.arange(self.n_variables, device=b.device)[:, None]
+        return (masks * own)[variable]
 
     def boundary_dims(self) -> list[float]:
         """Learned subspace size of each variable, in rotated dimensions."""

@@ -2,6 +2,9 @@
 
 A `Site` is plain data so sweeps, stores and figures can name, hash and sort it. The hooks are
 context managers that always remove themselves, whatever exception happens inside.
+
+Positions are per example: a (B,) tensor of token indices, or (B, k) to intervene on k positions
+together (their vectors are concatenated, so the intervention acts on k*d dimensions).
 """
 from __future__ import annotations
 
@@ -29,7 +32,9 @@ class Site:
         return f"L{self.layer}" + (f"@{self.position}" if self.position is not None else "")
 
 
-_LAYER_PATHS = ("model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "layers")
+_LAYER_PATHS = (
+    "model.layers", "transformer.h", "gpt_neox.layers", "model.decoder.layers", "model.language_model.layers", "layers", "h",
+)
 
 
 def find_layers(model: nn.Module) -> nn.ModuleList:
@@ -83,11 +88,43 @@ class _Captured(Exception):
     """Raised inside a hook to stop the forward pass once the site's output is known."""
 
 
+def _check_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`positions` as a (B,) or (B, k) long tensor on hidden's device, refusing tokens that do not exist."""
+    length = hidden.shape[1]
+    if positions.dim() not in (1, 2) or positions.shape[0] != hidden.shape[0]:
+        raise ValueError(
+            f"positions must have shape (batch,) or (batch, k) with batch {hidden.shape[0]}, got {tuple(positions.shape)}"
+        )
+    if positions.numel() and (positions.min() < 0 or positions.max() >= length):
+        raise IndexError(
+            f"token position {int(positions.min())}..{int(positions.max())} does not exist: "
+            f"these inputs have positions 0..{length - 1}"
+        )
+    return positions.to(hidden.device, torch.long)
+
+
 def select_positions(hidden: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
-    """hidden[b, positions[b]] for a (B, T, d) tensor; the tensor itself when positions is None."""
+    """hidden[b, positions[b]] for a (B, T, d) tensor: (B, d), or (B, k*d) for k positions per row
+    (the k vectors concatenated: several positions intervened together); `hidden` itself when None."""
     if positions is None:
         return hidden
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), positions.to(hidden.device)]
+    pos = _check_positions(hidden, positions)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pos.dim() == 1:
+        return hidden[rows, pos]
+    return hidden[rows[:, None], pos].reshape(hidden.shape[0], -1)
+
+
+def write_positions(hidden: torch.Tensor, positions: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """A copy of `hidden` (B, T, d) with the vectors that `select_positions` reads replaced by `new`."""
+    pos = _check_positions(hidden, positions)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    out = hidden.clone()
+    if pos.dim() == 1:
+        out[rows, pos] = new.to(hidden.dtype)
+    else:
+        out[rows[:, None], pos] = new.reshape(*pos.shape, hidden.shape[-1]).to(hidden.dtype)
+    return out
 
 
 def capture(model: nn.Module, site: Site, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None) -> torch.Tensor:
@@ -132,12 +169,8 @@ def intervened_logits(
     def edit(hidden: torch.Tensor) -> torch.Tensor:
         if base_positions is None:
             return intervention(hidden, source_vectors, variable)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pos = base_positions.to(hidden.device)
-        new = intervention(hidden[rows, pos], source_vectors, variable)
-        hidden = hidden.clone()
-        hidden[rows, pos] = new.to(hidden.dtype)
-        return hidden
+        new = intervention(select_positions(hidden, base_positions), source_vectors, variable)
+        return write_positions(hidden, base_positions, new)
 
     with edit_output(layer_module(model, site), edit):
         return answer_logits(model, base)

@@ -5,10 +5,14 @@ intervened answer logits of a batch are computed: an `InterventionForward`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -122,6 +126,7 @@ class TrainResult:
     curves: list[dict[str, float]] = field(default_factory=list)
     iia: float | None = None
     seconds: float = 0.0
+    resumed_from: int = 0  # the step a checkpoint resumed training at (0: trained from the start)
 
 
 def set_seed(seed: int) -> None:
@@ -164,6 +169,51 @@ def evaluate(forward: InterventionForward, data: InterchangeData, batch_size: in
     return accuracy(torch.cat(logits), data.labels)
 
 
+def data_fingerprint(data: InterchangeData) -> str:
+    """A short hash of every tensor of `data`: a checkpoint only resumes on the same examples."""
+    h = hashlib.sha256()
+    tensors = {**{f"base.{k}": v for k, v in data.base.items()}, **{f"source.{k}": v for k, v in data.source.items()},
+               "base_pos": data.base_pos, "source_pos": data.source_pos, "variable": data.variable, "labels": data.labels}
+    for name in sorted(tensors):
+        if tensors[name] is not None:
+            h.update(name.encode())
+            h.update(tensors[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _run_identity(intervention: nn.Module, data: InterchangeData, config: TrainConfig) -> str:
+    """JSON of what a checkpoint must match to be resumed: training config, intervention, data."""
+    config_fn = getattr(intervention, "config", None)
+    return json.dumps({
+        "config": config.as_dict(),
+        "intervention": type(intervention).__name__,
+        "intervention_config": config_fn() if callable(config_fn) else None,
+        "data": data_fingerprint(data),
+        "n_examples": len(data),
+    }, sort_keys=True)
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write the checkpoint atomically: a crash while saving leaves the previous one intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
+    """The checkpoint at `path`, refused unless it was written by a run with the same identity."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("identity") != identity:
+        ours, theirs = json.loads(identity), json.loads(state.get("identity", "{}"))
+        differ = sorted(k for k in ours if ours.get(k) != theirs.get(k))
+        raise ValueError(
+            f"checkpoint {path} belongs to another run (different {', '.join(differ) or 'format'}); "
+            "delete it to start afresh, or pass another checkpoint path"
+        )
+    return state
+
+
 def train_intervention(
     forward: InterventionForward,
     intervention: nn.Module,
@@ -171,8 +221,17 @@ def train_intervention(
     config: TrainConfig,
     eval_data: InterchangeData | None = None,
     progress: bool = True,
+    checkpoint: str | Path | None = None,
+    checkpoint_every: int = 50,
 ) -> TrainResult:
-    """Train `intervention` so that intervened runs output the counterfactual labels."""
+    """Train `intervention` so that intervened runs output the counterfactual labels.
+
+    With `checkpoint`, the full training state is saved there every `checkpoint_every` steps and at
+    the end, and a run finding a checkpoint of the same config, intervention and data resumes from
+    it, giving the same numbers as an uninterrupted run.
+    """
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1 (got {checkpoint_every})")
     set_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(intervention, config)
@@ -180,9 +239,21 @@ def train_intervention(
     boundless = isinstance(intervention, BoundlessDASIntervention)
     result = TrainResult()
     order = torch.randperm(len(data), generator=generator)
-    cursor = 0
+    cursor, first_step, seconds_before = 0, 0, 0.0
+    path = None if checkpoint is None else Path(checkpoint)
+    identity = None if path is None else _run_identity(intervention, data, config)
+    if path is not None and path.exists():
+        state = _load_checkpoint(path, identity)
+        intervention.load_state_dict(state["intervention"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        order, cursor, first_step = state["order"], state["cursor"], state["step"]
+        result.curves, seconds_before, result.resumed_from = state["curves"], state["seconds"], first_step
+        if boundless:  # a finished checkpoint runs no step that would set it
+            intervention.temperature = state["temperature"]
     start = time.perf_counter()
-    for step in tqdm(range(config.steps), desc="training", disable=not progress, leave=False):
+    for step in tqdm(range(first_step, config.steps), desc="training", disable=not progress, leave=False):
         if cursor + config.batch_size > len(data):
             order, cursor = torch.randperm(len(data), generator=generator), 0
         batch = data.select(order[cursor : cursor + config.batch_size])
@@ -192,14 +263,20 @@ def train_intervention(
         if boundless:
             intervention.temperature = temperature_at(step, config)
         logits = forward(batch)
+        if not torch.isfinite(logits).all():
+            raise FloatingPointError(
+                f"training stopped at step {step}: the intervened logits contain NaN or inf. Likely cause: "
+                "the model runs in a dtype that overflows (load it in float32), or the intervention's weights "
+                f"became NaN after too large an update (lower lr={config.lr} / boundary_lr={config.boundary_lr})"
+            )
         task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
         loss = task_loss
         if boundless:
             loss = loss + config.boundary_loss_weight * intervention.clamped_boundaries().sum()
         if not math.isfinite(loss.item()) or loss.item() > 1e4:
             raise FloatingPointError(
-                f"training diverged at step {step}: loss = {loss.item()}. Likely cause: a learning rate "
-                f"too high for this model (lr={config.lr}, boundary_lr={config.boundary_lr}) or a model "
+                f"training stopped at step {step}: the loss exploded to {loss.item()}. Likely cause: a learning "
+                f"rate too high for this model (lr={config.lr}, boundary_lr={config.boundary_lr}) or a model "
                 "in a dtype that overflows (try float32); lower the learning rate and retrain"
             )
         optimizer.zero_grad(set_to_none=True)
@@ -213,7 +290,15 @@ def train_intervention(
         if eval_data is not None and config.eval_every and (step + 1) % config.eval_every == 0:
             row["iia"] = evaluate(forward, eval_data)
         result.curves.append(row)
-    result.seconds = time.perf_counter() - start
+        if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
+            _save_checkpoint(path, {
+                "identity": identity, "step": step + 1, "intervention": intervention.state_dict(),
+                "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "order": order, "cursor": cursor, "curves": result.curves,
+                "seconds": seconds_before + time.perf_counter() - start,
+                "temperature": getattr(intervention, "temperature", None),
+            })
+    result.seconds = seconds_before + time.perf_counter() - start
     if eval_data is not None:
         result.iia = evaluate(forward, eval_data)
     return result

@@ -1,0 +1,385 @@
+"""The exact fast path for alignment training on Llama-family decoder LMs (Llama, Mistral, Qwen2/3).
+
+The model is frozen while an intervention is trained, so most of each plain training step repeats
+work whose result never changes. For a site at layer l and intervened positions >= P (the first
+intervened position of the dataset), `CachedForward` computes once per dataset:
+
+- the source run's vector at the site (the only part of the source run that is used);
+- the base run's layer-l outputs at positions P..T-1 (the layers below the site are never rerun);
+- the keys and values of positions < P in the layers above the site: in a causal model they do not
+  depend on the intervention, so they are those of the plain base run (a prefix key/value cache).
+
+Each step then runs the layers above the site on positions P..T-1 only, attending to the cached
+prefix, and the output head at the answer (last) position only. Nothing is approximated: the
+logits equal the full model's to float rounding, and `CachedForward` checks that against the
+model's own forward pass whenever it caches a dataset.
+
+Other architectures (GPT-2, GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path.
+"""
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass, replace
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from das_lib.sites import Site, _Captured, _main_output, capture, find_layers, layer_module, select_positions, write_positions
+from das_lib.training import InterchangeData, InterventionForward, PlainForward
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+class FastPathMismatch(RuntimeError):
+    """The fast path did not reproduce the model's own forward pass on a cached dataset."""
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def _rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding of x (B, heads, S, hd) with cos/sin (B, S, hd)."""
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+def fast_path_problem(model: nn.Module, site: Site, data: Iterable[InterchangeData] = ()) -> str | None:
+    """Why the fast path cannot run this model, site or data (None when it can)."""
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        return f"model type {model_type!r} is not one of the supported Llama-family types {SUPPORTED_MODEL_TYPES}"
+    body = getattr(model, "model", None)
+    if not all(hasattr(body, name) for name in ("norm", "rotary_emb")) or model.get_output_embeddings() is None:
+        return f"{type(model).__name__} does not have the Llama layout (model.norm, model.rotary_emb, an output head)"
+    layer_module(model, site)  # refuses a layer that does not exist
+    for layer in find_layers(model)[site.layer + 1 :]:
+        attn = getattr(layer, "self_attn", None)
+        if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or not all(
+            hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")
+        ):
+            return f"decoder layer {type(layer).__name__} does not have the Llama layout"
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
+        return "logit soft-capping is not supported"
+    window = getattr(config, "sliding_window", None)
+    windowed = window is not None and getattr(config, "use_sliding_window", True)
+    for d in data:
+        if d.base_pos is None or d.source_pos is None:
+            return "the data has no token positions (the fast path intervenes at token positions)"
+        if any(not (t.dtype in (torch.long, torch.int, torch.bool)) for t in [*d.base.values(), *d.source.values()]):
+            return "model inputs other than integer tensors (input_ids, attention_mask, position_ids) are not supported"
+        mask = d.base.get("attention_mask")
+        if mask is not None and not bool(mask[:, -1].all()):
+            return "some base inputs are padded on the right; the answer is read at the last token, so pad on the left"
+        if windowed and d.base["input_ids"].shape[1] > window:
+            return f"inputs longer than the sliding attention window ({window}) are not supported"
+    return None
+
+
+@dataclass
+class _Store:
+    """Cached tensors of one dataset; row i belongs to the example whose key is mapped to i."""
+
+    index: dict[bytes, int]
+    prefix_len: int  # P: positions < P are only read through the cached keys and values
+    suffix: torch.Tensor  # (N, T - P, d) base layer-l outputs at positions P..T-1
+    source: torch.Tensor  # (N, d) or (N, k*d) source vectors at the site
+    keys: list[torch.Tensor]  # per layer above the site: (N, kv_heads, P, head_dim)
+    values: list[torch.Tensor]
+    cos: torch.Tensor  # (N or 1, T - P, head_dim) rotary embedding of the suffix positions
+    sin: torch.Tensor
+    key_mask: torch.Tensor | None  # (N, T) bool, None when nothing is padded
+    inputs_index: dict[bytes, int]  # the same rows keyed by inputs only (see `for_position`)
+    base_pos: torch.Tensor  # (N,) or (N, k) the positions the cache was built for
+    source_pos: torch.Tensor
+
+    def nbytes(self) -> int:
+        tensors = [self.suffix, self.source, self.cos, self.sin, *self.keys, *self.values]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _row_keys(data: InterchangeData, positions: bool = True) -> list[bytes]:
+    """One exact key per example: the bytes of its base and source inputs (and positions)."""
+    n = len(data)
+    parts = [data.base[k] for k in sorted(data.base)] + [data.source[k] for k in sorted(data.source)]
+    parts += [data.base_pos, data.source_pos] if positions else []
+    flat = torch.cat([p.reshape(n, -1).to(torch.int64).cpu() for p in parts], dim=1).numpy()
+    return [row.tobytes() for row in flat]
+
+
+def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+class CachedForward:
+    """Intervened answer logits computed from per-dataset caches (see the module docstring).
+
+    Datasets given at construction (or later to `prepare`) are cached whole, up to `max_cache_bytes`
+    in all; a batch that is not part of one cached dataset is cached on the fly for that call only.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        site: Site,
+        intervention: nn.Module | None,
+        data: Iterable[InterchangeData] = (),
+        max_cache_bytes: int = 4 * 2**30,
+        chunk_size: int = 64,
+    ):
+        data = list(data)
+        problem = fast_path_problem(model, site, data)
+        if problem is not None:
+            raise ValueError(f"the fast path cannot run here: {problem}; use das_lib.training.PlainForward")
+        self.model, self.site, self.intervention = model, site, intervention
+        self.upper = list(find_layers(model)[site.layer + 1 :])
+        attn = self.upper[0].self_attn if self.upper else layer_module(model, site).self_attn
+        self.head_dim = attn.head_dim
+        self.scaling = getattr(attn, "scaling", self.head_dim**-0.5)
+        self.gqa = attn.q_proj.out_features != attn.k_proj.out_features
+        self.qk_norm = hasattr(attn, "q_norm")
+        self.max_cache_bytes, self.chunk_size = max_cache_bytes, chunk_size
+        self.stores: list[_Store] = []
+        self.checked = False
+        for d in data:
+            self.prepare(d)
+
+    # ---- caching ------------------------------------------------------------------------------
+    def prepare(self, data: InterchangeData) -> None:
+        """Cache `data` so that batches drawn from it run the fast step (checked against the model)."""
+        problem = fast_path_problem(self.model, self.site, [data])
+        if problem is not None:
+            raise ValueError(f"the fast path cannot run on this data: {problem}")
+        need = self.cache_bytes(data)
+        used = sum(s.nbytes() for s in self.stores)
+        if used + need > self.max_cache_bytes:
+            warnings.warn(
+                f"not caching {len(data)} examples for the fast path ({need / 2**20:.0f} MiB; limit "
+                f"{self.max_cache_bytes / 2**20:.0f} MiB in all): their batches will be cached on the fly "
+                "(exact, but slower); raise max_cache_bytes or use fewer examples",
+                stacklevel=2,
+            )
+            return
+        self.stores.append(self._build(data, check=True))
+
+    def cache_bytes(self, data: InterchangeData) -> int:
+        """Memory the cache of `data` takes: suffix states, source vectors, prefix keys and values."""
+        length, prefix = data.base["input_ids"].shape[1], int(data.base_pos.min())
+        d, kv = self.model.config.hidden_size, self.upper[0].self_attn.k_proj.out_features if self.upper else 0
+        n_source = data.source_pos[0].numel()
+        per_row = (length - prefix) * d + n_source * d + 2 * len(self.upper) * prefix * kv
+        return len(data) * per_row * next(self.model.parameters()).element_size()
+
+    def _keys_values(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """Keys (after rotary) and values (B, kv_heads, S, head_dim) of attention `attn` on normed input x."""
+        shape = (*x.shape[:2], -1, self.head_dim)
+        k = attn.k_proj(x).view(shape)
+        if self.qk_norm:
+            k = attn.k_norm(k)
+        return _rotary(k.transpose(1, 2), cos, sin), attn.v_proj(x).view(shape).transpose(1, 2)
+
+    @torch.no_grad()
+    def _build(self, data: InterchangeData, check: bool) -> _Store:
+        """Run the model once over `data` and keep what the fast step needs."""
+        layers = find_layers(self.model)
+        first_upper = self.site.layer + 1
+        prefix = int(data.base_pos.min())
+        chunks: dict[str, list] = {"suffix": [], "source": [], "cos": [], "sin": [], "ref": []}
+        keys: list[list[torch.Tensor]] = [[] for _ in self.upper]
+        values: list[list[torch.Tensor]] = [[] for _ in self.upper]
+        explicit_positions = "position_ids" in data.base
+        for start in range(0, len(data), self.chunk_size):
+            batch = data.select(slice(start, start + self.chunk_size))
+            ids = batch.base["input_ids"]
+            positions = batch.base.get("position_ids")
+            if positions is None:
+                positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+            mask = batch.base.get("attention_mask")
+            keep = None if mask is None else mask.bool()[..., None]
+            cos_sin: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+            def hook(module: nn.Module, args: Any, output: Any, j: int) -> None:
+                h = _main_output(output)
+                if keep is not None:  # padded rows never reach a real token; zeros keep them finite
+                    h = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device))
+                if not cos_sin:
+                    cos_sin.append(self.model.model.rotary_emb(h, positions))
+                cos, sin = cos_sin[0]
+                if j == self.site.layer:
+                    chunks["suffix"].append(h[:, prefix:])
+                    chunks["cos"].append(cos[:, prefix:] if explicit_positions else cos[:1, prefix:])
+                    chunks["sin"].append(sin[:, prefix:] if explicit_positions else sin[:1, prefix:])
+                if j + 1 < len(layers) and j + 1 >= first_upper:
+                    upper = layers[j + 1]
+                    x = upper.input_layernorm(h[:, :prefix])
+                    k, v = self._keys_values(upper.self_attn, x, cos[:, :prefix], sin[:, :prefix])
+                    keys[j + 1 - first_upper].append(k)
+                    values[j + 1 - first_upper].append(v)
+                if j == len(layers) - 1:
+                    chunks["ref"].append(h[:, -1])
+                    raise _Captured
+
+            handles = [
+                layers[j].register_forward_hook(lambda m, a, o, j=j: hook(m, a, o, j))
+                for j in range(self.site.layer, len(layers))
+            ]
+            try:
+                self.model(**batch.base)
+            except _Captured:
+                pass
+            finally:
+                for handle in handles:
+                    handle.remove()
+            chunks["source"].append(capture(self.model, self.site, batch.source, batch.source_pos))
+            if not explicit_positions:  # one rotary table serves every row
+                chunks["cos"], chunks["sin"] = chunks["cos"][:1], chunks["sin"][:1]
+        mask = data.base.get("attention_mask")
+        store = _Store(
+            index={key: i for i, key in enumerate(_row_keys(data))},
+            prefix_len=prefix,
+            suffix=_cat(chunks["suffix"]),
+            source=_cat(chunks["source"]),
+            keys=[_cat(k) for k in keys],
+            values=[_cat(v) for v in values],
+            cos=_cat(chunks["cos"]),
+            sin=_cat(chunks["sin"]),
+            key_mask=None if mask is None or bool(mask.all()) else mask.bool(),
+            inputs_index={key: i for i, key in enumerate(_row_keys(data, positions=False))},
+            base_pos=data.base_pos,
+            source_pos=data.source_pos,
+        )
+        if check:
+            self._check(store, data, _cat(chunks["ref"]))
+        return store
+
+    def _check(self, store: _Store, data: InterchangeData, reference: torch.Tensor, n: int = 8) -> None:
+        """Refuse the cache unless the fast path, unintervened, reproduces the model's own last layer."""
+        rows = torch.arange(min(n, len(data)))
+        with torch.no_grad():
+            ours = self._upper_layers(store, rows, store.suffix.index_select(0, rows))
+        ref = reference[rows]
+        err = (ours.float() - ref.float()).abs().max().item()
+        tol = (1e-4 if ref.dtype == torch.float32 else 3e-2) * (1.0 + ref.float().abs().max().item())
+        if not err <= tol:
+            raise FastPathMismatch(
+                f"the fast path differs from {type(self.model).__name__}'s own forward pass by {err:.3g} "
+                f"(tolerance {tol:.3g}) at site {self.site}; this model is not supported: use PlainForward"
+            )
+        self.checked = True
+
+    def for_position(
+        self, column: int, data: Iterable[InterchangeData], site: Site, intervention: nn.Module
+    ) -> "CachedForward":
+        """The fast path at one of k positions cached together, sharing this object's caches (no copy).
+
+        A sweep caches each dataset once per layer with k positions per example ((N, k) positions; the
+        cache's own intervention may be None) and trains one intervention per position from it:
+        `data` are cached datasets (any subset, any order) with only the positions of `column` ((N,)).
+        Examples or positions that are not in the cache are refused (FastPathMismatch).
+        """
+        if site.layer != self.site.layer:
+            raise ValueError(f"site {site} is not at the cached layer {self.site.layer}")
+        view = copy.copy(self)
+        view.site, view.intervention = site, intervention
+        view.stores = [self._column_store(d, column) for d in data]
+        return view
+
+    def _column_store(self, data: InterchangeData, column: int) -> _Store:
+        """A view of the cached dataset that holds `data`, at position column `column`."""
+        keys = _row_keys(data, positions=False)
+        for store in self.stores:
+            rows = [store.inputs_index.get(k) for k in keys]
+            if None in rows or store.base_pos.dim() != 2 or not 0 <= column < store.base_pos.shape[1]:
+                continue
+            rows_t = torch.tensor(rows, dtype=torch.long, device=store.base_pos.device)
+            if not (torch.equal(store.base_pos[rows_t, column], data.base_pos.to(rows_t.device))
+                    and torch.equal(store.source_pos[rows_t, column], data.source_pos.to(rows_t.device))):
+                continue
+            k = store.base_pos.shape[1]
+            source = store.source.view(len(store.source), k, -1)[:, column]
+            return replace(store, index=dict(zip(_row_keys(data), rows)), source=source, inputs_index={},
+                           base_pos=store.base_pos[:, column], source_pos=store.source_pos[:, column])
+        raise FastPathMismatch(
+            f"these {len(data)} examples with the positions of column {column} are not in this cache: build the "
+            "cache on the same examples with all their position columns ((N, k) positions)"
+        )
+
+    def _find(self, batch: InterchangeData) -> tuple[_Store, torch.Tensor]:
+        """The cached dataset holding every example of `batch`, and their rows in it."""
+        keys = _row_keys(batch)
+        for store in self.stores:
+            rows = [store.index.get(k) for k in keys]
+            if None not in rows:
+                return store, torch.tensor(rows, dtype=torch.long, device=store.suffix.device)
+        store = self._build(batch, check=not self.checked)
+        return store, torch.arange(len(batch), device=store.suffix.device)
+
+    # ---- the fast step ------------------------------------------------------------------------
+    def _upper_layers(self, store: _Store, rows: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        """Run the layers above the site on the suffix positions; the last layer output (B, d) at the answer."""
+        n_suffix = hidden.shape[1]
+        prefix = store.prefix_len
+        # index_select: several times faster than t[rows] for gathering rows of a cache
+        cos = store.cos.index_select(0, rows) if store.cos.shape[0] > 1 else store.cos.expand(len(rows), -1, -1)
+        sin = store.sin.index_select(0, rows) if store.sin.shape[0] > 1 else store.sin.expand(len(rows), -1, -1)
+        # key j is visible from suffix query i when j is in the prefix or j <= i; padded keys never
+        # are, except a padded query's own key (so that no row is empty and nothing becomes NaN).
+        q_idx = torch.arange(n_suffix, device=hidden.device)
+        k_idx = torch.arange(prefix + n_suffix, device=hidden.device)
+        allowed = k_idx[None, :] <= q_idx[:, None] + prefix
+        if store.key_mask is not None:
+            own = k_idx[None, :] == q_idx[:, None] + prefix
+            allowed = ((allowed[None] & store.key_mask.index_select(0, rows)[:, None, :]) | own[None])[:, None]
+        masks = [None if bool(a.all()) else a for a in (allowed, allowed[..., -1:, :])]
+        for i, layer in enumerate(self.upper):
+            last = i == len(self.upper) - 1
+            k, v = store.keys[i].index_select(0, rows), store.values[i].index_select(0, rows)
+            hidden = self._layer(layer, hidden, k, v, masks[last], cos, sin, last)
+        return hidden[:, -1]
+
+    def _layer(self, layer, hidden, k_prefix, v_prefix, mask, cos, sin, last_only: bool) -> torch.Tensor:
+        """One decoder layer on the suffix; with `last_only` only the answer position is computed."""
+        attn = layer.self_attn
+        x = layer.input_layernorm(hidden)
+        k, v = self._keys_values(attn, x, cos, sin)
+        if last_only:  # the output head reads only the answer position
+            hidden, x, cos, sin = hidden[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
+        q = attn.q_proj(x).view(*x.shape[:2], -1, self.head_dim)
+        if self.qk_norm:
+            q = attn.q_norm(q)
+        q = _rotary(q.transpose(1, 2), cos, sin)
+        keys, values = torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2)
+        out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa)
+        hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+    def __call__(self, batch: InterchangeData) -> torch.Tensor:
+        if self.intervention is None:
+            raise ValueError("this cache was built without an intervention: get a forward from for_position(...)")
+        store, rows = self._find(batch)
+        local = batch.base_pos.to(rows.device) - store.prefix_len  # intervened positions within the suffix
+        suffix = store.suffix.index_select(0, rows)
+        new = self.intervention(select_positions(suffix, local), store.source.index_select(0, rows), batch.variable)
+        hidden = self._upper_layers(store, rows, write_positions(suffix, local, new))
+        return self.model.get_output_embeddings()(self.model.model.norm(hidden))
+
+
+def make_forward(
+    model: nn.Module, site: Site, intervention: nn.Module, data: Iterable[InterchangeData] = (), fast: bool = True
+) -> InterventionForward:
+    """The fast path when the model, site and data allow it (caching `data`), else the plain path."""
+    data = list(data)
+    if not fast:
+        return PlainForward(model, site, intervention)
+    problem = fast_path_problem(model, site, data)
+    if problem is None:
+        try:
+            return CachedForward(model, site, intervention, data)
+        except FastPathMismatch as err:
+            problem = str(err)
+    warnings.warn(f"using the plain path (exact, slower): {problem}", stacklevel=2)
+    return PlainForward(model, site, intervention)

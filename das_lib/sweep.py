@@ -1,0 +1,488 @@
+"""Alignment sweeps: Boundless DAS trained at every (hypothesis, layer, position, seed) cell, into a store.
+
+A sweep (`SweepSpec`) is a grid of hypotheses x layers x named token positions x training seeds
+with shared training settings. Every cell has a full config: the model pinned by the hash of its
+files, the task (template, instruction variant, context), the hypothesis, the site, the
+`TrainConfig`, the data sizes and seed, the method and das_lib's version. One record per finished
+cell goes to a `Store` under the hash of that config: the IIA, the learned boundary, the training
+curves and the alignment file. Re-running skips finished cells, a killed sweep loses only the cells
+in flight, and a record is never reused for another config.
+
+Work shared between cells, all of it exact (it only avoids recomputing what does not change):
+- in each process the model is loaded once, and each hypothesis's train and test pairs are sampled
+  and tokenized once, with the positions of every searched role;
+- per (hypothesis, layer) the fast path caches the states below the site once, for all searched
+  positions together, and every position and seed trains from that cache
+  (`fastpath.CachedForward.for_position`). Cells therefore run grouped by (hypothesis, layer).
+A cell's numbers do not depend on which other cells run, or where: the shared cache always holds
+every searched position of the task.
+
+Execution is local by default (`Sweep.run()`). On several machines, `Sweep.run(client=...)` hands
+the cells to Dask distributed (https://distributed.dask.org), one cell per task; workers load the
+model once, keep the caches of the cells they run, and write to the same store, which must be on a
+file system every worker sees. With one GPU per worker, e.g. on a cluster:
+
+    dask scheduler --scheduler-file /shared/sched.json                       # once
+    CUDA_VISIBLE_DEVICES=0 dask worker --scheduler-file /shared/sched.json \\
+        --nthreads 1 --resources "GPU=1"                                      # once per GPU
+
+    sweep = Sweep(spec, "/shared/runs/sweep", device="cuda")
+    sweep.run(client=Client(scheduler_file="/shared/sched.json"), gpu=True)   # one GPU per cell
+
+and on one machine `Client(LocalCluster(n_workers=2, threads_per_worker=1))`.
+"""
+from __future__ import annotations
+
+import random
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import das_lib
+from das_lib.fastpath import CachedForward, FastPathMismatch, fast_path_problem, make_forward
+from das_lib.interventions import BoundlessDASIntervention, load_intervention, save_intervention
+from das_lib.metrics import normalised_iia
+from das_lib.models import default_template, load_config, load_model, load_tokenizer, model_source
+from das_lib.pricetag import HYPOTHESES, get_hypothesis, majority_rate_of, sample_game, sample_pairs
+from das_lib.sites import Site, answer_logits, layer_module
+from das_lib.store import Store, file_hash
+from das_lib.tasks import REFERENCE_GAME, PriceTagTask, position_table, task_accuracy
+from das_lib.training import InterchangeData, PlainForward, TrainConfig, set_seed, train_intervention
+
+ALIGNMENT = "alignment"  # file stem of a cell's alignment in its record folder (.safetensors + .json)
+
+# Max IIA over the grid (7 layers x 13 positions, best of 3 seeds) of Alpaca 7B in the paper's release
+# analysis: Wu et al., "Interpretability at Scale: Identifying Causal Mechanisms in Alpaca", NeurIPS 2023
+# (arXiv:2305.08809); numbers as gathered in shared/reference/paper-notes.md.
+PAPER_MAX_IIA = {"left": 0.90, "left_right": 0.86, "midpoint": 0.70, "bracket": 0.72}
+PAPER_SOURCE = "Wu et al. 2023 (arXiv:2305.08809), Alpaca 7B, release analysis"
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model", ".txt")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One alignment of a sweep: a hypothesis at a site (layer, named position), trained from one seed."""
+
+    hypothesis: str
+    layer: int
+    position: str
+    seed: int
+
+    def site(self) -> Site:
+        return Site(self.layer, self.position)
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A grid of cells with shared settings; `seeds` train every cell, `best_site_seeds` only the best
+    site of each hypothesis (found from the first seed), to measure the spread over seeds there."""
+
+    model: str = "standin"  # das_lib.models.load_model name: "standin", "smollm2", a path or hub id
+    hypotheses: tuple[str, ...] = tuple(HYPOTHESES)
+    layers: tuple[int, ...] | None = None  # None: every layer
+    positions: tuple[str, ...] | None = None  # None: every searched position of the task
+    seeds: tuple[int, ...] = (0,)
+    best_site_seeds: tuple[int, ...] = ()
+    train: TrainConfig = field(default_factory=TrainConfig)  # its seed is replaced by each cell's seed
+    n_train: int = 1024
+    n_test: int = 512
+    n_task: int = 1000  # games on which the model's task accuracy (the upper bound) is measured
+    data_seed: int = 0
+    rank: int | None = None  # rotated dims of Boundless DAS; None: a full d x d rotation
+    template: str | None = None  # None: the model's own (models.default_template)
+    variant: str = "yesno"
+    context: str | None = None
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        problems = []
+        bad = [h for h in self.hypotheses if h not in HYPOTHESES]
+        if not self.hypotheses or bad:
+            problems.append(f"hypotheses must be a non-empty list of {list(HYPOTHESES)} (bad: {bad})")
+        if not self.seeds:
+            problems.append("give at least one seed")
+        for name in ("n_train", "n_test"):
+            if getattr(self, name) < 2 or getattr(self, name) % 2:
+                problems.append(f"{name} must be an even number >= 2 (pairs are balanced Yes/No), got {getattr(self, name)}")
+        if self.n_task < 1:
+            problems.append(f"n_task must be >= 1, got {self.n_task}")
+        if problems:
+            raise ValueError("bad SweepSpec: " + "; ".join(problems))
+
+
+def model_identity(name: str) -> dict[str, Any]:
+    """What pins a model: its name and the hash of every weight, config and tokenizer file it is read from.
+
+    A hub id that is not a local path is pinned by its name only (its files are the hub's to change).
+    """
+    source, gguf_file = model_source(name)
+    path = Path(source) / gguf_file if gguf_file else Path(source)
+    if path.is_file():
+        return {"name": name, "files": {path.name: file_hash(path)}}
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+        return {"name": name, "files": {p.name: file_hash(p) for p in files}}
+    return {"name": name, "files": None}
+
+
+def _column(data: InterchangeData, j: int) -> InterchangeData:
+    """The examples of `data` (N, k positions) at their j-th position only."""
+    return replace(data, base_pos=data.base_pos[:, j], source_pos=data.source_pos[:, j])
+
+
+@dataclass
+class _HypothesisData:
+    """A hypothesis's train and test pairs, encoded at every searched position ((N, k) positions)."""
+
+    roles: list[str]
+    train: InterchangeData
+    test: InterchangeData
+    dummy: float  # majority-label rate of the test pairs: a dummy classifier's IIA
+    unintervened: float  # IIA of leaving the base run alone: the model's own base answers vs the labels
+
+
+class _Runner:
+    """Runs the jobs of one model in one process, keeping what cells share: model, data, layer caches."""
+
+    def __init__(self, name: str, dtype: str, device: str):
+        self.model, self.tokenizer = load_model(name, device, dtype)
+        self.identity = {**model_identity(name), "dtype": dtype}
+        self.device = next(self.model.parameters()).device
+        self.data: dict[str, _HypothesisData] = {}
+        self.shared: tuple[str, Any] | None = None  # (key, CachedForward or None): the last layer cache only
+
+    def task(self, settings: dict[str, Any]) -> PriceTagTask:
+        return PriceTagTask(self.tokenizer, settings["template"], settings["variant"], settings["context"])
+
+    def hypothesis_data(self, config: dict[str, Any]) -> tuple[str, _HypothesisData]:
+        key = repr((config["task"], config["hypothesis"], config["data"]))
+        if key not in self.data:
+            task, d = self.task(config["task"]), config["data"]
+            roles = task.searched_roles()
+            train = sample_pairs(config["hypothesis"], d["n_train"], 2 * d["seed"])
+            test = sample_pairs(config["hypothesis"], d["n_test"], 2 * d["seed"] + 1)
+            test_data = task.interchange_data(test, roles).to(self.device)
+            with torch.no_grad():
+                answers = torch.cat([answer_logits(self.model, test_data.select(slice(i, i + 256)).base).argmax(-1)
+                                     for i in range(0, len(test_data), 256)])
+            unintervened = (answers == test_data.labels).float().mean().item()
+            self.data = {key: _HypothesisData(  # one hypothesis at a time: cells run grouped by hypothesis
+                roles, task.interchange_data(train, roles).to(self.device), test_data, majority_rate_of(test), unintervened)}
+        return key, self.data[key]
+
+    def shared_forward(self, key: str, data: _HypothesisData, layer: int) -> CachedForward | None:
+        """The fast-path cache of `data` at `layer` for all positions, or None when the fast path cannot run."""
+        key = f"{key}@{layer}"
+        if self.shared is None or self.shared[0] != key:
+            self.shared = None  # free the previous layer's cache before building the next
+            forward = None
+            if fast_path_problem(self.model, Site(layer), [data.train, data.test]) is None:
+                try:
+                    forward = CachedForward(self.model, Site(layer), None, [data.train, data.test])
+                except FastPathMismatch:
+                    forward = None
+                if forward is not None and len(forward.stores) != 2:  # too large to keep: cells cache on their own
+                    forward = None
+            self.shared = (key, forward)
+        return self.shared[1]
+
+    def alignment(self, config: dict[str, Any], folder: Path) -> dict[str, Any]:
+        """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results."""
+        key, data = self.hypothesis_data(config)
+        site = Site(**config["site"])
+        j = data.roles.index(site.position)
+        train, test = _column(data.train, j), _column(data.test, j)
+        shared = self.shared_forward(key, data, site.layer)
+        train_config = TrainConfig(**config["train"])
+        set_seed(train_config.seed)  # the rotation's initialisation depends on the seed too
+        d = self.model.config.hidden_size
+        n_variables = len(get_hypothesis(config["hypothesis"]).variables)
+        device = next(layer_module(self.model, site).parameters()).device
+        intervention = BoundlessDASIntervention(d, config["method"]["rank"], n_variables).to(device)
+        start_dims = intervention.boundary_dims()
+        if shared is not None:
+            forward, path = shared.for_position(j, [train, test], site, intervention), "fast (shared cache)"
+        else:
+            forward = make_forward(self.model, site, intervention, [train, test])
+            path = "plain" if isinstance(forward, PlainForward) else "fast"
+        result = train_intervention(forward, intervention, train, train_config, eval_data=test, progress=False)
+        save_intervention(intervention, folder / ALIGNMENT, meta={"config": config})
+        return {
+            "iia": result.iia, "dummy": data.dummy, "iia_unintervened": data.unintervened,
+            "boundary_dims": intervention.boundary_dims(),
+            "boundary_dims_start": start_dims, "curves": result.curves, "seconds": result.seconds,
+            "path": path, "device": str(device), "alignment": ALIGNMENT,
+        }
+
+    def task_accuracy(self, config: dict[str, Any]) -> dict[str, Any]:
+        """The model's accuracy on the factual task (the upper bound of IIA)."""
+        rng = random.Random(config["seed"])
+        games = [sample_game(rng) for _ in range(config["n_games"])]
+        return {"task_accuracy": task_accuracy(self.model, self.task(config["task"]), games)}
+
+
+_RUNNERS: dict[tuple[str, str, str], _Runner] = {}  # one per (model, dtype, device) in each process
+
+
+def _runner(model: str, dtype: str, device: str) -> _Runner:
+    key = (model, dtype, device)
+    if key not in _RUNNERS:
+        _RUNNERS.clear()  # one model in memory per process
+        _RUNNERS[key] = _Runner(model, dtype, device)
+    return _RUNNERS[key]
+
+
+def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, Any]:
+    """Run one job (a cell, or the task accuracy) unless its record exists; returns the record.
+
+    This is the function each Dask task runs: everything it needs is in `config`.
+    """
+    store = Store(store_root)
+    record = store.get(config)
+    if record is not None:
+        return record
+    runner = _runner(config["model"]["name"], config["model"]["dtype"], device)
+    if runner.identity != config["model"]:
+        raise ValueError(
+            f"the model {config['model']['name']!r} loaded here has other files than the sweep asked for "
+            f"({runner.identity['files']} vs {config['model']['files']}): give every worker the same model files"
+        )
+    if config["kind"] == "alignment":
+        results = runner.alignment(config, store.folder(config))
+    else:
+        results = runner.task_accuracy(config)
+    return store.put(config, results)
+
+
+@contextmanager
+def dask_client(scheduler: str = "", workers: int = 1) -> Iterator[Any]:
+    """A Dask client for `Sweep.run`: connected to `scheduler` (an address or a scheduler file), or for
+    `workers` > 1 to a LocalCluster of that many single-threaded worker processes; None (run here) otherwise."""
+    if not scheduler and workers <= 1:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if scheduler:
+        is_file = scheduler.endswith(".json") and Path(scheduler).exists()
+        with Client(scheduler_file=scheduler) if is_file else Client(scheduler) as client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+class Sweep:
+    """A sweep's cells, their configs and records in a store, and how to run them."""
+
+    def __init__(self, spec: SweepSpec, store: str | Path | Store, device: str = "cpu"):
+        self.spec, self.device = spec, device
+        self.store = store if isinstance(store, Store) else Store(store)
+        tokenizer = load_tokenizer(spec.model)  # the grid is planned without loading the weights
+        self.identity = {**model_identity(spec.model), "dtype": spec.dtype}
+        template = spec.template or default_template(tokenizer)
+        self.task = PriceTagTask(tokenizer, template, spec.variant, spec.context)
+        self.task_settings = {"template": template, "variant": spec.variant, "context": spec.context}
+        self.roles = self.task.searched_roles()
+        n_layers = load_config(spec.model).num_hidden_layers
+        self.layers = list(range(n_layers)) if spec.layers is None else list(spec.layers)
+        self.positions = self.roles if spec.positions is None else list(spec.positions)
+        bad_layers = [l for l in self.layers if not 0 <= l < n_layers]
+        bad_positions = [p for p in self.positions if p not in self.roles]
+        if bad_layers or bad_positions or not self.layers or not self.positions:
+            raise ValueError(
+                f"bad sweep grid: layers {bad_layers or self.layers} (the model has layers 0..{n_layers - 1}), "
+                f"positions {bad_positions or self.positions} (searched positions: {self.roles})"
+            )
+        self.tokens = position_table(self.task, REFERENCE_GAME).set_index("role")["token"].to_dict()
+
+    @property
+    def runner(self) -> _Runner:
+        """The model loaded in this process on the sweep's device (loaded on first use)."""
+        return _runner(self.spec.model, self.spec.dtype, self.device)
+
+    # ---- configs --------------------------------------------------------------------------------
+    def _base_config(self) -> dict[str, Any]:
+        return {"das_lib": das_lib.__version__, "model": self.identity, "task": self.task_settings}
+
+    def config(self, cell: Cell) -> dict[str, Any]:
+        """The full config of a cell: everything that determines its numbers, hashed into its record key."""
+        return {
+            **self._base_config(), "kind": "alignment", "hypothesis": cell.hypothesis, "site": cell.site().as_dict(),
+            "method": {"name": "boundless", "rank": self.spec.rank},
+            "train": replace(self.spec.train, seed=cell.seed).as_dict(),
+            "data": {"n_train": self.spec.n_train, "n_test": self.spec.n_test, "seed": self.spec.data_seed},
+        }
+
+    def task_config(self) -> dict[str, Any]:
+        """The config of the model's task-accuracy measurement."""
+        return {**self._base_config(), "kind": "task_accuracy", "n_games": self.spec.n_task, "seed": self.spec.data_seed}
+
+    # ---- cells ----------------------------------------------------------------------------------
+    def grid(self) -> list[Cell]:
+        """Every (hypothesis, layer, position, seed) of the grid, grouped so that cells sharing caches run together."""
+        return [Cell(h, l, p, s) for h in self.spec.hypotheses for l in self.layers for p in self.positions for s in self.spec.seeds]
+
+    def best_sites(self) -> dict[str, Site]:
+        """The site of highest IIA (first seed) of each hypothesis; only once its grid is finished."""
+        best = {}
+        for h in self.spec.hypotheses:
+            cells = [Cell(h, l, p, self.spec.seeds[0]) for l in self.layers for p in self.positions]
+            records = [self.store.get(self.config(c)) for c in cells]
+            if all(r is not None for r in records):
+                k = int(np.argmax([r["results"]["iia"] for r in records]))  # first of equals: grid order
+                best[h] = cells[k].site()
+        return best
+
+    def cells(self) -> list[Cell]:
+        """The grid, then the extra seeds at the best site of each hypothesis whose grid is finished."""
+        extra = [Cell(h, s.layer, s.position, seed) for h, s in self.best_sites().items()
+                 for seed in self.spec.best_site_seeds if seed not in self.spec.seeds]
+        return self.grid() + extra
+
+    def record(self, cell: Cell) -> dict[str, Any] | None:
+        """The finished record of `cell`, or None."""
+        return self.store.get(self.config(cell))
+
+    # ---- running --------------------------------------------------------------------------------
+    def run(self, client: Any = None, gpu: bool = False, progress: bool = True) -> dict[str, int]:
+        """Run every unfinished cell (grid first, then the best-site seeds) and the task accuracy.
+
+        Local by default; with a Dask `client`, one task per cell (with `gpu`, each asks for a worker
+        resource GPU=1). Returns how many cells ran and how many were already in the store.
+        """
+        if self.store.get(self.task_config()) is None:
+            self._execute([self.task_config()], client, gpu, progress=False)
+        counts = {"ran": 0, "reused": 0}
+        for phase in (self.grid, lambda: self.cells()[len(self.grid()):]):  # the best sites are known after the grid
+            configs = [self.config(c) for c in phase()]
+            todo = [c for c in configs if self.store.get(c) is None]
+            counts["ran"] += len(todo)
+            counts["reused"] += len(configs) - len(todo)
+            self._execute(todo, client, gpu, progress)
+        return counts
+
+    def _execute(self, configs: list[dict[str, Any]], client: Any, gpu: bool, progress: bool) -> None:
+        if client is None:
+            self._run_local(configs, progress)
+        else:
+            self._run_dask(configs, client, gpu, progress)
+
+    def _run_local(self, configs: list[dict[str, Any]], progress: bool) -> None:
+        for config in tqdm(configs, desc="sweep", unit="cell", disable=not progress or not configs):
+            run_job(config, str(self.store.root), self.device)
+
+    def _run_dask(self, configs: list[dict[str, Any]], client: Any, gpu: bool, progress: bool) -> None:
+        from dask.distributed import as_completed
+
+        root = str(self.store.root.resolve())
+        futures = [
+            client.submit(run_job, c, root, self.device, key=f"das-{self.store.folder(c).name}", pure=False,
+                          priority=len(configs) - i, resources={"GPU": 1} if gpu else None)
+            for i, c in enumerate(configs)  # earlier cells first: neighbours share a worker's cache
+        ]
+        bar = tqdm(total=len(futures), desc="sweep", unit="cell", disable=not progress or not futures)
+        try:
+            for future in as_completed(futures):
+                future.result()  # raises a failed cell's error here
+                bar.update()
+        finally:
+            bar.close()
+
+    # ---- results --------------------------------------------------------------------------------
+    def task_accuracy(self) -> float:
+        """The model's measured task accuracy (run the sweep first)."""
+        record = self.store.get(self.task_config())
+        if record is None:
+            raise KeyError("the task accuracy is not in the store yet: run the sweep first (Sweep.run())")
+        return record["results"]["task_accuracy"]
+
+    def frame(self) -> pd.DataFrame:
+        """One row per finished cell: site, seed, token text, IIA, the dummy's and the unintervened model's IIA,
+        normalised IIA, learned boundary."""
+        task_acc = self.task_accuracy()
+        if task_acc <= 0.5:
+            warnings.warn(f"the model's task accuracy {task_acc:.3f} is not above chance: normalised IIA is undefined (NaN)", stacklevel=2)
+        rows = []
+        for cell in self.cells():
+            record = self.record(cell)
+            if record is None:
+                continue
+            r = record["results"]
+            rows.append({
+                **asdict(cell), "token": self.tokens[cell.position], "iia": r["iia"], "dummy": r["dummy"],
+                "unintervened": r.get("iia_unintervened", float("nan")),
+                "normalised": normalised_iia(r["iia"], task_acc, r["dummy"]) if task_acc > r["dummy"] else float("nan"),
+                "boundary_dims": float(sum(r["boundary_dims"])), "boundary_dims_start": float(sum(r["boundary_dims_start"])),
+                "hash": record["hash"],
+            })
+        return pd.DataFrame(rows)
+
+    def curves(self, shrink_ratio: float = 0.5) -> pd.DataFrame:
+        """Training curves of every finished cell (first seed), with `shrank`: did the boundary end below
+        `shrink_ratio` times its starting size."""
+        frames = []
+        for cell in self.grid():
+            record = self.record(cell)
+            if record is None:
+                continue
+            r = record["results"]
+            curve = pd.DataFrame(r["curves"])[["step", "batch_iia", "boundary_dims"]]
+            shrank = sum(r["boundary_dims"]) < shrink_ratio * sum(r["boundary_dims_start"])
+            frames.append(curve.assign(run=str(cell), hypothesis=cell.hypothesis, shrank="shrank" if shrank else "did not shrink"))
+        return pd.concat(frames, ignore_index=True)
+
+    def load_alignment(self, cell: Cell) -> tuple[nn.Module, dict[str, Any]]:
+        """The learned intervention of `cell` and its record (config: task settings, site, hypothesis)."""
+        record = self.record(cell)
+        if record is None:
+            raise KeyError(f"cell {cell} is not in the store {self.store.root}: run the sweep first")
+        return load_alignment(self.store, record)
+
+
+def load_alignment(store: Store, record: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
+    """The intervention saved with an alignment record, and the record."""
+    intervention, _ = load_intervention(store.root / record["hash"] / record["results"]["alignment"])
+    return intervention, record
+
+
+def alignments(store: Store) -> pd.DataFrame:
+    """Every alignment in a store: model, task settings, hypothesis, site, seed, IIA, record hash."""
+    rows = []
+    for record in store.records():
+        c = record["config"]
+        if c.get("kind") != "alignment":
+            continue
+        rows.append({"model": c["model"]["name"], **c["task"], "hypothesis": c["hypothesis"], "layer": c["site"]["layer"],
+                     "position": c["site"]["position"], "seed": c["train"]["seed"], "steps": c["train"]["steps"],
+                     "iia": record["results"]["iia"], "hash": record["hash"]})
+    return pd.DataFrame(rows)
+
+
+def summary(frame: pd.DataFrame, task_acc: float) -> pd.DataFrame:
+    """Per hypothesis: the best site (first seed), its IIA and normalised IIA, the mean and spread over the
+    seeds trained there, the IIA of leaving the model alone, and the paper's max IIA for Alpaca 7B."""
+    rows = []
+    for h in frame["hypothesis"].unique():
+        sub = frame[frame["hypothesis"] == h]
+        first = sub[sub["seed"] == sub["seed"].min()].reset_index(drop=True)
+        best = first.loc[first["iia"].idxmax()]
+        at_best = sub[(sub["layer"] == best["layer"]) & (sub["position"] == best["position"])]["iia"]
+        rows.append({
+            "hypothesis": HYPOTHESES[h].title, "best site": f"L{int(best['layer'])} {best['position']}",
+            "max IIA": best["iia"],
+            "normalised": normalised_iia(best["iia"], task_acc, best["dummy"]) if task_acc > best["dummy"] else float("nan"),
+            "mean over seeds": at_best.mean(), "std over seeds": at_best.std(ddof=0), "seeds": len(at_best),
+            "unintervened": best["unintervened"], "paper (Alpaca 7B)": PAPER_MAX_IIA.get(h),
+        })
+    return pd.DataFrame(rows).set_index("hypothesis")

@@ -1,0 +1,150 @@
+"""Reading an alignment: site checks, neuron weights, training one alignment, a short scan, one pair in action."""
+import pytest
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from das_lib import analysis
+from das_lib.interventions import BoundlessDASIntervention, DASIntervention, NeuronIntervention
+from das_lib.models import default_template, load_model
+from das_lib.params import ParameterError
+from das_lib.pricetag import sample_pairs
+from das_lib.sites import Site
+from das_lib.tasks import PriceTagTask
+from das_lib.training import InterchangeData, PlainForward, TrainConfig
+
+
+@pytest.fixture(scope="module")
+def standin():
+    torch.set_num_threads(1)
+    model, tokenizer = load_model("standin")
+    return model, PriceTagTask(tokenizer, default_template(tokenizer))
+
+
+class FixedRotation(torch.nn.Module):
+    """A stand-in for the learned rotation: any (r, d) matrix with orthonormal rows, as `.weight`."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+
+def with_rotation(intervention, rotation: torch.Tensor):
+    """`intervention` with its learned rotation replaced by a known one."""
+    intervention.rotation = FixedRotation(rotation)
+    return intervention
+
+
+def test_check_site_accepts_valid_sites_and_names_what_is_valid(standin):
+    _, task = standin
+    roles = task.searched_roles()
+    assert analysis.check_site(task, 4, 3, roles[-1]) == Site(3, roles[-1])
+    with pytest.raises(ParameterError, match=r"0\.\.3"):
+        analysis.check_site(task, 4, 4, roles[0])
+    with pytest.raises(ParameterError, match=r"0\.\.3"):
+        analysis.check_site(task, 4, -1, roles[0])
+    with pytest.raises(ParameterError, match="resp_colon") as err:
+        analysis.check_site(task, 4, 0, "colon")
+    assert "'colon'" in str(err.value)
+
+
+def test_neuron_weights_find_the_neurons_a_permuted_basis_swaps():
+    d, k = 12, 3
+    perm = torch.randperm(d, generator=torch.Generator().manual_seed(0))
+    das = with_rotation(DASIntervention(d, k), torch.eye(d)[perm])  # rotated dim j is neuron perm[j]
+    w = analysis.neuron_weights(das)
+    expected = torch.zeros(d)
+    expected[perm[:k]] = 1 / k
+    assert torch.allclose(w, expected, atol=1e-6)
+    assert analysis.effective_neurons(w) == pytest.approx(k)
+
+
+def test_neuron_weights_of_a_cold_boundless_mask_and_of_the_whole_space():
+    d = 16
+    torch.manual_seed(0)
+    b = with_rotation(BoundlessDASIntervention(d, init_boundary=0.25), torch.eye(d))
+    b.temperature = 0.01  # a hard mask over rotated dims 1..3, and half of dims 0 and 4 (sigmoid(0) = 1/2)
+    w = analysis.neuron_weights(b)
+    assert torch.allclose(w, torch.tensor([0.125, 0.25, 0.25, 0.25, 0.125] + [0.0] * 11), atol=1e-6)
+    # the whole rotated space of an orthogonal rotation weighs every neuron equally, whatever the rotation
+    full = BoundlessDASIntervention(d, init_boundary=1.0)
+    full.temperature = 0.01
+    full_mask = analysis.neuron_weights(full)
+    assert analysis.effective_neurons(full_mask) > 0.95 * d
+    with pytest.raises(TypeError):
+        analysis.neuron_weights(NeuronIntervention(d, [0, 1]))
+    with pytest.raises(ValueError):
+        analysis.neuron_weights(b, variable=1)
+
+
+def test_neuron_weights_per_variable_of_two_disjoint_subspaces():
+    d = 8
+    b = with_rotation(BoundlessDASIntervention(d, n_variables=2, init_boundary=0.5), torch.eye(d))
+    b.temperature = 0.01
+    w0, w1 = analysis.neuron_weights(b, 0), analysis.neuron_weights(b, 1)
+    assert w0[4:].abs().max() < 1e-6 and w1[:4].abs().max() < 1e-6
+
+
+def test_effective_neurons_counts_equal_weights():
+    assert analysis.effective_neurons(torch.tensor([0.5, 0.5, 0.0, 0.0])) == pytest.approx(2.0)
+    assert analysis.effective_neurons(torch.ones(7)) == pytest.approx(7.0)
+
+
+def teacher_data(model, n: int, seed: int) -> InterchangeData:
+    """Pairs labelled by the model under a fixed DAS intervention: a learnable target on a random model."""
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.full((n,), 5)
+    data = InterchangeData({"input_ids": torch.randint(0, 12, (n, 6), generator=g)},
+                           {"input_ids": torch.randint(0, 12, (n, 6), generator=g)},
+                           pos, pos, torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+    torch.manual_seed(100)
+    with torch.no_grad():
+        data.labels = PlainForward(model, Site(0, "last"), DASIntervention(16, 4))(data).argmax(-1)
+    return data
+
+
+def test_train_boundless_is_deterministic_and_takes_a_rank():
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=12, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=2, max_position_embeddings=32)
+    model = LlamaForCausalLM(config).eval().requires_grad_(False)
+    train, test = teacher_data(model, 32, 1), teacher_data(model, 16, 2)
+    cfg = TrainConfig(steps=6, batch_size=8, eval_every=3, seed=5)
+    runs = [analysis.train_boundless(model, Site(0, "last"), train, test, cfg) for _ in range(2)]
+    (a, ra, fa), (b, rb, _) = runs
+    assert type(fa).__name__ == "CachedForward"  # a Llama takes the fast path
+    assert ra.iia == rb.iia and len(ra.curves) == 6 and "iia" in ra.curves[2]
+    assert torch.equal(a.rotation.weight, b.rotation.weight) and a.r == 16
+    low, _, _ = analysis.train_boundless(model, Site(0, "last"), train, test, cfg, rank=4)
+    assert low.rotation.weight.shape == (4, 16)
+
+
+def test_scan_sites_gives_one_row_per_site(standin):
+    model, task = standin
+    sites = [Site(0, "last"), Site(3, "resp_colon")]
+    scan = analysis.scan_sites(model, task, sample_pairs("left", 16, 0), sample_pairs("left", 16, 1), sites,
+                               TrainConfig(steps=2, batch_size=8))
+    assert list(zip(scan["layer"], scan["position"])) == [(0, "last"), (3, "resp_colon")]
+    assert scan["iia"].between(0, 1).all() and (scan["boundary_dims"] > 0).all()
+
+
+def test_intervention_example_swapping_everything_at_the_top_gives_the_sources_answer(standin):
+    model, task = standin
+    top = Site(model.config.num_hidden_layers - 1, "last")  # the last layer's answer position
+    swap_all = NeuronIntervention(model.config.hidden_size, list(range(model.config.hidden_size)))
+    for pair in sample_pairs("left", 6, 3):
+        example = analysis.intervention_example(model, task, top, swap_all, pair)
+        assert example["model on base, intervened"] == example["model on source"]
+        assert example["causal model's counterfactual"] in ("Yes", "No")
+        assert example["site"] == str(top)
+
+
+def test_random_rotation_like_keeps_the_mask_and_draws_a_new_rotation():
+    torch.manual_seed(0)
+    learned = BoundlessDASIntervention(16, n_variables=2, init_boundary=0.3)
+    learned.temperature = 0.5
+    reference = analysis.random_rotation_like(learned, seed=1)
+    variable = torch.tensor([0, 1])
+    assert torch.equal(reference.mask(variable), learned.mask(variable))
+    assert not torch.allclose(reference.rotation.weight, learned.rotation.weight)
+    again = analysis.random_rotation_like(learned, seed=1)
+    assert torch.equal(again.rotation.weight, reference.rotation.weight)

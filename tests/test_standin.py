@@ -1,0 +1,91 @@
+"""The shipped stand-in: loads with plain transformers, meets its accuracy targets, and can be rebuilt."""
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from das_lib import pricetag, standin
+from das_lib.models import default_template
+from das_lib.tasks import PriceTagTask
+
+ROBUSTNESS_CONTEXTS = standin.HELD_OUT_CONTEXTS
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    model = AutoModelForCausalLM.from_pretrained(standin.ASSET_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(standin.ASSET_DIR)
+    return model.eval(), tokenizer
+
+
+def test_asset_is_small_and_loads_with_plain_transformers(shipped):
+    model, tokenizer = shipped
+    assert isinstance(model, LlamaForCausalLM)
+    assert tokenizer.is_fast and tokenizer.padding_side == "left"
+    assert default_template(tokenizer) == "standin"
+    size = sum(f.stat().st_size for f in standin.ASSET_DIR.iterdir())
+    assert size < 10 * 2**20
+    assert model.config.num_hidden_layers <= 4 and model.config.hidden_size <= 128
+
+
+def test_tokenizer_encodes_any_text_and_splits_digits(shipped):
+    _, tokenizer = shipped
+    text = "Fruitarian Frogs ✓ ünïcode 日本 \t tabs 1234.56"
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tokenizer.decode(ids) == text
+    assert tokenizer.convert_ids_to_tokens(tokenizer("9.99", add_special_tokens=False)["input_ids"]) == ["9", ".", "9", "9"]
+    for yes, no in pricetag.ANSWERS.values():
+        assert len(tokenizer(yes, add_special_tokens=False)["input_ids"]) == 1
+        assert len(tokenizer(no, add_special_tokens=False)["input_ids"]) == 1
+    # offsets work: every searched role of the prompt is found
+    assert PriceTagTask(tokenizer, "standin").searched_roles()[0] == "amount_int"
+
+
+def test_accuracy_targets_on_fresh_games(shipped):
+    model, tokenizer = shipped
+    accuracy = standin.measure(model, tokenizer, n_games=400, seed=2024)  # other games than the shipped record's
+    for name, target in standin.TARGETS.items():
+        assert accuracy[name] >= target, f"{name}: {accuracy[name]:.3f} < {target}"
+
+
+def test_record_states_how_it_was_trained():
+    record = standin.load_record()
+    # one thread, so its CPU time is its time on one free core (wall-clock time depends on who shares the machine)
+    assert record["config"]["threads"] == 1 and record["train_cpu_seconds"] <= 600
+    assert set(record["accuracy"]) == set(standin.TARGETS)
+    assert all(record["accuracy"][k] >= t for k, t in standin.TARGETS.items())
+    assert standin.StandinConfig(**record["config"]).seed == record["config"]["seed"]
+
+
+def test_training_never_sees_the_robustness_contexts():
+    rng = random.Random(0)
+    contexts = {standin.sample_context(rng) for _ in range(3000)}
+    assert not contexts & set(ROBUSTNESS_CONTEXTS)
+    assert not any(held in c for c in contexts for held in ROBUSTNESS_CONTEXTS)
+    assert len(contexts) > 1500  # a varied pool
+
+
+def test_training_is_deterministic_and_builds_a_loadable_dir(tmp_path):
+    cfg = standin.StandinConfig(steps=3, batch_size=8, warmup_steps=1, threads=1, context_rate=0.5)
+    a, tokenizer, record = standin.train(cfg, log_every=0)
+    b, _, _ = standin.train(cfg, log_every=0)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(p, q), name
+    standin.save(a, tokenizer, record, tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert default_template(AutoTokenizer.from_pretrained(tmp_path)) == "standin"
+    assert standin.load_record(tmp_path)["config"]["steps"] == 3
+    assert model.config.num_hidden_layers == cfg.num_layers
+
+
+def test_hard_games_sit_near_a_bound_and_labels_are_balanced():
+    cfg = standin.StandinConfig()
+    rng = random.Random(1)
+    games = [standin.sample_training_game(rng, cfg) for _ in range(4000)]
+    yes = sum(pricetag.task_label(g) for g in games) / len(games)
+    assert 0.4 < yes < 0.6
+    near = sum(min(abs(g["amount"] - g["lb"]), abs(g["amount"] - g["ub"])) <= cfg.hard_cents for g in games)
+    assert near / len(games) >= cfg.hard_rate
