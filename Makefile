@@ -37,11 +37,13 @@ notebooks: setup
 	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider _build/smoke/*.ipynb; \
 	echo "==> chapters: $$(( $$(date +%s) - start )) s"
 
+# Both parts always run, so one failure does not hide another; the exit status is non-zero if either failed.
 test: setup
-	@start=$$(date +%s); \
-	$(MAKE) --no-print-directory unit; \
-	$(MAKE) --no-print-directory notebooks; \
-	echo "==> make test: $$(( $$(date +%s) - start )) s in all"
+	@start=$$(date +%s); status=0; \
+	$(MAKE) --no-print-directory unit || status=1; \
+	$(MAKE) --no-print-directory notebooks || status=1; \
+	echo "==> make test: $$(( $$(date +%s) - start )) s in all"; \
+	exit $$status
 
 book: setup
 	@start=$$(date +%s); echo "==> book"; \

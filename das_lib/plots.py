@@ -51,12 +51,15 @@ def heatmap_panels(grids: dict[str, pd.DataFrame], labels: Sequence[str] | None 
     return fig
 
 
-def boundary_curves(curves: pd.DataFrame, hue: str = "shrank") -> plt.Figure:
-    """IIA (batch) and learned boundary width against training step, one line per run, split by `hue`."""
+def boundary_curves(curves: pd.DataFrame, hue: str = "shrank", window: int = 10) -> plt.Figure:
+    """IIA (training batches, rolling mean over `window` steps) and learned boundary width against
+    training step, one line per run, split by `hue`."""
+    curves = curves.assign(batch_iia=curves.groupby("run")["batch_iia"].transform(
+        lambda s: s.rolling(window, min_periods=1).mean()))
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     sns.lineplot(curves, x="step", y="batch_iia", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[0])
     sns.lineplot(curves, x="step", y="boundary_dims", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[1])
-    axes[0].set_ylabel("IIA on training batches")
+    axes[0].set_ylabel(f"IIA on training batches ({window}-step mean)")
     axes[1].set_ylabel("learned subspace size (dims)")
     fig.tight_layout()
     return fig

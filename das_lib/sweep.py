@@ -344,11 +344,14 @@ class Sweep:
                 best[h] = cells[k].site()
         return best
 
+    def extra_cells(self) -> list[Cell]:
+        """The extra seeds at the best site of each hypothesis whose grid is finished."""
+        return [Cell(h, s.layer, s.position, seed) for h, s in self.best_sites().items()
+                for seed in self.spec.best_site_seeds if seed not in self.spec.seeds]
+
     def cells(self) -> list[Cell]:
-        """The grid, then the extra seeds at the best site of each hypothesis whose grid is finished."""
-        extra = [Cell(h, s.layer, s.position, seed) for h, s in self.best_sites().items()
-                 for seed in self.spec.best_site_seeds if seed not in self.spec.seeds]
-        return self.grid() + extra
+        """The grid, then the extra seeds."""
+        return self.grid() + self.extra_cells()
 
     def record(self, cell: Cell) -> dict[str, Any] | None:
         """The finished record of `cell`, or None."""
@@ -364,7 +367,7 @@ class Sweep:
         if self.store.get(self.task_config()) is None:
             self._execute([self.task_config()], client, gpu, progress=False)
         counts = {"ran": 0, "reused": 0}
-        for phase in (self.grid, lambda: self.cells()[len(self.grid()):]):  # the best sites are known after the grid
+        for phase in (self.grid, self.extra_cells):  # the best sites are known once the grid is finished
             configs = [self.config(c) for c in phase()]
             todo = [c for c in configs if self.store.get(c) is None]
             counts["ran"] += len(todo)

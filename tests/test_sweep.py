@@ -22,6 +22,15 @@ GRID = dict(layers=(0,), positions=("resp_colon", "last"), hypotheses=("left", "
             train=TrainConfig(steps=4, batch_size=16), n_train=32, n_test=24, n_task=32)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (more only add synchronisation), as the Dask workers do."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     """A random 2-layer Llama with the stand-in's tokenizer whose head can only answer Yes or No."""
