@@ -56,6 +56,10 @@ def test_chapter_is_a_clean_parametrized_source(path: Path):
     for line in source.splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             assert "#" in line, f"parameter line {line!r} needs a trailing comment explaining it"
+    import papermill
+
+    understood = set(papermill.inspect_notebook(str(path)))
+    assert understood == names, f"papermill cannot parse parameters {names - understood} (avoid '=' in comments)"
     validation = "".join(code[tagged[0] + 1]["source"])
     assert "params." in validation or "validate" in validation, "the cell after the parameters must validate them"
     smoke = ROOT / "book" / "params" / f"{path.stem}.smoke.yml"
