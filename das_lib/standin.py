@@ -214,14 +214,14 @@ class StandinConfig:
     intermediate_size: int = 256
     num_layers: int = 4
     num_heads: int = 4
-    steps: int = 1800
+    steps: int = 2400
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     variant_mix: dict[str, float] = field(default_factory=lambda: {"yesno": 0.6, "truefalse": 0.4})
-    context_rate: float = 0.25  # share of steps with an irrelevant context in front of the instruction
-    context_after: float = 0.3  # no contexts in this first share of the steps
+    context_rate: float = 0.35  # share of steps with an irrelevant context in front of the instruction
+    context_after: float = 0.6  # no contexts in this first share of the steps
     hard_rate: float = 0.5  # share of examples whose amount lies within `hard_cents` of a bound
     hard_cents: int = 40
     context_chunks: int = 4  # a context step is computed in this many chunks of similar length
