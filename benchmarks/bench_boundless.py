@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
@@ -236,7 +237,7 @@ def print_table(rows: list[dict]) -> None:
         if has_pv:
             cells += [f"{r['pyvene_ms'] / r['fast_ms']:.1f}x", f"{r['pyvene_ms'] / r['plain_ms']:.1f}x",
                       f"{r['pyvene_wall_ms'] / r['fast_wall_ms']:.1f}x"]
-        spread = "%.3f-%.3f" % r["jitter_iia"] if "jitter_iia" in r else "-"
+        spread = "%.3f-%.3f" % tuple(r["jitter_iia"]) if "jitter_iia" in r else "-"
         cells += [f"{r['plain_ms'] / r['fast_ms']:.1f}x", fmt(r, "fast_iia", ".3f"), spread, fmt(r, "plain_iia", ".3f")]
         cells += [fmt(r, "pyvene_iia", ".3f")] if has_pv else []
         cells += [fmt(r, "no_intervention", ".3f"), fmt(r, "cache_s", ".2f"), fmt(r, "cache_mib", ".1f"), r["load_after"]]
@@ -261,6 +262,7 @@ def main() -> None:
     parser.add_argument("--iia-plain", action="store_true", help="also train the plain path to the end (its IIA "
                         "equals the fast path's: tests/test_fastpath.py)")
     parser.add_argument("--jitter", type=int, default=2, help="extra das_lib runs from starts 1e-6 apart")
+    parser.add_argument("--json", help="append each cell's numbers to this JSON-lines file")
     parser.add_argument("--iia-large", action="store_true", help="also train the 8-layer model to the end (slow)")
     args = parser.parse_args()
     if args.quick:
@@ -293,6 +295,9 @@ def main() -> None:
         print(f"  {name} layer {layer} pos {pos - args.length}: "
               + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()
                           if k not in ("model", "layer", "position")), flush=True)
+        if args.json:  # every number at full precision, one cell a line
+            with open(args.json, "a") as f:
+                f.write(json.dumps(r) + "\n")
     print()
     print_table(rows)
 
