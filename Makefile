@@ -53,3 +53,10 @@ book: setup
 
 clean:
 	rm -rf _build
+
+# Speed against pyvene 0.1.8, in its own environment (pyvene was released against transformers 4.x).
+bench:
+	test -x .venv-bench/bin/python || ($(PYTHON) -m venv .venv-bench && \
+	  .venv-bench/bin/pip install --quiet -r benchmarks/requirements-bench.txt && \
+	  .venv-bench/bin/pip install --quiet --no-deps pyvene==0.1.8)
+	PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py --threads 1
