@@ -34,7 +34,7 @@ from das_lib.pricetag import HYPOTHESES, get_hypothesis, majority_rate_of, parse
 from das_lib.sites import Site, layer_module
 from das_lib.store import Store
 from das_lib.sweep import Sweep, SweepSpec, _column, model_identity
-from das_lib.tasks import REFERENCE_GAME, PriceTagTask, model_answers, position_table, task_accuracy
+from das_lib.tasks import PriceTagTask, model_answers, task_accuracy
 from das_lib.training import InterchangeData, PlainForward, TrainConfig, evaluate
 
 # ---------------------------------------------------------------------------------------------
@@ -634,9 +634,3 @@ def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
     for c in PAPER_COLUMNS:
         columns += [c, f"paper {c}"]
     return table.set_index("setting")[columns]
-
-
-def position_labels(task: PriceTagTask, positions: Sequence[str]) -> list[str]:
-    """Heatmap x labels: each position's token text (on the reference game) and role."""
-    tokens = position_table(task, REFERENCE_GAME).set_index("role")["token"]
-    return [f"{tokens.get(p, '?')} {p}" for p in positions]
