@@ -5,6 +5,8 @@
 - `scan_sites`: short trainings at a few sites, to choose where to look.
 - `neuron_weights`, `effective_neurons`, `random_rotation_like`: which original neurons the learned
   subspace is made of, and the same for a random subspace of the same size.
+- `subspace`, `captured_variation`, `planted_comparison`: the subspace an alignment swaps, and how much
+  of what varies in a subspace planted in the model the learned one holds.
 - `intervention_example`: one base/source pair, the model's answers before and after the intervention,
   and the causal model's counterfactual.
 """
@@ -136,3 +138,48 @@ def intervention_example(
         "model on base, intervened": after,
         "causal model's counterfactual": row["counterfactual"],
     }, name="example")
+
+
+def subspace(intervention: RotatedSpaceIntervention, variable: int = 0) -> torch.Tensor:
+    """Orthonormal rows (k, d) spanning the rotated dims the intervention swaps for `variable` (mask > 0.5)."""
+    with torch.no_grad():
+        m = intervention.mask(torch.tensor([variable], device=intervention.rotation.weight.device))[0]
+        return intervention.rotation.weight.detach()[m > 0.5].double().cpu()
+
+
+def captured_variation(hidden: torch.Tensor, planted: torch.Tensor, learned: torch.Tensor) -> float:
+    """Share of what varies inside the planted subspace, over the hidden vectors (N, d), that lies inside
+    the learned subspace: 1 when the learned one holds all of it, about k / d for a random k-dim one.
+
+    Comparing subspaces by their variation on real inputs, not by their bases: a planted block of 4
+    dims may carry a boolean along a single direction, and a learned subspace that holds that direction
+    has found what matters even if it ignores the block's 3 idle dims."""
+    if not hidden.shape[-1] == planted.shape[-1] == learned.shape[-1]:
+        raise ValueError(f"sizes differ: hidden {hidden.shape[-1]}, planted {planted.shape[-1]}, learned {learned.shape[-1]}")
+    h = hidden.double().cpu()
+    inside = (h - h.mean(0)) @ planted.double().T @ planted.double()  # the variation inside the planted subspace
+    total = inside.pow(2).sum()
+    if total == 0:
+        return float("nan")
+    return float((inside @ learned.double().T).pow(2).sum() / total)
+
+
+def planted_comparison(
+    intervention: RotatedSpaceIntervention, site: Site, variables: Sequence[str], planted: RotatedSpaceIntervention,
+    meta: dict, hidden: torch.Tensor,
+) -> pd.DataFrame:
+    """For each variable of an alignment that the model had planted: the two sites, the two subspace sizes,
+    the share of the planted subspace's variation over `hidden` (site vectors, N x d) that the learned
+    subspace holds, and the share a random subspace of the learned size would hold (k / d)."""
+    planted_site = Site(meta["site"]["layer"], meta["site"]["position"])
+    rows = []
+    for k, name in enumerate(variables):
+        if name not in meta.get("variables", []):
+            continue
+        learned, truth = subspace(intervention, k), subspace(planted, meta["variables"].index(name))
+        same_site = site == planted_site
+        rows.append({"variable": name, "learned at": str(site), "planted at": str(planted_site),
+                     "learned dims": len(learned), "planted dims": len(truth),
+                     "captured": captured_variation(hidden, truth, learned) if same_site else float("nan"),
+                     "random": len(learned) / intervention.d if same_site else float("nan")})
+    return pd.DataFrame(rows)

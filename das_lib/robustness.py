@@ -624,8 +624,12 @@ def training_note(model: str) -> str:
 
     config = load_record()["config"]
     sibling = config.get("variant_mix", {}).get("truefalse", 0.0) / max(1e-9, sum(config.get("variant_mix", {"yesno": 1}).values()))
-    return (f"the book's stand-in was trained with the sibling instruction on {sibling:.0%} of its examples and "
-            f"with a random irrelevant context on {config.get('context_rate', 0.0):.0%} of them")
+    context = config.get("context_rate", 0.0) * (1 - config.get("context_after", 0.0))  # contexts start late
+    note = (f"the book's stand-in was trained with the sibling instruction on {sibling:.0%} of its examples and "
+            f"with a random irrelevant context on {context:.0%} of them")
+    if config.get("iit_rate", 0.0) > 0:
+        note += "; its planted mechanism was trained on plain yes/no prompts only, never on these variations"
+    return note
 
 
 def side_by_side(table: pd.DataFrame) -> pd.DataFrame:

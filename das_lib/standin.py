@@ -2,7 +2,7 @@
 
 Read top to bottom: the irrelevant-context pool, the tokenizer, the model config, the training data
 mix, the training loop, the measurements, and `build`, which makes the directory shipped as
-das_lib/assets/standin (`python -m das_lib.standin` rebuilds it, about 10 minutes on one core).
+das_lib/assets/standin (`python -m das_lib.standin` rebuilds it, under 10 minutes on two cores).
 
 The model answers like Alpaca: the prompt is rendered with pricetag's "standin" template and the
 answer word (Yes/No, or True/False for the sibling instruction) is the first token after it. Only
@@ -28,6 +28,8 @@ from das_lib import pricetag
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from das_lib.interventions import DASIntervention
 
 ASSET_DIR = Path(__file__).resolve().parent / "assets" / "standin"
 TRAINING_RECORD = "standin_training.json"
@@ -123,10 +125,12 @@ _SYLLABLES = ("ka", "lo", "mi", "zu", "tre", "vox", "pal", "qui", "ren", "dor", 
 _PUNCT = ("!", ".", "?", "", ":", "...")
 
 
+_WORDS = tuple(w.strip(".,!?:").lower() for s in SENTENCES for w in s.split())
+
+
 def _words(rng: random.Random, k: int) -> list[str]:
     """k words taken from the sentence pool (lower-cased, punctuation stripped)."""
-    pool = [w.strip(".,!?:").lower() for s in SENTENCES for w in s.split()]
-    return [rng.choice(pool) for _ in range(k)]
+    return [rng.choice(_WORDS) for _ in range(k)]
 
 
 def _made_up_word(rng: random.Random) -> str:
@@ -213,19 +217,27 @@ class StandinConfig:
     hidden_size: int = 64
     intermediate_size: int = 256
     num_layers: int = 4
-    num_heads: int = 4
-    steps: int = 2400
+    num_heads: int = 8
+    steps: int = 2200
     batch_size: int = 64
     lr: float = 3e-3
     warmup_steps: int = 100
     weight_decay: float = 0.01
     variant_mix: dict[str, float] = field(default_factory=lambda: {"yesno": 0.6, "truefalse": 0.4})
-    context_rate: float = 0.35  # share of steps with an irrelevant context in front of the instruction
-    context_after: float = 0.6  # no contexts in this first share of the steps
+    context_rate: float = 0.3  # share of steps with an irrelevant context in front of the instruction
+    context_after: float = 0.3  # no contexts in this first share of the steps
     hard_rate: float = 0.5  # share of examples whose amount lies within `hard_cents` of a bound
     hard_cents: int = 40
     context_chunks: int = 4  # a context step is computed in this many chunks of similar length
-    threads: int = 1  # one core: the machines this runs on are shared
+    # Interchange intervention training (Geiger et al. 2022): a share of every batch are counterfactual
+    # pairs of the Left and Right Boundary model whose L and R are swapped inside a fixed random
+    # subspace at one site, trained to give the causal model's counterfactual answer. This plants a
+    # known mechanism, so the book can check that Boundless DAS recovers it. 0 trains plainly.
+    iit_rate: float = 0.25
+    iit_layer: int = 1
+    iit_position: str = "last"
+    iit_dims: int = 4  # dimensions of the planted subspace of each variable
+    threads: int = 2  # the two cores of the machine the book targets
 
 
 def model_config(cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
@@ -314,11 +326,50 @@ def train(
         torch.set_num_threads(threads)
 
 
+def planted_subspace(cfg: StandinConfig) -> "DASIntervention":
+    """The fixed random subspaces (`iit_dims` rotated dims for L, as many for R) that IIT plants,
+    drawn from `cfg.seed` alone, so they can be drawn again without the model."""
+    from das_lib.interventions import DASIntervention
+
+    with torch.random.fork_rng(devices=[]):  # leaves the training's random stream untouched
+        torch.manual_seed(cfg.seed + 2)
+        intervention = DASIntervention(cfg.hidden_size, cfg.iit_dims, n_variables=2)
+    return intervention.requires_grad_(False)  # the planted subspace stays where it was drawn
+
+
+class PlantedMechanism:
+    """The IIT part of training: a fixed random subspace per variable of the Left and Right Boundary
+    model at one site, and the loss that makes swapping it act like swapping L or R."""
+
+    def __init__(self, cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast):
+        from das_lib.sites import Site
+        from das_lib.tasks import PriceTagTask
+
+        self.site = Site(cfg.iit_layer, cfg.iit_position)
+        self.task = PriceTagTask(tokenizer, "standin")
+        self.intervention = planted_subspace(cfg)
+
+    def loss_sum(self, model: LlamaForCausalLM, rng: random.Random, n: int) -> tuple[torch.Tensor, int]:
+        """Summed cross-entropy of `n` fresh interchange pairs, and how many the model got right."""
+        from das_lib.sites import capture, intervened_logits
+
+        pairs = pricetag.sample_pairs("left_right", n, rng.randrange(2**31))  # labels from the causal model
+        data = self.task.interchange_data(pairs, self.site.position)
+        source = capture(model, self.site, data.source, data.source_pos)
+        logits = intervened_logits(model, self.site, data.base, data.base_pos, source, self.intervention, data.variable)
+        loss = torch.nn.functional.cross_entropy(logits, data.labels, reduction="sum")
+        return loss, int((logits.argmax(-1) == data.labels).sum())
+
+
 def _train(cfg: StandinConfig, log_every: int, evaluate: Callable | None) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict]:
     """The training loop of `train`, run with `cfg.threads` threads."""
     torch.manual_seed(cfg.seed)
     tokenizer = build_tokenizer(cfg.seed, cfg.vocab_size)
-    model = LlamaForCausalLM(model_config(cfg, tokenizer))
+    config = model_config(cfg, tokenizer)
+    config._attn_implementation = "eager"  # the same attention; for heads this small, faster than SDPA on a CPU
+    model = LlamaForCausalLM(config)
+    n_iit = 2 * round(cfg.iit_rate * cfg.batch_size / 2)  # even: pairs are balanced Yes/No
+    planted = PlantedMechanism(cfg, tokenizer) if n_iit else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
     rng = random.Random(cfg.seed + 1)
     model.train()
@@ -327,18 +378,24 @@ def _train(cfg: StandinConfig, log_every: int, evaluate: Callable | None) -> tup
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg)
         optimizer.zero_grad(set_to_none=True)
-        loss_sum, correct = 0.0, 0
+        loss_sum, correct, iit_correct = 0.0, 0, 0
         for chunk in sample_batch(rng, cfg, step):  # gradient accumulation over chunks of similar length
             inputs, answers = encode_batch(tokenizer, chunk)
             logits = model(**inputs, logits_to_keep=1).logits[:, -1]  # only the answer position is trained
-            loss = torch.nn.functional.cross_entropy(logits, answers, reduction="sum") / cfg.batch_size
+            loss = torch.nn.functional.cross_entropy(logits, answers, reduction="sum") / (cfg.batch_size + n_iit)
             loss.backward()
             loss_sum += loss.item()
             correct += (logits.argmax(-1) == answers).sum().item()
+        if planted is not None:
+            iit_loss, iit_correct = planted.loss_sum(model, rng, n_iit)
+            iit_loss = iit_loss / (cfg.batch_size + n_iit)
+            iit_loss.backward()
+            loss_sum += iit_loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if log_every and (step + 1) % log_every == 0:
-            print(f"step {step + 1}/{cfg.steps}  loss {loss_sum:.4f}  batch acc {correct / cfg.batch_size:.3f}  "
+            iit = f"  IIT batch acc {iit_correct / n_iit:.3f}" if n_iit else ""
+            print(f"step {step + 1}/{cfg.steps}  loss {loss_sum:.4f}  batch acc {correct / cfg.batch_size:.3f}{iit}  "
                   f"{time.perf_counter() - start:.0f}s", flush=True)
             if evaluate is not None:
                 evaluate(model, tokenizer)
@@ -409,6 +466,50 @@ def measure(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, n_games:
     return {name: round(float(acc), 4) for name, acc in table.groupby("setting", sort=False)["correct"].mean().items()}
 
 
+PLANTED = "planted_subspace"  # file stem, in the model directory, of the subspace IIT planted
+
+
+def planted_iia(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, planted: "DASIntervention", meta: dict,
+                n_pairs: int = 1000, seed: int = EVAL_SEED) -> dict[str, float]:
+    """IIA of swapping the planted subspace (at the site in `meta`) on fresh Left and Right Boundary pairs,
+    and of doing nothing."""
+    from das_lib.sites import Site, answer_logits
+    from das_lib.tasks import PriceTagTask
+    from das_lib.training import PlainForward, evaluate
+
+    site = Site(meta["site"]["layer"], meta["site"]["position"])
+    data = PriceTagTask(tokenizer, "standin").interchange_data(pricetag.sample_pairs("left_right", n_pairs, seed), site.position)
+    return {"planted": round(evaluate(PlainForward(model, site, planted), data), 4),
+            "no_intervention": round(evaluate(lambda batch: answer_logits(model, batch.base), data), 4)}
+
+
+def planted_meta(cfg: StandinConfig) -> dict:
+    """What the planted subspace stands for: the causal model, its variables (in subspace order) and the site."""
+    return {"hypothesis": "left_right", "variables": ["left", "right"],
+            "site": {"layer": cfg.iit_layer, "position": cfg.iit_position}}
+
+
+def load_planted(model_dir: Path | str = ASSET_DIR) -> tuple["DASIntervention", dict] | None:
+    """The subspace IIT planted in the model at `model_dir` and its site, or None if it was trained plainly."""
+    from das_lib.interventions import load_intervention
+
+    path = Path(model_dir) / PLANTED
+    if not path.with_suffix(".json").exists():
+        return None
+    return load_intervention(path)
+
+
+def planted_for(model: str) -> tuple["DASIntervention", dict] | None:
+    """The planted subspace of a model named as `load_model` names it (the stand-in, or a directory that
+    `build` made with IIT), or None for any other model."""
+    from das_lib.models import model_source
+
+    folder, gguf = model_source(model)
+    if gguf is not None or not Path(folder).is_dir():
+        return None
+    return load_planted(folder)
+
+
 def save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, record: dict, out_dir: Path | str) -> Path:
     """Write model, tokenizer (marked with its template) and the training record to `out_dir`."""
     from das_lib.models import TEMPLATE_KEY
@@ -433,11 +534,17 @@ def load_record(model_dir: Path | str = ASSET_DIR) -> dict:
 
 def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every: int = 100) -> dict:
     """Train the stand-in from `cfg`, measure it on fresh games, and save it; returns the record."""
+    from das_lib.interventions import save_intervention
+
     model, tokenizer, record = train(cfg, log_every)
     record["accuracy"] = measure(model, tokenizer, n_eval)
     record["n_eval"] = n_eval
     record["torch"] = torch.__version__
+    if cfg.iit_rate > 0:
+        record["planted_iia"] = planted_iia(model, tokenizer, planted_subspace(cfg), planted_meta(cfg), n_eval)
     save(model, tokenizer, record, out_dir)
+    if cfg.iit_rate > 0:
+        save_intervention(planted_subspace(cfg), Path(out_dir) / PLANTED, planted_meta(cfg))
     return record
 
 

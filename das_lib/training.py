@@ -94,7 +94,10 @@ class TrainConfig:
     lr: float = 1e-3  # rotation
     boundary_lr: float = 1e-2  # Boundless DAS boundaries
     warmup_frac: float = 0.1
-    temperature_start: float = 50.0
+    # None: the paper's 50 for 4096 rotated dims, scaled to the intervention's width (at least 1). The
+    # mask's edge is about T dims wide, so an unscaled 50 keeps a 64-dim mask soft everywhere while the
+    # boundary loss shrinks it, and the boundary collapses before the rotation has learnt anything.
+    temperature_start: float | None = None
     temperature_end: float = 0.1
     boundary_loss_weight: float = 1.0
     eval_every: int = 0  # 0: evaluate only at the end
@@ -110,8 +113,8 @@ class TrainConfig:
             problems.append(f"learning rates must be positive (got lr={self.lr}, boundary_lr={self.boundary_lr})")
         if not 0 <= self.warmup_frac < 1:
             problems.append(f"warmup_frac must be in [0, 1) (got {self.warmup_frac})")
-        if not self.temperature_start >= self.temperature_end > 0:
-            problems.append("temperatures must satisfy temperature_start >= temperature_end > 0")
+        if not (self.temperature_start is None or self.temperature_start >= self.temperature_end) or not self.temperature_end > 0:
+            problems.append("temperatures must satisfy temperature_start >= temperature_end > 0 (or temperature_start None)")
         if problems:
             raise ValueError("bad TrainConfig: " + "; ".join(problems))
 
@@ -136,10 +139,21 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def temperature_at(step: int, config: TrainConfig) -> float:
-    """Linear annealing from temperature_start to temperature_end over training."""
+PAPER_TEMPERATURE, PAPER_WIDTH = 50.0, 4096  # the release's starting temperature, for LLaMA 7B's 4096 dims
+
+
+def start_temperature(config: TrainConfig, width: int = PAPER_WIDTH) -> float:
+    """config.temperature_start, or when None the paper's 50 scaled to `width` rotated dims (at least 1)."""
+    if config.temperature_start is not None:
+        return config.temperature_start
+    return max(1.0, config.temperature_end, PAPER_TEMPERATURE * width / PAPER_WIDTH)
+
+
+def temperature_at(step: int, config: TrainConfig, width: int = PAPER_WIDTH) -> float:
+    """Linear annealing from the start temperature (for `width` rotated dims) to temperature_end over training."""
     frac = step / max(1, config.steps - 1)
-    return config.temperature_start + frac * (config.temperature_end - config.temperature_start)
+    start = start_temperature(config, width)
+    return start + frac * (config.temperature_end - start)
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
@@ -261,7 +275,7 @@ def train_intervention(
         for g, lr in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, config)
         if boundless:
-            intervention.temperature = temperature_at(step, config)
+            intervention.temperature = temperature_at(step, config, intervention.r)
         logits = forward(batch)
         if not torch.isfinite(logits).all():
             raise FloatingPointError(

@@ -8,7 +8,7 @@ from das_lib.interventions import BoundlessDASIntervention, DASIntervention, Neu
 from das_lib.models import default_template, load_model
 from das_lib.params import ParameterError
 from das_lib.pricetag import sample_pairs
-from das_lib.sites import Site
+from das_lib.sites import Site, capture
 from das_lib.tasks import PriceTagTask
 from das_lib.training import InterchangeData, PlainForward, TrainConfig
 
@@ -148,3 +148,39 @@ def test_random_rotation_like_keeps_the_mask_and_draws_a_new_rotation():
     assert not torch.allclose(reference.rotation.weight, learned.rotation.weight)
     again = analysis.random_rotation_like(learned, seed=1)
     assert torch.equal(again.rotation.weight, reference.rotation.weight)
+
+
+def test_captured_variation_of_a_direction_inside_a_block():
+    torch.manual_seed(0)
+    das = DASIntervention(16, 3, n_variables=2)
+    block, other = analysis.subspace(das, 0), analysis.subspace(das, 1)
+    assert block.shape == (3, 16) and other.shape == (3, 16)
+    # the data vary inside the planted block along its first direction only (plus variation elsewhere)
+    hidden = torch.randn(500, 1) * block[0].float() + torch.randn(500, 16) @ other.float().T @ other.float()
+    assert analysis.captured_variation(hidden, block, block[:1]) == pytest.approx(1.0)  # the one direction is enough
+    assert analysis.captured_variation(hidden, block, block[1:]) == pytest.approx(0.0, abs=1e-9)  # the idle dims hold nothing
+    assert analysis.captured_variation(hidden, block, other) == pytest.approx(0.0, abs=1e-9)
+    q, _ = torch.linalg.qr(torch.randn(16, 16, dtype=torch.float64))
+    assert sum(analysis.captured_variation(hidden, block, q[i : i + 4]) for i in range(0, 16, 4)) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="sizes differ"):
+        analysis.captured_variation(hidden, block, torch.zeros(2, 8))
+
+
+def test_boundless_das_with_default_settings_recovers_the_planted_mechanism(standin):
+    """The science check of the whole pipeline: the stand-in has L and R planted at one site; Boundless DAS,
+    with the library's default temperature schedule, must find them there: high IIA, and a learned subspace
+    that holds most of what varies inside the planted one (a random subspace of its size holds k / d)."""
+    from das_lib.standin import planted_for
+
+    model, task = standin
+    planted, meta = planted_for("standin")
+    site = Site(meta["site"]["layer"], meta["site"]["position"])
+    train = task.interchange_data(sample_pairs("left_right", 1024, 0), site.position)
+    test = task.interchange_data(sample_pairs("left_right", 256, 1), site.position)
+    intervention, result, _ = analysis.train_boundless(model, site, train, test, TrainConfig(steps=120, seed=0), n_variables=2)
+    no_intervention = (test.base_labels == test.labels).float().mean().item()
+    assert result.iia >= 0.9 and result.iia - no_intervention >= 0.2, (result.iia, no_intervention)
+    hidden = capture(model, site, test.base, test.base_pos)
+    table = analysis.planted_comparison(intervention, site, ["left", "right"], planted, meta, hidden)
+    assert list(table["variable"]) == ["left", "right"]
+    assert (table["captured"] >= 0.6).all() and (table["captured"] >= 2 * table["random"]).all(), table.to_string()

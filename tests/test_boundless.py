@@ -7,7 +7,7 @@ from das_lib.fastpath import make_forward
 from das_lib.interventions import BoundlessDASIntervention, DASIntervention, load_intervention, save_intervention
 from das_lib.sites import Site
 from das_lib.training import (
-    InterchangeData, PlainForward, TrainConfig, evaluate, lr_factor, make_optimizer, temperature_at, train_intervention,
+    InterchangeData, PlainForward, TrainConfig, evaluate, lr_factor, make_optimizer, start_temperature, temperature_at, train_intervention,
 )
 
 V, D, T = 12, 16, 8
@@ -41,9 +41,16 @@ def splits(model):
 
 def test_temperature_anneals_linearly_from_50_to_0_1():
     config = TrainConfig(steps=11)
-    temps = [temperature_at(s, config) for s in range(config.steps)]
+    temps = [temperature_at(s, config, 4096) for s in range(config.steps)]  # the paper's width: the paper's 50
     assert temps[0] == 50.0 and temps[-1] == pytest.approx(0.1)
     assert all(b - a == pytest.approx(-4.99) for a, b in zip(temps, temps[1:]))
+
+
+def test_default_start_temperature_scales_with_the_width_and_an_explicit_one_wins():
+    config = TrainConfig(steps=11)
+    assert start_temperature(config, 2048) == 25.0 and start_temperature(config, 64) == 1.0  # at least 1
+    assert temperature_at(0, config, 64) == 1.0 and temperature_at(10, config, 64) == pytest.approx(0.1)
+    assert start_temperature(TrainConfig(temperature_start=50.0), 64) == 50.0
 
 
 def test_warm_up_then_decay_and_separate_learning_rates():
@@ -59,7 +66,7 @@ def test_warm_up_then_decay_and_separate_learning_rates():
 def test_training_records_the_annealed_temperature(model, splits):
     train, _ = splits
     result = train_intervention(PlainForward(model, Site(0, "last"), iv := BoundlessDASIntervention(D)), iv, train,
-                                TrainConfig(steps=5, batch_size=16), progress=False)
+                                TrainConfig(steps=5, batch_size=16, temperature_start=50.0), progress=False)
     assert [row["temperature"] for row in result.curves] == pytest.approx([50.0, 37.525, 25.05, 12.575, 0.1])
     assert iv.temperature == pytest.approx(0.1)
 

@@ -57,9 +57,6 @@ def test_recorded_accuracy_is_what_fresh_games_give(fresh_accuracy):
     assert fresh_accuracy["yesno"] >= 0.9  # far above the ~0.5 majority rate: the model solves the game
 
 
-# The issue's targets are not met yet by the shipped model (see standin_training.json); this test says
-# by how much, and turns into a pass once a retrained stand-in reaches them.
-@pytest.mark.xfail(reason="shipped stand-in is below the issue's accuracy targets; retraining is open work", strict=False)
 def test_accuracy_targets_on_fresh_games(fresh_accuracy):
     for name, target in standin.TARGETS.items():
         assert fresh_accuracy[name] >= target, f"{name}: {fresh_accuracy[name]:.3f} < {target}"
@@ -67,8 +64,8 @@ def test_accuracy_targets_on_fresh_games(fresh_accuracy):
 
 def test_record_states_how_it_was_trained():
     record = standin.load_record()
-    # one thread, so its CPU time is its time on one free core (wall-clock time depends on who shares the machine)
-    assert record["config"]["threads"] == 1 and record["train_cpu_seconds"] <= 600
+    # trained on the two cores the book targets, with nothing else running: at most 10 minutes
+    assert record["config"]["threads"] <= 2 and record["train_seconds"] <= 600
     assert set(record["accuracy"]) == set(standin.TARGETS)
     assert standin.StandinConfig(**record["config"]).seed == record["config"]["seed"]
 
@@ -92,6 +89,39 @@ def test_training_is_deterministic_and_builds_a_loadable_dir(tmp_path):
     assert default_template(AutoTokenizer.from_pretrained(tmp_path)) == "standin"
     assert standin.load_record(tmp_path)["config"]["steps"] == 3
     assert model.config.num_hidden_layers == cfg.num_layers
+
+
+def test_planted_subspace_is_fixed_by_the_seed_and_orthonormal():
+    cfg = standin.StandinConfig(iit_dims=3)
+    a, b = standin.planted_subspace(cfg), standin.planted_subspace(cfg)
+    assert torch.equal(a.rotation.weight, b.rotation.weight)
+    assert a.rotation.orthogonality_error() < 1e-5
+    assert not torch.equal(a.rotation.weight, standin.planted_subspace(standin.StandinConfig(seed=1, iit_dims=3)).rotation.weight)
+    assert a.masks.sum(1).tolist() == [3.0, 3.0] and not any(p.requires_grad for p in a.parameters())
+
+
+def test_iit_training_is_deterministic_and_ships_the_planted_subspace(tmp_path):
+    cfg = standin.StandinConfig(steps=2, batch_size=8, warmup_steps=1, iit_rate=0.5, iit_layer=1)
+    record = standin.build(cfg, tmp_path, n_eval=8, log_every=0)
+    again = standin.build(cfg, tmp_path / "again", n_eval=8, log_every=0)
+    assert record["accuracy"] == again["accuracy"] and record["planted_iia"] == again["planted_iia"]
+    planted, meta = standin.load_planted(tmp_path)
+    assert meta["site"] == {"layer": 1, "position": "last"} and meta["hypothesis"] == "left_right"
+    assert torch.equal(planted.rotation.weight, standin.planted_subspace(cfg).rotation.weight)
+    assert standin.load_planted(tmp_path / "missing") is None
+
+
+def test_shipped_model_realises_its_planted_mechanism(shipped):
+    """IIT planted L and R at one site: swapping those subspaces must act like swapping L or R."""
+    record = standin.load_record()
+    if record["config"].get("iit_rate", 0) == 0:
+        pytest.skip("the shipped stand-in was trained without interchange intervention training")
+    model, tokenizer = shipped
+    planted, meta = standin.load_planted()
+    assert meta == standin.planted_meta(standin.StandinConfig(**record["config"]))
+    measured = standin.planted_iia(model, tokenizer, planted, meta, n_pairs=400, seed=2024)
+    assert measured["planted"] >= 0.9 and measured["planted"] - measured["no_intervention"] >= 0.2
+    assert abs(measured["planted"] - record["planted_iia"]["planted"]) <= 0.05
 
 
 def test_hard_games_sit_near_a_bound_and_labels_are_balanced():
