@@ -45,6 +45,8 @@ def test_chapter_is_a_clean_parametrized_source(path: Path):
     cells = json.loads(path.read_text())["cells"]
     code = [c for c in cells if c["cell_type"] == "code"]
     assert not any(c.get("outputs") or c.get("execution_count") for c in code), "commit notebooks without outputs"
+    ids = [c.get("id") for c in cells]  # nbformat 4.5 requires them; a missing one will become an error
+    assert all(ids) and len(set(ids)) == len(ids), "every cell needs a unique id (nbformat.validator.normalize adds them)"
     tagged = [i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) == 1, "exactly one code cell must be tagged `parameters`"
     source = "".join(code[tagged[0]]["source"])
