@@ -10,6 +10,7 @@ executed copy, the same folder nbval later uses, so relative paths in parameters
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -43,6 +44,9 @@ def execute(notebook: Path, out_dir: Path, kind: str) -> float:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / notebook.name
+    # A saved notebook keeps every progress-bar update as a line of text (no live terminal to redraw
+    # it), so the kernel's bars update at most every 30 s; a chapter run by hand keeps live bars.
+    os.environ.setdefault("TQDM_MININTERVAL", "30")
     start = time.perf_counter()
     pm.execute_notebook(str(notebook), str(target), parameters=parameters(notebook, kind), prepare_only=True)
     pm.execute_notebook(str(target), str(target), cwd=str(out_dir), progress_bar=False, kernel_name="python3")
