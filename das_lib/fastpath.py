@@ -15,6 +15,8 @@ logits equal the full model's to float rounding, and `CachedForward` checks that
 model's own forward pass whenever it caches a dataset.
 
 Other architectures (GPT-2, GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path.
+`shared_cache` builds one cache at a layer for data encoded at every position of a grid, which
+`CachedForward.for_position` then serves position by position (sweeps and the robustness study).
 """
 from __future__ import annotations
 
@@ -366,6 +368,19 @@ class CachedForward:
         new = self.intervention(select_positions(suffix, local), store.source.index_select(0, rows), batch.variable)
         hidden = self._upper_layers(store, rows, write_positions(suffix, local, new))
         return self.model.get_output_embeddings()(self.model.model.norm(hidden))
+
+
+def shared_cache(model: nn.Module, layer: int, data: Iterable[InterchangeData]) -> CachedForward | None:
+    """One cache of `data` (encoded at every position of a grid) at `layer`, for `for_position` to serve
+    each position from; None where the fast path cannot run or the cache is too large to keep whole."""
+    data, site = list(data), Site(layer)
+    if fast_path_problem(model, site, data) is not None:
+        return None
+    try:
+        cache = CachedForward(model, site, None, data)
+    except FastPathMismatch:
+        return None
+    return cache if len(cache.stores) == len(data) else None
 
 
 def make_forward(

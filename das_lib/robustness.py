@@ -26,14 +26,14 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from das_lib.counterfactual import CounterfactualPair
-from das_lib.fastpath import CachedForward, FastPathMismatch, fast_path_problem
+from das_lib.fastpath import shared_cache
 from das_lib.interventions import load_intervention
 from das_lib.metrics import pearson
 from das_lib.plots import iia_grid
 from das_lib.pricetag import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
 from das_lib.sites import Site, layer_module
 from das_lib.store import Store
-from das_lib.sweep import Sweep, SweepSpec, _column, model_identity
+from das_lib.sweep import Sweep, SweepSpec, model_identity
 from das_lib.tasks import PriceTagTask, model_answers, task_accuracy
 from das_lib.training import InterchangeData, PlainForward, TrainConfig, evaluate
 
@@ -364,17 +364,6 @@ def screen_pairs(
 # Evaluating alignments on a setting (inference only)
 
 
-def _shared_cache(model: nn.Module, layer: int, data: InterchangeData) -> CachedForward | None:
-    """The fast-path cache of `data` (all positions) at `layer`, or None where the fast path cannot run."""
-    if fast_path_problem(model, Site(layer), [data]) is not None:
-        return None
-    try:
-        shared = CachedForward(model, Site(layer), None, [data])
-    except FastPathMismatch:
-        return None
-    return shared if shared.stores else None  # not kept (too large): evaluate on the plain path
-
-
 def evaluate_grid(
     model: nn.Module, task: PriceTagTask, pairs: Sequence[CounterfactualPair], alignments: pd.DataFrame, store: Store,
     fast: bool = True,
@@ -390,7 +379,7 @@ def evaluate_grid(
     data = task.interchange_data(pairs, positions).to(device)
     rows = []
     for layer, group in alignments.groupby("layer", sort=True):
-        shared = _shared_cache(model, int(layer), data) if fast else None
+        shared = shared_cache(model, int(layer), [data]) if fast else None
         for row in group.itertuples(index=False):
             try:
                 intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size)
@@ -401,7 +390,7 @@ def evaluate_grid(
                     "store) and train it again (train_missing=True, or the sweep chapter)"
                 ) from err
             j = positions.index(row.position)
-            column, site = _column(data, j), Site(int(layer), row.position)
+            column, site = data.column(j), Site(int(layer), row.position)
             # on the site's own device (a large model may be spread over several GPUs)
             intervention = intervention.to(next(layer_module(model, site).parameters()).device).eval()
             if shared is not None:

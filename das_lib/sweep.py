@@ -47,7 +47,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import das_lib
-from das_lib.fastpath import CachedForward, FastPathMismatch, fast_path_problem, make_forward
+from das_lib.fastpath import CachedForward, make_forward, shared_cache
 from das_lib.interventions import BoundlessDASIntervention, load_intervention, save_intervention
 from das_lib.metrics import normalised_iia
 from das_lib.models import default_template, load_config, load_model, load_tokenizer, model_source
@@ -134,11 +134,6 @@ def model_identity(name: str) -> dict[str, Any]:
     return {"name": name, "files": None}
 
 
-def _column(data: InterchangeData, j: int) -> InterchangeData:
-    """The examples of `data` (N, k positions) at their j-th position only."""
-    return replace(data, base_pos=data.base_pos[:, j], source_pos=data.source_pos[:, j])
-
-
 @dataclass
 class _HypothesisData:
     """A hypothesis's train and test pairs, encoded at every searched position ((N, k) positions)."""
@@ -184,15 +179,7 @@ class _Runner:
         key = f"{key}@{layer}"
         if self.shared is None or self.shared[0] != key:
             self.shared = None  # free the previous layer's cache before building the next
-            forward = None
-            if fast_path_problem(self.model, Site(layer), [data.train, data.test]) is None:
-                try:
-                    forward = CachedForward(self.model, Site(layer), None, [data.train, data.test])
-                except FastPathMismatch:
-                    forward = None
-                if forward is not None and len(forward.stores) != 2:  # too large to keep: cells cache on their own
-                    forward = None
-            self.shared = (key, forward)
+            self.shared = (key, shared_cache(self.model, layer, [data.train, data.test]))
         return self.shared[1]
 
     def alignment(self, config: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -200,7 +187,7 @@ class _Runner:
         key, data = self.hypothesis_data(config)
         site = Site(**config["site"])
         j = data.roles.index(site.position)
-        train, test = _column(data.train, j), _column(data.test, j)
+        train, test = data.train.column(j), data.test.column(j)
         shared = self.shared_forward(key, data, site.layer)
         train_config = TrainConfig(**config["train"])
         set_seed(train_config.seed)  # the rotation's initialisation depends on the seed too

@@ -55,6 +55,10 @@ class InterchangeData:
             pick(self.base_pos), pick(self.source_pos), self.variable[idx], self.labels[idx], pick(self.base_labels),
         )
 
+    def column(self, j: int) -> "InterchangeData":
+        """The same examples at their j-th position only (for data encoded at k positions, (N, k))."""
+        return replace(self, base_pos=self.base_pos[:, j], source_pos=self.source_pos[:, j])
+
     def to(self, device: str | torch.device) -> "InterchangeData":
         """A copy on `device`."""
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731

@@ -12,7 +12,7 @@ from das_lib.fastpath import FastPathMismatch
 from das_lib.models import STANDIN_DIR
 from das_lib.sites import Site
 from das_lib.store import Store
-from das_lib.sweep import Cell, Sweep, SweepSpec, _column, alignments, model_identity, summary
+from das_lib.sweep import Cell, Sweep, SweepSpec, alignments, model_identity, summary
 from das_lib.tasks import PriceTagTask
 from das_lib.training import PlainForward, TrainConfig, evaluate
 
@@ -144,14 +144,14 @@ def test_shared_layer_cache_equals_the_plain_path_at_every_position(finished):
     intervention = sweep_module.BoundlessDASIntervention(32, n_variables=2)
     intervention.temperature = 1.0
     for j, role in enumerate(data.roles):
-        train, test = _column(data.train, j), _column(data.test, j)
+        train, test = data.train.column(j), data.test.column(j)
         forward = shared.for_position(j, [train, test], Site(0, role), intervention)
         batch = test.select(slice(0, 8))
         with torch.no_grad():
             torch.testing.assert_close(forward(batch), PlainForward(runner.model, Site(0, role), intervention)(batch),
                                        atol=1e-5, rtol=1e-5)
     with pytest.raises(FastPathMismatch):  # the data of another position is refused
-        shared.for_position(0, [_column(data.train, 3), _column(data.test, 3)], Site(0, data.roles[0]), intervention)
+        shared.for_position(0, [data.train.column(3), data.test.column(3)], Site(0, data.roles[0]), intervention)
 
 
 def test_a_loaded_alignment_reproduces_its_recorded_iia(finished):
@@ -160,7 +160,7 @@ def test_a_loaded_alignment_reproduces_its_recorded_iia(finished):
     assert record["config"]["task"] == {"template": "standin", "variant": "yesno", "context": None}
     assert record["config"]["hypothesis"] == "left_right" and intervention.n_variables == 2
     _, data = finished.runner.hypothesis_data(record["config"])
-    test = _column(data.test, data.roles.index(cell.position))
+    test = data.test.column(data.roles.index(cell.position))
     forward = PlainForward(finished.runner.model, cell.site(), intervention)
     assert evaluate(forward, test) == record["results"]["iia"]
     table = alignments(finished.store)
