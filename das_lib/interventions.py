@@ -159,6 +159,9 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
 
 
 INTERVENTIONS = {c.__name__: c for c in (NeuronIntervention, DASIntervention, BoundlessDASIntervention)}
+# Version of the saved files: raise it when a module's parameters change name or meaning, so that an
+# old file is refused with a message instead of loading wrongly. Files without one are version 1.
+FILE_FORMAT = 1
 
 
 def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -167,7 +170,7 @@ def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str,
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in intervention.state_dict().items()}
     save_file(state, str(path.with_suffix(".safetensors")))
-    info = {"class": type(intervention).__name__, "config": intervention.config(), "meta": meta or {}}
+    info = {"format": FILE_FORMAT, "class": type(intervention).__name__, "config": intervention.config(), "meta": meta or {}}
     if isinstance(intervention, BoundlessDASIntervention):
         info["temperature"] = intervention.temperature
     path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
@@ -181,6 +184,11 @@ def load_intervention(path: str | Path, hidden_size: int | None = None) -> tuple
     if not json_path.exists() or not weights_path.exists():
         raise FileNotFoundError(f"no saved intervention at {path} (need {json_path.name} and {weights_path.name})")
     info = json.loads(json_path.read_text())
+    if info.get("format", 1) != FILE_FORMAT:
+        raise ValueError(
+            f"alignment {path} was saved in file format {info.get('format')}, this das_lib reads format {FILE_FORMAT}; "
+            "train it again with this version (or load it with the das_lib version that wrote it)"
+        )
     cfg = info["config"]
     if hidden_size is not None and cfg["d"] != hidden_size:
         raise ValueError(

@@ -383,7 +383,7 @@ def evaluate_grid(
         for row in group.itertuples(index=False):
             try:
                 intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size)
-            except (RuntimeError, KeyError) as err:  # a file written by another version of das_lib.interventions
+            except (RuntimeError, KeyError, ValueError) as err:  # a file written by another version of das_lib.interventions
                 raise RuntimeError(
                     f"cannot load the alignment of {row.hypothesis} L{row.layer}@{row.position} from {store.root / row.hash}: "
                     f"{err}. It was probably saved by another version of das_lib; delete that folder (or the whole "

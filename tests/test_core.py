@@ -1,4 +1,6 @@
 """The core: interventions through the hooks, orthogonality, save/load, labels, hooks, refusals."""
+import json
+
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -7,7 +9,7 @@ from das_lib import toy
 from das_lib.causal import CausalModel, Variable
 from das_lib.counterfactual import sample_pairs
 from das_lib.interventions import (
-    BoundlessDASIntervention, DASIntervention, NeuronIntervention, load_intervention, save_intervention,
+    FILE_FORMAT, BoundlessDASIntervention, DASIntervention, NeuronIntervention, load_intervention, save_intervention,
 )
 from das_lib.metrics import normalised_iia
 from das_lib.sites import Site, answer_logits, capture, edit_output, find_layers, intervened_logits
@@ -136,6 +138,17 @@ def test_saved_intervention_loads_identical(mlp, tmp_path, make):
 def test_loading_a_missing_alignment_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="no saved intervention"):
         load_intervention(tmp_path / "nothing")
+
+
+def test_saved_files_carry_their_format_and_another_format_is_refused(tmp_path):
+    path = save_intervention(DASIntervention(8, 2), tmp_path / "a")
+    info = json.loads(path.with_suffix(".json").read_text())
+    assert info["format"] == FILE_FORMAT
+    load_intervention(path)  # this format loads
+    info["format"] = FILE_FORMAT + 1
+    path.with_suffix(".json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match=f"file format {FILE_FORMAT + 1}, this das_lib reads format {FILE_FORMAT}"):
+        load_intervention(path)
 
 
 def test_intervention_refuses_vectors_of_another_size():
