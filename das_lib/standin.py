@@ -540,11 +540,12 @@ def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every
     record["accuracy"] = measure(model, tokenizer, n_eval)
     record["n_eval"] = n_eval
     record["torch"] = torch.__version__
-    if cfg.iit_rate > 0:
-        record["planted_iia"] = planted_iia(model, tokenizer, planted_subspace(cfg), planted_meta(cfg), n_eval)
+    planted = planted_subspace(cfg) if cfg.iit_rate > 0 else None
+    if planted is not None:
+        record["planted_iia"] = planted_iia(model, tokenizer, planted, planted_meta(cfg), n_eval)
     save(model, tokenizer, record, out_dir)
-    if cfg.iit_rate > 0:
-        save_intervention(planted_subspace(cfg), Path(out_dir) / PLANTED, planted_meta(cfg))
+    if planted is not None:
+        save_intervention(planted, Path(out_dir) / PLANTED, planted_meta(cfg))
     return record
 
 
