@@ -100,7 +100,7 @@ class TrainConfig:
     warmup_frac: float = 0.1
     # None: the paper's 50 for 4096 rotated dims, scaled to the intervention's width (at least 1). The
     # mask's edge is about T dims wide, so an unscaled 50 keeps a 64-dim mask soft everywhere while the
-    # boundary loss shrinks it, and the boundary collapses before the rotation has learnt anything.
+    # boundary loss shrinks it, and the boundary can collapse before the rotation has learnt anything.
     temperature_start: float | None = None
     temperature_end: float = 0.1
     boundary_loss_weight: float = 1.0

@@ -184,3 +184,24 @@ def test_boundless_das_with_default_settings_recovers_the_planted_mechanism(stan
     table = analysis.planted_comparison(intervention, site, ["left", "right"], planted, meta, hidden)
     assert list(table["variable"]) == ["left", "right"]
     assert (table["captured"] >= 0.6).all() and (table["captured"] >= 2 * table["random"]).all(), table.to_string()
+
+
+def test_the_papers_raw_start_temperature_collapses_the_boundaries_on_the_narrow_stand_in(standin):
+    """Why the default start temperature is scaled to the width (chapter 4 says so): at the planted site,
+    with L and R in two 32-dim blocks, the paper's raw 50 lets both boundaries shrink to one dimension
+    before the rotation has learnt, and IIA stays at that of doing nothing; the width-scaled start finds them."""
+    from das_lib.standin import planted_for
+
+    model, task = standin
+    _, meta = planted_for("standin")
+    site = Site(meta["site"]["layer"], meta["site"]["position"])
+    train = task.interchange_data(sample_pairs("left_right", 1024, 0), site.position)
+    test = task.interchange_data(sample_pairs("left_right", 256, 1), site.position)
+    no_intervention = (test.base_labels == test.labels).float().mean().item()
+    runs = {}
+    for name, start in (("raw", 50.0), ("scaled", None)):
+        config = TrainConfig(steps=120, temperature_start=start, seed=0)
+        intervention, result, _ = analysis.train_boundless(model, site, train, test, config, n_variables=2)
+        runs[name] = (result.iia, intervention.boundary_dims())
+    assert max(runs["raw"][1]) <= 1.5 and abs(runs["raw"][0] - no_intervention) <= 0.05, runs
+    assert min(runs["scaled"][1]) > 2 and runs["scaled"][0] >= 0.9, runs
