@@ -345,6 +345,7 @@ class PlantedMechanism:
         from das_lib.sites import Site
         from das_lib.tasks import PriceTagTask
 
+        self.meta = planted_meta(cfg)
         self.site = Site(cfg.iit_layer, cfg.iit_position)
         self.task = PriceTagTask(tokenizer, "standin")
         self.intervention = planted_subspace(cfg)
@@ -353,7 +354,7 @@ class PlantedMechanism:
         """Summed cross-entropy of `n` fresh interchange pairs, and how many the model got right."""
         from das_lib.sites import capture, intervened_logits
 
-        pairs = pricetag.sample_pairs("left_right", n, rng.randrange(2**31))  # labels from the causal model
+        pairs = pricetag.sample_pairs(self.meta["hypothesis"], n, rng.randrange(2**31))  # labels from the causal model
         data = self.task.interchange_data(pairs, self.site.position)
         source = capture(model, self.site, data.source, data.source_pos)
         logits = intervened_logits(model, self.site, data.base, data.base_pos, source, self.intervention, data.variable)
@@ -471,14 +472,15 @@ PLANTED = "planted_subspace"  # file stem, in the model directory, of the subspa
 
 def planted_iia(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, planted: "DASIntervention", meta: dict,
                 n_pairs: int = 1000, seed: int = EVAL_SEED) -> dict[str, float]:
-    """IIA of swapping the planted subspace (at the site in `meta`) on fresh Left and Right Boundary pairs,
-    and of doing nothing."""
+    """IIA of swapping the planted subspace (at the site in `meta`) on fresh pairs of the planted causal
+    model, and of doing nothing."""
     from das_lib.sites import Site, answer_logits
     from das_lib.tasks import PriceTagTask
     from das_lib.training import PlainForward, evaluate
 
     site = Site(meta["site"]["layer"], meta["site"]["position"])
-    data = PriceTagTask(tokenizer, "standin").interchange_data(pricetag.sample_pairs("left_right", n_pairs, seed), site.position)
+    pairs = pricetag.sample_pairs(meta["hypothesis"], n_pairs, seed)
+    data = PriceTagTask(tokenizer, "standin").interchange_data(pairs, site.position)
     return {"planted": round(evaluate(PlainForward(model, site, planted), data), 4),
             "no_intervention": round(evaluate(lambda batch: answer_logits(model, batch.base), data), 4)}
 
