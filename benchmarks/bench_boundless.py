@@ -1,7 +1,7 @@
 """Boundless DAS training speed and IIA: das_lib's fast path, das_lib's plain path and pyvene 0.1.8.
 
 All three run in one process on the same random Llama, the same pairs, site, batch size, steps,
-initial rotation and schedules (das_lib.training's warm-up and temperature annealing), so that only
+initial rotation and schedules (das_lib.method.training's warm-up and temperature annealing), so that only
 the implementation differs. Labels are meaningful although the model is random: each pair is
 labelled with the model's own answer under a fixed, seeded "teacher" DAS intervention (a quarter of
 the rotated dimensions swapped) at the same site, so a learned alignment can reach IIA 1. Two
@@ -31,11 +31,11 @@ import transformers
 from torch.nn import functional as F
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib.fastpath import CachedForward, make_forward
-from das_lib.interventions import BoundlessDASIntervention, DASIntervention
-from das_lib.metrics import accuracy
-from das_lib.sites import Site
-from das_lib.training import InterchangeData, PlainForward, TrainConfig, evaluate, lr_factor, temperature_at, train_intervention
+from das_lib.method.fastpath import CachedForward, make_forward
+from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
+from das_lib.method.metrics import accuracy
+from das_lib.method.sites import Site
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, evaluate, lr_factor, temperature_at, train_intervention
 
 try:
     import pyvene as pv
@@ -99,7 +99,7 @@ class Pyvene:
         return out.logits[:, -1]
 
     def train(self, data: InterchangeData, config: TrainConfig, eval_data: InterchangeData | None = None) -> tuple[float, float | None]:
-        """das_lib.training.train_intervention's loop, step for step, on pyvene: (seconds, IIA)."""
+        """das_lib.method.training.train_intervention's loop, step for step, on pyvene: (seconds, IIA)."""
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
         rotation = list(self.iv.rotate_layer.parameters())

@@ -3,14 +3,14 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib import analysis
-from das_lib.interventions import BoundlessDASIntervention, DASIntervention, NeuronIntervention
-from das_lib.models import default_template, load_model
-from das_lib.params import ParameterError
-from das_lib.pricetag import sample_pairs
-from das_lib.sites import Site, capture
-from das_lib.tasks import PriceTagTask
-from das_lib.training import InterchangeData, PlainForward, TrainConfig
+from das_lib.runs import alignments as analysis
+from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention, NeuronIntervention
+from das_lib.models.load import default_template, load_model
+from das_lib.book.params import ParameterError
+from das_lib.pricetag.game import sample_pairs
+from das_lib.method.sites import Site, capture
+from das_lib.pricetag.task import PriceTagTask
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_boundless_das_with_default_settings_recovers_the_planted_mechanism(stan
     """The science check of the whole pipeline: the stand-in has L and R planted at one site; Boundless DAS,
     with the library's default temperature schedule, must find them there: high IIA, and a learned subspace
     that holds most of what varies inside the planted one (a random subspace of its size holds k / d)."""
-    from das_lib.standin import planted_for
+    from das_lib.models.standin import planted_for
 
     model, task = standin
     planted, meta = planted_for("standin")
@@ -190,7 +190,7 @@ def test_the_papers_raw_start_temperature_collapses_the_boundaries_on_the_narrow
     """Why the default start temperature is scaled to the width (chapter 4 says so): at the planted site,
     with L and R in two 32-dim blocks, the paper's raw 50 lets both boundaries shrink to one dimension
     before the rotation has learnt, and IIA stays at that of doing nothing; the width-scaled start finds them."""
-    from das_lib.standin import planted_for
+    from das_lib.models.standin import planted_for
 
     model, task = standin
     _, meta = planted_for("standin")

@@ -3,10 +3,10 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib.fastpath import make_forward
-from das_lib.interventions import BoundlessDASIntervention, DASIntervention, load_intervention, save_intervention
-from das_lib.sites import Site
-from das_lib.training import (
+from das_lib.method.fastpath import make_forward
+from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention, load_intervention, save_intervention
+from das_lib.method.sites import Site
+from das_lib.method.training import (
     InterchangeData, PlainForward, TrainConfig, evaluate, lr_factor, make_optimizer, start_temperature, temperature_at, train_intervention,
 )
 

@@ -5,15 +5,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib import toy
-from das_lib.causal import CausalModel, Variable
-from das_lib.counterfactual import sample_pairs
-from das_lib.interventions import (
+from das_lib.models import toy
+from das_lib.method.causal import CausalModel, Variable
+from das_lib.method.counterfactual import sample_pairs
+from das_lib.method.interventions import (
     FILE_FORMAT, BoundlessDASIntervention, DASIntervention, NeuronIntervention, load_intervention, save_intervention,
 )
-from das_lib.metrics import normalised_iia
-from das_lib.sites import Site, answer_logits, capture, edit_output, find_layers, intervened_logits
-from das_lib.training import InterchangeData, PlainForward, TrainConfig, train_intervention
+from das_lib.method.metrics import normalised_iia
+from das_lib.method.sites import Site, answer_logits, capture, edit_output, find_layers, intervened_logits
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, train_intervention
 
 V, D, T = 50, 32, 6
 

@@ -1,4 +1,4 @@
-"""The fast path (das_lib.fastpath) must give the plain path's logits, loss, gradients and IIA."""
+"""The fast path (das_lib.method.fastpath) must give the plain path's logits, loss, gradients and IIA."""
 import warnings
 from dataclasses import replace
 
@@ -10,10 +10,10 @@ from transformers import (
     MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
 )
 
-from das_lib.fastpath import CachedForward, FastPathMismatch, make_forward
-from das_lib.interventions import BoundlessDASIntervention, DASIntervention
-from das_lib.sites import Site
-from das_lib.training import InterchangeData, PlainForward, TrainConfig, evaluate, train_intervention
+from das_lib.method.fastpath import CachedForward, FastPathMismatch, make_forward
+from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
+from das_lib.method.sites import Site
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, evaluate, train_intervention
 
 V, D, T, N = 40, 32, 10, 24
 SMALL = dict(vocab_size=V, hidden_size=D, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from das_lib import pricetag
-from das_lib.pricetag import (
+from das_lib.pricetag import game as pricetag
+from das_lib.pricetag.game import (
     HYPOTHESES,
     get_hypothesis,
     parse_bracket,

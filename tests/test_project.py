@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from das_lib.book import chapters
+from das_lib.book.execute import chapters
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "book").glob("*.ipynb"))

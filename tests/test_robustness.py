@@ -11,15 +11,15 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib import robustness as rb
-from das_lib.interventions import BoundlessDASIntervention, save_intervention
-from das_lib.metrics import pearson
-from das_lib.pricetag import get_hypothesis, sample_game, sample_pairs, task_label
-from das_lib.sites import Site
-from das_lib.standin import build_tokenizer
-from das_lib.store import Store
-from das_lib.tasks import PriceTagTask
-from das_lib.training import PlainForward, evaluate
+from das_lib.runs import robustness as rb
+from das_lib.method.interventions import BoundlessDASIntervention, save_intervention
+from das_lib.method.metrics import pearson
+from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label
+from das_lib.method.sites import Site
+from das_lib.models.standin import build_tokenizer
+from das_lib.runs.store import Store
+from das_lib.pricetag.task import PriceTagTask
+from das_lib.method.training import PlainForward, evaluate
 
 TEMPLATE = "standin"
 MODEL_ID = {"name": "tiny", "files": {"w": "abc"}, "dtype": "float32"}
@@ -293,14 +293,14 @@ def test_reading_the_table():
 
 
 def test_paper_rows_agree_with_the_sweeps_numbers():
-    from das_lib.sweep import PAPER_MAX_IIA
+    from das_lib.runs.sweep import PAPER_MAX_IIA
 
     for key in ("left", "left_right"):
         assert rb.PAPER_ROBUSTNESS[get_hypothesis(key).title][0] == PAPER_MAX_IIA[key]
 
 
 def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_path):
-    """train_missing goes through das_lib.sweep; evaluated here on the sweep's own test pairs, each reused
+    """train_missing goes through das_lib.runs.sweep; evaluated here on the sweep's own test pairs, each reused
     alignment gives exactly the IIA the sweep recorded (same intervention, same positions, same labels)."""
     yes, no = PriceTagTask(tok, TEMPLATE).answer_ids()
     torch.manual_seed(0)
@@ -323,7 +323,7 @@ def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_pa
     again, message = rb.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
     assert message.startswith("reusing 2 alignments") and again.equals(table)
     loaded = LlamaForCausalLM.from_pretrained(name).eval()
-    sweep_test_pairs = sample_pairs("left", 24, 2 * train["seed"] + 1)  # how das_lib.sweep draws its test pairs
+    sweep_test_pairs = sample_pairs("left", 24, 2 * train["seed"] + 1)  # how das_lib.runs.sweep draws its test pairs
     here = rb.evaluate_grid(loaded, PriceTagTask(tok, TEMPLATE), sweep_test_pairs, table, Store(store))
     assert here["iia"].tolist() == table["iia"].tolist()
     assert 0 < here["iia"].max()

@@ -2,7 +2,7 @@
 import pytest
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib import scaling
+from das_lib.runs import scaling
 
 
 @pytest.mark.parametrize("d, r, n_variables", [(8, None, 1), (16, None, 2), (16, 4, 1), (24, 6, 2), (32, 31, 1)])

@@ -7,9 +7,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from das_lib import pricetag, standin
-from das_lib.models import default_template
-from das_lib.tasks import PriceTagTask
+from das_lib.pricetag import game as pricetag
+from das_lib.models import standin
+from das_lib.models.load import default_template
+from das_lib.pricetag.task import PriceTagTask
 
 ROBUSTNESS_CONTEXTS = standin.HELD_OUT_CONTEXTS
 

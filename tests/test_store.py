@@ -3,7 +3,7 @@ import json
 import os
 from pathlib import Path
 
-from das_lib.store import Store, canonical, config_hash, file_hash
+from das_lib.runs.store import Store, canonical, config_hash, file_hash
 
 CONFIG = {"model": {"name": "m", "files": {"model.safetensors": "abc"}}, "site": {"layer": 2, "position": "last"},
           "train": {"steps": 10, "seed": 0}, "context": None}

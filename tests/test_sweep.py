@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from das_lib import sweep as sweep_module
-from das_lib.fastpath import FastPathMismatch
-from das_lib.models import STANDIN_DIR
-from das_lib.sites import Site
-from das_lib.store import Store
-from das_lib.sweep import Cell, Sweep, SweepSpec, alignments, model_identity, summary
-from das_lib.tasks import PriceTagTask
-from das_lib.training import PlainForward, TrainConfig, evaluate
+from das_lib.runs import sweep as sweep_module
+from das_lib.method.fastpath import FastPathMismatch
+from das_lib.models.load import STANDIN_DIR
+from das_lib.method.sites import Site
+from das_lib.runs.store import Store
+from das_lib.runs.sweep import Cell, Sweep, SweepSpec, alignments, model_identity, summary
+from das_lib.pricetag.task import PriceTagTask
+from das_lib.method.training import PlainForward, TrainConfig, evaluate
 
 TOKENIZER_DIR = STANDIN_DIR
 pytestmark = pytest.mark.filterwarnings("ignore:the model.s task accuracy")  # the random test model is at chance

@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from das_lib import neurons, toy
-from das_lib.sites import Site, answer_logits, find_layers
-from das_lib.training import TrainConfig, evaluate, PlainForward
+from das_lib.method import neurons
+from das_lib.models import toy
+from das_lib.method.sites import Site, answer_logits, find_layers
+from das_lib.method.training import TrainConfig, evaluate, PlainForward
 
 BASE, SOURCE = {"a": 2, "b": 3, "c": 4}, {"a": 1, "b": 2, "c": 3}
 DAS_CONFIG = TrainConfig(steps=150, lr=1e-2, seed=0)

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from das_lib.tasks import REFERENCE_GAME, PriceTagTask, position_table
+from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
 
 
 def iia_grid(frame: pd.DataFrame, value: str = "iia", positions: Sequence[str] | None = None) -> pd.DataFrame:

@@ -11,7 +11,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from das_lib.causal import CausalModel
+from das_lib.method.causal import CausalModel
 
 
 @dataclass(frozen=True)

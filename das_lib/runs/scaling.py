@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib.interventions import BoundlessDASIntervention
-from das_lib.training import TrainConfig, make_optimizer
+from das_lib.method.interventions import BoundlessDASIntervention
+from das_lib.method.training import TrainConfig, make_optimizer
 
 # Alpaca 7B is LLaMA 7B fine-tuned: its config.json
 ALPACA_7B = {"hidden_size": 4096, "num_layers": 32, "intermediate_size": 11008, "vocab_size": 32000, "num_heads": 32}

@@ -47,15 +47,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import das_lib
-from das_lib.fastpath import CachedForward, make_forward, shared_cache
-from das_lib.interventions import BoundlessDASIntervention, load_intervention, save_intervention
-from das_lib.metrics import normalised_iia
-from das_lib.models import default_template, load_config, load_model, load_tokenizer, model_source
-from das_lib.pricetag import HYPOTHESES, get_hypothesis, majority_rate_of, sample_game, sample_pairs
-from das_lib.sites import Site, answer_logits, layer_module
-from das_lib.store import Store, file_hash
-from das_lib.tasks import REFERENCE_GAME, PriceTagTask, position_table, task_accuracy
-from das_lib.training import InterchangeData, PlainForward, TrainConfig, set_seed, train_intervention
+from das_lib.method.fastpath import CachedForward, make_forward, shared_cache
+from das_lib.method.interventions import BoundlessDASIntervention, load_intervention, save_intervention
+from das_lib.method.metrics import normalised_iia
+from das_lib.models.load import default_template, load_config, load_model, load_tokenizer, model_source
+from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, sample_game, sample_pairs
+from das_lib.method.sites import Site, answer_logits, layer_module
+from das_lib.runs.store import Store, file_hash
+from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table, task_accuracy
+from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, set_seed, train_intervention
 
 ALIGNMENT = "alignment"  # file stem of a cell's alignment in its record folder (.safetensors + .json)
 
@@ -86,7 +86,7 @@ class SweepSpec:
     """A grid of cells with shared settings; `seeds` train every cell, `best_site_seeds` only the best
     site of each hypothesis (found from the first seed), to measure the spread over seeds there."""
 
-    model: str = "standin"  # das_lib.models.load_model name: "standin", "smollm2", a path or hub id
+    model: str = "standin"  # das_lib.models.load.load_model name: "standin", "smollm2", a path or hub id
     hypotheses: tuple[str, ...] = tuple(HYPOTHESES)
     layers: tuple[int, ...] | None = None  # None: every layer
     positions: tuple[str, ...] | None = None  # None: every searched position of the task

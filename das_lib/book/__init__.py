@@ -1,0 +1,1 @@
+"""What only the book needs: parameter checks, the chapter runner, figures, the paper's numbers."""

@@ -1,0 +1,1 @@
+"""The method, independent of any task: causal models, counterfactual pairs, sites, interventions, training."""
