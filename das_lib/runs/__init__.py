@@ -1,0 +1,1 @@
+"""Experiments built from the method and the task: stores, sweeps, robustness, scaling, alignment studies."""
