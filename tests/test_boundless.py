@@ -3,11 +3,12 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention, load_intervention, save_intervention
 from das_lib.method.sites import Site
 from das_lib.method.training import (
-    InterchangeData, PlainForward, TrainConfig, evaluate, lr_factor, make_optimizer, start_temperature, temperature_at, train_intervention,
+    PlainForward, TrainConfig, evaluate, lr_factor, make_optimizer, start_temperature, temperature_at, train_intervention,
 )
 
 V, D, T = 12, 16, 8
@@ -92,7 +93,7 @@ def test_low_rank_memory_grows_with_d_times_r():
     full = BoundlessDASIntervention(d)
     numbers = lambda m: sum(t.numel() for t in m.state_dict().values())  # noqa: E731
     assert sum(p.numel() for p in low.rotation.parameters()) == d * r
-    assert numbers(low) == d * r + 1  # the rotation and one boundary: nothing of size d*d
+    assert numbers(low) == d * r + 2  # the rotation, one boundary and the temperature: nothing of size d*d
     assert numbers(full) >= d * d
     assert low.rotation.orthogonality_error() < 1e-5
     with pytest.raises(ValueError, match="rank"):

@@ -5,15 +5,16 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib.models import toy
 from das_lib.method.causal import CausalModel, Variable
-from das_lib.method.counterfactual import sample_pairs
+from das_lib.method.counterfactual import sample_causal_pairs
+from das_lib.models import toy
 from das_lib.method.interventions import (
     FILE_FORMAT, BoundlessDASIntervention, DASIntervention, NeuronIntervention, load_intervention, save_intervention,
 )
+from das_lib.method.data import InterchangeData
 from das_lib.method.metrics import normalised_iia
 from das_lib.method.sites import Site, answer_logits, capture, edit_output, find_layers, intervened_logits
-from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, train_intervention
+from das_lib.method.training import PlainForward, TrainConfig, train_intervention
 
 V, D, T = 50, 32, 6
 
@@ -89,7 +90,7 @@ def test_swapping_every_neuron_at_the_top_gives_the_source_run(llama, mlp):
 
 def toy_data(mlp, n: int = 64) -> InterchangeData:
     model = toy.sum_model()
-    pairs = sample_pairs(model, lambda rng: {k: rng.randrange(10) for k in "abc"}, ["S"], n, seed=0)
+    pairs = sample_causal_pairs(model, lambda rng: {k: rng.randrange(10) for k in "abc"}, ["S"], n, seed=0)
     return toy.interchange_data(pairs)
 
 
@@ -169,7 +170,7 @@ def two_step_model() -> CausalModel:
 @pytest.mark.parametrize("variables", [["u"], ["w"], ["u", "w"], ["z"]])
 def test_counterfactual_labels_are_the_intervened_causal_model(variables):
     model = two_step_model()
-    pairs = sample_pairs(model, lambda rng: {k: rng.randint(-5, 5) for k in "xyz"}, variables, 200, seed=0)
+    pairs = sample_causal_pairs(model, lambda rng: {k: rng.randint(-5, 5) for k in "xyz"}, variables, 200, seed=0)
     for p in pairs:
         source_values = model.run(p.source)
         assert p.label == model.run(p.base, {v: source_values[v] for v in variables})["out"]

@@ -10,10 +10,11 @@ from transformers import (
     MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
 )
 
+from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import CachedForward, FastPathMismatch, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.sites import Site
-from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, evaluate, train_intervention
+from das_lib.method.training import PlainForward, TrainConfig, evaluate, train_intervention
 
 V, D, T, N = 40, 32, 10, 24
 SMALL = dict(vocab_size=V, hidden_size=D, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from das_lib.method import neurons
-from das_lib.models import toy
 from das_lib.method.sites import Site, answer_logits, find_layers
 from das_lib.method.training import TrainConfig, evaluate, PlainForward
+from das_lib.models import toy
 
 BASE, SOURCE = {"a": 2, "b": 3, "c": 4}, {"a": 1, "b": 2, "c": 3}
 DAS_CONFIG = TrainConfig(steps=150, lr=1e-2, seed=0)
@@ -84,8 +84,8 @@ def test_network_plugs_into_the_site_machinery(net):
 
 def test_network_solves_held_out_triples(net, split):
     train, test = split
-    assert toy.task_accuracy(net, train, toy.sum_model()) >= 0.98
-    assert toy.task_accuracy(net, test, toy.sum_model()) >= 0.95
+    assert toy.network_accuracy(net, train, toy.sum_model()) >= 0.98
+    assert toy.network_accuracy(net, test, toy.sum_model()) >= 0.95
 
 
 def test_das_finds_S_and_not_the_wrong_variable(net, pairs):

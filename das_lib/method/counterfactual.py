@@ -40,7 +40,7 @@ def make_pair(model: CausalModel, base: Mapping, source: Mapping, variables: Seq
     )
 
 
-def sample_pairs(
+def sample_causal_pairs(
     model: CausalModel,
     sample_inputs: Callable[[random.Random], Mapping[str, Any]],
     variables: Sequence[str],
@@ -72,13 +72,3 @@ def sample_pairs(
         "use balance=False or a sampler that reaches every label"
     )
 
-
-def label_counts(pairs: Sequence[CounterfactualPair]) -> dict[Any, int]:
-    """How often each counterfactual label occurs."""
-    return dict(Counter(p.label for p in pairs))
-
-
-def majority_rate(pairs: Sequence[CounterfactualPair]) -> float:
-    """Accuracy of a dummy classifier that always answers the most common label."""
-    counts = label_counts(pairs)
-    return max(counts.values()) / len(pairs)

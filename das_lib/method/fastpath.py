@@ -29,8 +29,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from das_lib.method.sites import Site, _Captured, _main_output, capture, find_layers, layer_module, select_positions, write_positions
-from das_lib.method.training import InterchangeData, InterventionForward, PlainForward
+from das_lib.method.data import InterchangeData
+from das_lib.method.sites import Captured as _Captured, Site, capture, find_layers, layer_module, main_output as _main_output, select_positions, write_positions
+from das_lib.method.training import InterventionForward, PlainForward
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 

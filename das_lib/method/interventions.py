@@ -37,6 +37,7 @@ class NeuronIntervention(nn.Module):
         self.register_buffer("dims", torch.tensor(sorted(dims), dtype=torch.long))
 
     def config(self) -> dict[str, Any]:
+        """The constructor's arguments (saved with the weights)."""
         return {"d": self.d, "dims": self.dims.tolist()}
 
     def forward(self, base: torch.Tensor, source: torch.Tensor, variable: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,6 +97,7 @@ class RotatedSpaceIntervention(nn.Module):
         return base + ((source - base) @ w.T * m) @ w
 
     def config(self) -> dict[str, Any]:
+        """The constructor's arguments (saved with the weights)."""
         return {"d": self.d, "r": self.r, "n_variables": self.n_variables}
 
 
@@ -119,7 +121,7 @@ class DASIntervention(RotatedSpaceIntervention):
         return {**super().config(), "k": self.k}
 
 
-def sigmoid_boundary_mask(r: int, lower: torch.Tensor, upper: torch.Tensor, temperature: float) -> torch.Tensor:
+def sigmoid_boundary_mask(r: int, lower: torch.Tensor, upper: torch.Tensor, temperature: float | torch.Tensor) -> torch.Tensor:
     """Soft mask over dims i = 0..r-1: sigmoid((i - lower) / T) * sigmoid((upper - i) / T)."""
     i = torch.arange(r, dtype=upper.dtype, device=upper.device)
     return torch.sigmoid((i - lower.unsqueeze(-1)) / temperature) * torch.sigmoid((upper.unsqueeze(-1) - i) / temperature)
@@ -133,7 +135,18 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
         super().__init__(d, r, n_variables)
         self.block = self.r // n_variables
         self.boundaries = nn.Parameter(torch.full((n_variables,), float(init_boundary)))
-        self.temperature = 50.0  # annealed by the training loop; not a learned parameter
+        # A buffer, not a learned parameter: annealed by the training loop, and saved, loaded and
+        # checkpointed with the weights like any other state.
+        self.register_buffer("mask_temperature", torch.tensor(50.0))
+
+    @property
+    def temperature(self) -> float:
+        """The mask's temperature T: high is soft, low is a hard mask."""
+        return float(self.mask_temperature)
+
+    @temperature.setter
+    def temperature(self, value: float) -> None:
+        self.mask_temperature.fill_(value)
 
     def clamped_boundaries(self) -> torch.Tensor:
         """Boundaries kept in [1/block, 1] so every variable keeps at least one soft dimension."""
@@ -143,7 +156,7 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
         b = self.clamped_boundaries()
         lower = torch.arange(self.n_variables, device=b.device, dtype=b.dtype) * self.block
         upper = lower + b * self.block
-        masks = sigmoid_boundary_mask(self.r, lower, upper, self.temperature)  # (n_variables, r)
+        masks = sigmoid_boundary_mask(self.r, lower, upper, self.mask_temperature)  # (n_variables, r)
         # the soft edges of a hot mask reach into the neighbouring block: cut them, so that
         # variables stay in disjoint subspaces at every temperature (no-op for one variable)
         block_of = torch.arange(self.r, device=b.device) // self.block
@@ -154,14 +167,23 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
         """Learned subspace size of each variable, in rotated dimensions."""
         return (self.clamped_boundaries().detach() * self.block).tolist()
 
-    def config(self) -> dict[str, Any]:
-        return super().config()
-
 
 INTERVENTIONS = {c.__name__: c for c in (NeuronIntervention, DASIntervention, BoundlessDASIntervention)}
 # Version of the saved files: raise it when a module's parameters change name or meaning, so that an
 # old file is refused with a message instead of loading wrongly. Files without one are version 1.
-FILE_FORMAT = 1
+# Version 2: Boundless DAS keeps its temperature in its weights (buffer mask_temperature); version 1
+# wrote it in the JSON, and such files are converted when loaded.
+FILE_FORMAT = 2
+
+
+def _from_format_1(info: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state of a version-1 file as version 2 has it: the temperature moves from the JSON into the weights."""
+    if info["class"] == BoundlessDASIntervention.__name__:
+        state = {**state, "mask_temperature": torch.tensor(float(info.get("temperature", 50.0)))}
+    return state
+
+
+CONVERTERS = {1: _from_format_1}  # older format -> function turning its state into the current one
 
 
 def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
@@ -171,23 +193,24 @@ def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str,
     state = {k: v.detach().cpu().contiguous() for k, v in intervention.state_dict().items()}
     save_file(state, str(path.with_suffix(".safetensors")))
     info = {"format": FILE_FORMAT, "class": type(intervention).__name__, "config": intervention.config(), "meta": meta or {}}
-    if isinstance(intervention, BoundlessDASIntervention):
-        info["temperature"] = intervention.temperature
     path.with_suffix(".json").write_text(json.dumps(info, indent=2, sort_keys=True))
     return path
 
 
 def load_intervention(path: str | Path, hidden_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Load what `save_intervention` wrote; refuse it if built for another hidden size."""
+    """Load what `save_intervention` wrote (any class, built from its saved config); refuse it if built for
+    another hidden size."""
     path = Path(path)
     json_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
     if not json_path.exists() or not weights_path.exists():
         raise FileNotFoundError(f"no saved intervention at {path} (need {json_path.name} and {weights_path.name})")
     info = json.loads(json_path.read_text())
-    if info.get("format", 1) != FILE_FORMAT:
+    version = info.get("format", 1)
+    if version != FILE_FORMAT and version not in CONVERTERS:
         raise ValueError(
-            f"alignment {path} was saved in file format {info.get('format')}, this das_lib reads format {FILE_FORMAT}; "
-            "train it again with this version (or load it with the das_lib version that wrote it)"
+            f"alignment {path} was saved in file format {version}, this das_lib reads format {FILE_FORMAT} "
+            f"(and converts {sorted(CONVERTERS)}); train it again with this version (or load it with the das_lib "
+            "version that wrote it)"
         )
     cfg = info["config"]
     if hidden_size is not None and cfg["d"] != hidden_size:
@@ -195,13 +218,9 @@ def load_intervention(path: str | Path, hidden_size: int | None = None) -> tuple
             f"alignment {path} was learned for hidden size {cfg['d']} but the model has hidden size "
             f"{hidden_size}; train an alignment for this model instead"
         )
-    cls = INTERVENTIONS[info["class"]]
-    if cls is BoundlessDASIntervention:
-        module = cls(cfg["d"], cfg["r"], cfg["n_variables"])
-        module.temperature = info.get("temperature", module.temperature)
-    elif cls is DASIntervention:
-        module = cls(cfg["d"], cfg["k"], cfg["r"], cfg["n_variables"])
-    else:
-        module = cls(cfg["d"], cfg["dims"])
-    module.load_state_dict(load_file(str(weights_path)))
+    module = INTERVENTIONS[info["class"]](**cfg)  # config() holds exactly the constructor's arguments
+    state = load_file(str(weights_path))
+    if version != FILE_FORMAT:
+        state = CONVERTERS[version](info, state)
+    module.load_state_dict(state)
     return module, info["meta"]

@@ -24,6 +24,11 @@ def normalised_iia(iia: float, task_acc: float, dummy_acc: float) -> float:
     return (iia - dummy_acc) / (task_acc - dummy_acc)
 
 
+def normalised_or_nan(iia: float, task_acc: float, dummy_acc: float) -> float:
+    """`normalised_iia`, or NaN where it is undefined (the model is no better than the dummy)."""
+    return normalised_iia(iia, task_acc, dummy_acc) if task_acc > dummy_acc else float("nan")
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation of two grids of equal shape (NaN cells ignored)."""
     a, b = np.asarray(a, float).ravel(), np.asarray(b, float).ravel()
@@ -33,3 +38,13 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if ok.sum() < 2 or a[ok].std() == 0 or b[ok].std() == 0:
         return float("nan")
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
+
+
+# An alignment "finds" a mechanism at a site when its IIA beats leaving the model alone by at least this
+# much: below it, the swap does about what doing nothing does.
+ALIGNMENT_MARGIN = 0.05
+
+
+def finds_alignment(iia: float, unintervened: float, margin: float = ALIGNMENT_MARGIN) -> bool:
+    """Does an IIA beat the IIA of no intervention by `margin` or more?"""
+    return iia - unintervened >= margin

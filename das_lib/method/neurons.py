@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import NeuronIntervention
 from das_lib.method.sites import Site
-from das_lib.method.training import InterchangeData, PlainForward, evaluate
+from das_lib.method.training import PlainForward, evaluate
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,6 @@ class Site:
 
     layer: int
     position: str | None = None
-    component: str = "block_output"
 
     def as_dict(self) -> dict[str, Any]:
         """Plain-data form for JSON records."""
@@ -54,15 +53,14 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
 
 def layer_module(model: nn.Module, site: Site) -> nn.Module:
     """The module whose output is the site, refusing layers that do not exist."""
-    if site.component != "block_output":
-        raise ValueError(f"unknown site component {site.component!r}; only 'block_output' is supported")
     layers = find_layers(model)
     if not 0 <= site.layer < len(layers):
         raise IndexError(f"site layer {site.layer} does not exist: {type(model).__name__} has layers 0..{len(layers) - 1}")
     return layers[site.layer]
 
 
-def _main_output(output: Any) -> torch.Tensor:
+def main_output(output: Any) -> torch.Tensor:
+    """A module's main output: the first item of a tuple output (a decoder layer's hidden states)."""
     return output[0] if isinstance(output, tuple) else output
 
 
@@ -75,7 +73,7 @@ def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -
     """Replace `module`'s (main) output by `fn(output)` while the context is open."""
 
     def hook(mod: nn.Module, args: Any, output: Any) -> Any:
-        return _replace_main(output, fn(_main_output(output)))
+        return _replace_main(output, fn(main_output(output)))
 
     handle = module.register_forward_hook(hook)
     try:
@@ -84,7 +82,7 @@ def edit_output(module: nn.Module, fn: Callable[[torch.Tensor], torch.Tensor]) -
         handle.remove()
 
 
-class _Captured(Exception):
+class Captured(Exception):
     """Raised inside a hook to stop the forward pass once the site's output is known."""
 
 
@@ -133,13 +131,13 @@ def capture(model: nn.Module, site: Site, inputs: dict[str, torch.Tensor], posit
     store: list[torch.Tensor] = []
 
     def hook(mod: nn.Module, args: Any, output: Any) -> None:
-        store.append(select_positions(_main_output(output), positions))
-        raise _Captured
+        store.append(select_positions(main_output(output), positions))
+        raise Captured
 
     handle = module.register_forward_hook(hook)
     try:
         model(**inputs)
-    except _Captured:
+    except Captured:
         pass
     finally:
         handle.remove()

@@ -11,7 +11,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,53 +20,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from das_lib import paper
+from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import BoundlessDASIntervention
 from das_lib.method.metrics import accuracy
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
-
-
-@dataclass
-class InterchangeData:
-    """Tensors of N interchange examples: model inputs of base and source, site positions, labels."""
-
-    base: dict[str, torch.Tensor]
-    source: dict[str, torch.Tensor]
-    base_pos: torch.Tensor | None
-    source_pos: torch.Tensor | None
-    variable: torch.Tensor  # (N,) index of the intervened high-level variable
-    labels: torch.Tensor  # (N,) class or token id of the counterfactual output
-    base_labels: torch.Tensor | None = None  # (N,) the model's expected factual answer on the base
-
-    def __post_init__(self) -> None:
-        n = len(self.labels)
-        for name, t in [*self.base.items(), *self.source.items(), ("variable", self.variable)]:
-            if len(t) != n:
-                raise ValueError(f"InterchangeData: {name} has {len(t)} rows but there are {n} labels")
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def select(self, idx: torch.Tensor | slice) -> "InterchangeData":
-        """The examples at `idx`."""
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return InterchangeData(
-            {k: v[idx] for k, v in self.base.items()},
-            {k: v[idx] for k, v in self.source.items()},
-            pick(self.base_pos), pick(self.source_pos), self.variable[idx], self.labels[idx], pick(self.base_labels),
-        )
-
-    def column(self, j: int) -> "InterchangeData":
-        """The same examples at their j-th position only (for data encoded at k positions, (N, k))."""
-        return replace(self, base_pos=self.base_pos[:, j], source_pos=self.source_pos[:, j])
-
-    def to(self, device: str | torch.device) -> "InterchangeData":
-        """A copy on `device`."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return InterchangeData(
-            {k: v.to(device) for k, v in self.base.items()},
-            {k: v.to(device) for k, v in self.source.items()},
-            mv(self.base_pos), mv(self.source_pos), self.variable.to(device), self.labels.to(device), mv(self.base_labels),
-        )
 
 
 class InterventionForward(Protocol):
@@ -82,6 +40,7 @@ class PlainForward:
         self.model, self.site, self.intervention = model, site, intervention
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
+        batch.check_position(self.site.position)
         with torch.no_grad():
             source_vectors = capture(self.model, self.site, batch.source, batch.source_pos)
         return intervened_logits(
@@ -143,17 +102,16 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-PAPER_TEMPERATURE, PAPER_WIDTH = 50.0, 4096  # the release's starting temperature, for LLaMA 7B's 4096 dims
 
 
-def start_temperature(config: TrainConfig, width: int = PAPER_WIDTH) -> float:
+def start_temperature(config: TrainConfig, width: int = paper.WIDTH) -> float:
     """config.temperature_start, or when None the paper's 50 scaled to `width` rotated dims (at least 1)."""
     if config.temperature_start is not None:
         return config.temperature_start
-    return max(1.0, config.temperature_end, PAPER_TEMPERATURE * width / PAPER_WIDTH)
+    return max(1.0, config.temperature_end, paper.TEMPERATURE * width / paper.WIDTH)
 
 
-def temperature_at(step: int, config: TrainConfig, width: int = PAPER_WIDTH) -> float:
+def temperature_at(step: int, config: TrainConfig, width: int = paper.WIDTH) -> float:
     """Linear annealing from the start temperature (for `width` rotated dims) to temperature_end over training."""
     frac = step / max(1, config.steps - 1)
     start = start_temperature(config, width)
@@ -185,6 +143,11 @@ def evaluate(forward: InterventionForward, data: InterchangeData, batch_size: in
         for start in range(0, len(data), batch_size):
             logits.append(forward(data.select(slice(start, start + batch_size))).float().cpu())
     return accuracy(torch.cat(logits), data.labels)
+
+
+def unintervened_iia(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> float:
+    """IIA of leaving the base run alone: how often the model's own answer on the base is the counterfactual label."""
+    return evaluate(lambda batch: answer_logits(model, batch.base), data, batch_size)
 
 
 def data_fingerprint(data: InterchangeData) -> str:
@@ -268,8 +231,6 @@ def train_intervention(
         torch.set_rng_state(state["torch_rng"])
         order, cursor, first_step = state["order"], state["cursor"], state["step"]
         result.curves, seconds_before, result.resumed_from = state["curves"], state["seconds"], first_step
-        if boundless:  # a finished checkpoint runs no step that would set it
-            intervention.temperature = state["temperature"]
     start = time.perf_counter()
     for step in tqdm(range(first_step, config.steps), desc="training", disable=not progress, leave=False):
         if cursor + config.batch_size > len(data):
@@ -279,7 +240,8 @@ def train_intervention(
         for g, lr in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, config)
         if boundless:
-            intervention.temperature = temperature_at(step, config, intervention.r)
+            temperature = temperature_at(step, config, intervention.r)
+            intervention.temperature = temperature
         logits = forward(batch)
         if not torch.isfinite(logits).all():
             raise FloatingPointError(
@@ -303,7 +265,7 @@ def train_intervention(
         row = {"step": step, "loss": loss.item(), "task_loss": task_loss.item(),
                "batch_iia": accuracy(logits.detach(), batch.labels)}
         if boundless:
-            row["temperature"] = intervention.temperature
+            row["temperature"] = temperature  # the schedule's value, not its float32 copy in the buffer
             row["boundary_dims"] = float(sum(intervention.boundary_dims()))
         if eval_data is not None and config.eval_every and (step + 1) % config.eval_every == 0:
             row["iia"] = evaluate(forward, eval_data)
@@ -314,7 +276,6 @@ def train_intervention(
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                 "torch_rng": torch.get_rng_state(), "order": order, "cursor": cursor, "curves": result.curves,
                 "seconds": seconds_before + time.perf_counter() - start,
-                "temperature": getattr(intervention, "temperature", None),
             })
     result.seconds = seconds_before + time.perf_counter() - start
     if eval_data is not None:

@@ -18,11 +18,12 @@ import torch
 from torch import nn
 
 from das_lib.method.causal import CausalModel, Variable
-from das_lib.method.counterfactual import CounterfactualPair, sample_pairs
+from das_lib.method.counterfactual import CounterfactualPair, sample_causal_pairs
+from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import DASIntervention
 from das_lib.method.metrics import accuracy
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
-from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
+from das_lib.method.training import PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
 
 INPUTS = ("a", "b", "c")
 
@@ -137,7 +138,7 @@ def train_toy_model(
     return model
 
 
-def task_accuracy(model: nn.Module, triples: Sequence[Mapping[str, int]], causal: CausalModel) -> float:
+def network_accuracy(model: nn.Module, triples: Sequence[Mapping[str, int]], causal: CausalModel) -> float:
     """How often the network's answer equals the causal model's output on `triples`."""
     with torch.no_grad():
         logits = answer_logits(model, {"x": encode(triples)})
@@ -149,7 +150,7 @@ def sample_toy_pairs(
 ) -> list[CounterfactualPair]:
     """`n` pairs with base and source drawn from `triples`, labelled by interchanging `variable`."""
     pool = list(triples)
-    return sample_pairs(causal, lambda rng: rng.choice(pool), [variable], n, seed)
+    return sample_causal_pairs(causal, lambda rng: rng.choice(pool), [variable], n, seed)
 
 
 def interchange_data(pairs: Sequence[CounterfactualPair]) -> InterchangeData:

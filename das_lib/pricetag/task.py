@@ -27,6 +27,8 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.method.data import InterchangeData
+from das_lib.method.sites import answer_logits
 from das_lib.pricetag.game import (
     ANSWERS,
     INSTRUCTIONS,
@@ -38,8 +40,6 @@ from das_lib.pricetag.game import (
     render_prompt,
     task_label,
 )
-from das_lib.method.sites import answer_logits
-from das_lib.method.training import InterchangeData
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -310,6 +310,7 @@ class PriceTagTask:
             variable=torch.tensor(variables, dtype=torch.long),
             labels=torch.tensor([self.answer_id(p.label) for p in pairs], dtype=torch.long),
             base_labels=torch.tensor([self.answer_id(p.base_label) for p in pairs], dtype=torch.long),
+            roles=tuple(names),
         )
 
 

@@ -37,7 +37,7 @@ def _check_sizes(d: int, r: int | None, n_variables: int) -> int:
 def rotation_footprint(d: int, r: int | None = None, n_variables: int = 1) -> dict[str, int]:
     """Values a training BoundlessDASIntervention(d, r) holds, by kind (see FOOTPRINT_KINDS), plus 'resident'.
 
-    parameters: stored trainable values; free: those the optimiser can actually move; buffers; gradients
+    parameters: stored trainable values; free: those the optimiser can actually move; buffers: the rotation's (not the temperature, one number); gradients
     and adam (two moments): one per stored parameter value; weight: the r x d matrix each step
     materialises. resident = parameters + buffers + gradients + adam + weight.
     """
@@ -77,7 +77,7 @@ def measure_footprint(d: int, r: int | None = None, n_variables: int = 1, seed: 
     counts = {
         "parameters": sum(p.numel() for p in intervention.parameters()),
         "free": rotation_free + intervention.boundaries.numel(),
-        "buffers": sum(b.numel() for b in intervention.buffers()),
+        "buffers": sum(b.numel() for b in intervention.rotation.buffers()),  # the one-number temperature aside
         "gradients": grads,
         "adam": adam,
         "weight": weight.numel(),
