@@ -11,15 +11,19 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from das_lib.runs import robustness as rb
-from das_lib.method.interventions import BoundlessDASIntervention, save_intervention
+from das_lib import paper
+from das_lib.book import report
+from das_lib.method.interventions import BoundlessDASIntervention, load_intervention, save_intervention
 from das_lib.method.metrics import pearson
-from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label
+from das_lib.method.seeds import setting_seed
 from das_lib.method.sites import Site
-from das_lib.models.standin import build_tokenizer
-from das_lib.runs.store import Store
-from das_lib.pricetag.task import PriceTagTask
 from das_lib.method.training import PlainForward, evaluate
+from das_lib.models.standin import build_tokenizer
+from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label
+from das_lib.pricetag.task import PriceTagTask, task_accuracy
+from das_lib.runs import grids, reuse
+from das_lib.runs import robustness as rb
+from das_lib.runs.store import Store
 
 TEMPLATE = "standin"
 MODEL_ID = {"name": "tiny", "files": {"w": "abc"}, "dtype": "float32"}
@@ -79,7 +83,7 @@ def test_settings_follow_the_paper():
     assert settings["sibling"].variant == "truefalse"
     assert (settings["correct_only"].answers, settings["incorrect_only"].answers) == ("correct", "incorrect")
     assert settings["context_3"].paper is None  # our longer passage is not in the paper
-    assert all(s.paper in rb.PAPER_ROBUSTNESS for k, s in settings.items() if k != "context_3")
+    assert all(s.paper in paper.ROBUSTNESS for k, s in settings.items() if k != "context_3")
     other = {s.key: s for s in rb.make_settings(["fixed_bracket"], bracket_unseen="1.00-4.00")}
     assert other["fixed_unseen"].paper is None and other["fixed_seen"].paper is not None
 
@@ -164,12 +168,11 @@ def test_screening_keeps_pairs_by_the_models_answers(tok):
 def test_no_incorrect_pairs_is_reported_not_hidden(tok, store):
     setting = next(s for s in rb.make_settings(["incorrect_only"]))
     oracle = Answerer(tok, setting.task(tok, TEMPLATE), always_yes=False)
-    alignments = rb.alignment_table(store, MATCH, ["left_right"])
+    alignments = reuse.alignment_table(store, MATCH, ["left_right"])
     result = rb.evaluate_settings(oracle, tok, TEMPLATE, [setting], store, alignments, n_pairs=8, n_task=10, seed=0,
                                   max_screened=64)
     row = result.table.loc["incorrect_only"]
     assert row["pairs"] == 0 and row["screened"] == 64 and np.isnan(row["max IIA"])
-    assert "no incorrect-only pairs among 64 screened pairs" in row["note"]
     assert result.cells.empty and result.grids() == {}
 
 
@@ -181,29 +184,29 @@ def test_alignment_table_keeps_the_best_seed_of_matching_records(store):
     _put(store, "left", 0, "last", 2, 0.001)  # a worse seed
     _put(store, "left", 0, "resp_colon", 0, 1.0, task={**STANDARD, "context": "Hi!"})  # another task
     _put(store, "left", 0, "resp_colon", 0, 1.0, model={**MODEL_ID, "files": {"w": "other"}})  # another model
-    table = rb.alignment_table(store, MATCH, ["left", "left_right"])
+    table = reuse.alignment_table(store, MATCH, ["left", "left_right"])
     assert len(table) == 8 and set(table["candidates"]) == {1, 2}
     best = table.set_index(["hypothesis", "layer", "position"])
     assert best.loc[("left", 1, "last"), "seed"] == 1 and best.loc[("left", 1, "last"), "iia"] == 0.999
     assert best.loc[("left", 0, "last"), "seed"] == 0 and best.loc[("left", 0, "last"), "candidates"] == 2
     assert best.loc[("left", 0, "resp_colon"), "iia"] < 1.0  # the other task's and model's records are not used
-    assert rb.needed_grid(table, None, None) == ([0, 1], ["last", "resp_colon"])
-    assert len(rb.alignment_table(store, MATCH, ["left"], layers=[1], positions=["last"])) == 1
+    assert reuse.needed_grid(table, None, None) == ([0, 1], ["last", "resp_colon"])
+    assert len(reuse.alignment_table(store, MATCH, ["left"], layers=[1], positions=["last"])) == 1
 
 
 def test_missing_alignments_are_named_with_the_command_to_make_them(store):
-    table = rb.alignment_table(store, MATCH, ["left", "left_right"])
-    command = rb.sweep_command("runs/sweep", "standin", "float32", ["left", "left_right"], [0, 1, 2], None)
+    table = reuse.alignment_table(store, MATCH, ["left", "left_right"])
+    command = report.sweep_command("runs/sweep", "standin", "float32", ["left", "left_right"], [0, 1, 2], None)
     assert command.startswith("papermill book/05_sweep.ipynb")
     assert f"-p store {Path('runs/sweep').resolve()} " in command  # absolute: the chapters run in their own folder
     assert "-y '{hypotheses: [left, left_right], layers: [0, 1, 2], positions: []}'" in command
-    assert rb.missing_cells(table, ["left"], [0, 1, 2], ["last"]) == [("left", 2, "last")]
-    rb.require_alignments(table, ["left", "left_right"], [0, 1], ["last", "resp_colon"], command)  # complete: no error
-    with pytest.raises(rb.MissingAlignments, match=r"lacks 2 of the 6 alignments needed \(left L2@last, left_right L2@last\)"):
-        rb.require_alignments(table, ["left", "left_right"], [0, 1, 2], ["last"], command)
-    empty = rb.alignment_table(store, {"model": {"name": "nothing"}}, ["left"])
-    with pytest.raises(rb.MissingAlignments, match="holds no alignment"):
-        rb.require_alignments(empty, ["left"], *rb.needed_grid(empty, None, None), command)
+    assert reuse.missing_cells(table, ["left"], [0, 1, 2], ["last"]) == [("left", 2, "last")]
+    reuse.require_alignments(table, ["left", "left_right"], [0, 1], ["last", "resp_colon"], command)  # complete: no error
+    with pytest.raises(reuse.MissingAlignments, match=r"lacks 2 of the 6 alignments needed \(left L2@last, left_right L2@last\)"):
+        reuse.require_alignments(table, ["left", "left_right"], [0, 1, 2], ["last"], command)
+    empty = reuse.alignment_table(store, {"model": {"name": "nothing"}}, ["left"])
+    with pytest.raises(reuse.MissingAlignments, match="holds no alignment"):
+        reuse.require_alignments(empty, ["left"], *reuse.needed_grid(empty, None, None), command)
 
 
 # --- the table ----------------------------------------------------------------------------------
@@ -212,16 +215,16 @@ def test_missing_alignments_are_named_with_the_command_to_make_them(store):
 def test_grid_stats_are_the_papers_columns():
     grid = pd.DataFrame([[0.5, 0.7], [0.9, 0.6]], index=[1, 0], columns=["a", "b"])
     reference = pd.DataFrame([[0.8, 0.5], [0.6, 0.9]], index=[0, 1], columns=["b", "a"])  # same cells, other order
-    stats = rb.grid_stats(grid, reference)
+    stats = grids.grid_stats(grid, reference)
     assert stats["max IIA"] == 0.9
     assert stats["variance x100"] == pytest.approx(np.var([0.5, 0.7, 0.9, 0.6]) * 100)
     assert stats["r"] == pytest.approx(np.corrcoef([0.5, 0.7, 0.9, 0.6], [0.9, 0.6, 0.5, 0.8])[0, 1])
-    assert all(np.isnan(v) for v in rb.grid_stats(grid * np.nan, reference).values())
+    assert all(np.isnan(v) for v in grids.grid_stats(grid * np.nan, reference).values())
 
 
 def test_table_columns_on_a_synthetic_store(tok, llama, store):
     settings = [s for s in rb.make_settings(["standard", "fixed_bracket", "context", "sibling"]) if s.key != "context_3"]
-    alignments = rb.alignment_table(store, MATCH, ["left", "left_right"])
+    alignments = reuse.alignment_table(store, MATCH, ["left", "left_right"])
     result = rb.evaluate_settings(llama, tok, TEMPLATE, settings, store, alignments, n_pairs=16, n_task=24, seed=5,
                                   max_screened=64)
     table = result.table
@@ -238,19 +241,19 @@ def test_table_columns_on_a_synthetic_store(tok, llama, store):
         assert row["variance x100"] == pytest.approx(np.var(ours) * 100)
         assert row["r"] == pytest.approx(pearson(np.array(ours), np.array(trained)), nan_ok=True)
         assert row["pairs"] == 16 and row["dummy"] == 0.5
-        paper = rb.PAPER_ROBUSTNESS[s.paper]
-        assert (row["paper max IIA"], row["paper r"], row["paper variance x100"]) == paper
+        theirs = paper.ROBUSTNESS[s.paper]
+        assert (row["paper max IIA"], row["paper r"], row["paper variance x100"]) == theirs
     # one cell by hand, on the plain path: the fast, shared-cache evaluation must agree
     sibling = next(s for s in settings if s.key == "sibling")
     task = sibling.task(tok, TEMPLATE)
     cell = alignments[(alignments["hypothesis"] == "left_right") & (alignments["layer"] == 1) & (alignments["position"] == "last")].iloc[0]
-    intervention, _ = rb.load_intervention(store.root / cell["hash"] / "alignment", 16)
-    data = task.interchange_data(sample_pairs("left_right", 16, 5 + rb.PAIR_SEED_OFFSET), "last")
+    intervention, _ = load_intervention(store.root / cell["hash"] / "alignment", 16)
+    data = task.interchange_data(sample_pairs("left_right", 16, setting_seed(5)), "last")
     by_hand = evaluate(PlainForward(llama, Site(1, "last"), intervention), data)
     assert result.cells.set_index(["setting", "layer", "position"]).loc[("sibling", 1, "last"), "iia"] == by_hand
     rng = random.Random(5)
     games = [sample_game(rng, (251, 551)) for _ in range(24)]
-    expected = rb.task_accuracy(llama, next(s for s in settings if s.key == "fixed_unseen").task(tok, TEMPLATE), games)
+    expected = task_accuracy(llama, next(s for s in settings if s.key == "fixed_unseen").task(tok, TEMPLATE), games)
     assert table.loc["fixed_unseen", "task acc"] == expected
     assert set(result.grids()) == {s.title for s in settings}
     groups = result.figure_groups()
@@ -263,11 +266,11 @@ def test_table_columns_on_a_synthetic_store(tok, llama, store):
     assert list(rb.side_by_side(table).columns[-6:]) == ["max IIA", "paper max IIA", "r", "paper r", "variance x100", "paper variance x100"]
 
 
-def test_comparison_words():
-    assert rb.comparison(0.90, 0.80) == "higher than"
-    assert rb.comparison(0.70, 0.80) == "lower than"
-    assert rb.comparison(0.81, 0.80) == "about the same as"
-    assert rb.comparison(float("nan"), 0.8) == "not comparable with"
+def test_comparisons():  # the chapter words them: 1 "higher than", -1 "lower than", 0 "about the same as"
+    assert rb.comparison(0.90, 0.80) == 1
+    assert rb.comparison(0.70, 0.80) == -1
+    assert rb.comparison(0.81, 0.80) == 0
+    assert np.isnan(rb.comparison(float("nan"), 0.8))  # "not comparable with"
 
 
 def test_reading_the_table():
@@ -279,24 +282,25 @@ def test_reading_the_table():
         "task acc": [1.0, 1.0, 1.0, nan], "dummy": [0.5] * 4,
     }, index=["context_1", "context_2", "sibling", "incorrect_only"])
     assert rb.agreement(table) == {"close": ["a"], "apart": ["b"], "not comparable": ["c", "incorrect-only inputs"]}
-    words = rb.comparison_table(table)
-    assert words.loc["a"].tolist() == ["about the same as", "about the same as", "lower than"]
-    assert words.loc["b"].tolist() == ["lower than", "lower than", "higher than"]
+    signs = rb.comparison_table(table)
+    assert signs.loc["a"].tolist() == [0, 0, -1]  # about the same, about the same, lower
+    assert signs.loc["b"].tolist() == [-1, -1, 1]
     numbers = rb.headline_numbers(table)
     assert numbers["corr_context"] == pytest.approx(0.73) and numbers["paper_corr_context"] == pytest.approx(0.935)
     assert np.isnan(numbers["corr_fixed_unseen"])  # a setting not in the table still has its name
-    assert rb.filtered_sentence(table, "incorrect_only") == "0 pairs were found among 96 screened, so its row has no IIA"
-    assert rb.filtered_sentence(table, "correct_only") == "the setting was not evaluated"
-    said = rb.comparison_words(table)
-    assert said["cmp_corr_context_2"] == "lower than" and said["cmp_var_context_2"] == "higher than"
-    assert said["cmp_corr_fixed_unseen"] == said["cmp_corr_sibling"] == "not comparable with"
+    # what the chapter says of an answer filter: its pairs and how many were screened, or that it was not evaluated
+    assert (numbers["pairs_incorrect_only"], numbers["screened_incorrect_only"]) == (0, 96)
+    assert np.isnan(numbers["pairs_correct_only"])
+    said = rb.comparisons(table)
+    assert said["cmp_corr_context_2"] == -1 and said["cmp_var_context_2"] == 1
+    assert np.isnan(said["cmp_corr_fixed_unseen"]) and np.isnan(said["cmp_corr_sibling"])
 
 
 def test_paper_rows_agree_with_the_sweeps_numbers():
-    from das_lib.runs.sweep import PAPER_MAX_IIA
+    from das_lib import paper
 
     for key in ("left", "left_right"):
-        assert rb.PAPER_ROBUSTNESS[get_hypothesis(key).title][0] == PAPER_MAX_IIA[key]
+        assert paper.ROBUSTNESS[get_hypothesis(key).title][0] == paper.MAX_IIA[key]
 
 
 def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_path):
@@ -315,12 +319,12 @@ def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_pa
     tok.save_pretrained(tmp_path / "model")
     name, store = str(tmp_path / "model"), str(tmp_path / "store")
     grid = dict(hypotheses=["left"], layers=[0], positions=["resp_colon", "last"])
-    with pytest.raises(rb.MissingAlignments, match=r"(?s)lacks 2 of the 2 alignments needed .*train_missing=True"):
-        rb.reuse_alignments(store, name, "float32", TEMPLATE, **grid)
+    with pytest.raises(reuse.MissingAlignments, match=r"(?s)lacks 2 of the 2 alignments needed .*train_missing=True"):
+        reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid)
     train = dict(steps=4, n_train=32, n_test=24, seed=0)
-    table, message = rb.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
+    table, message = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
     assert message.endswith("2 trained, 0 reused") and len(table) == 2
-    again, message = rb.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
+    again, message = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
     assert message.startswith("reusing 2 alignments") and again.equals(table)
     loaded = LlamaForCausalLM.from_pretrained(name).eval()
     sweep_test_pairs = sample_pairs("left", 24, 2 * train["seed"] + 1)  # how das_lib.runs.sweep draws its test pairs

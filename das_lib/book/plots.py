@@ -9,14 +9,7 @@ import pandas as pd
 import seaborn as sns
 
 from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
-
-
-def iia_grid(frame: pd.DataFrame, value: str = "iia", positions: Sequence[str] | None = None) -> pd.DataFrame:
-    """A layer x position table of `value` (mean over seeds), layers top to bottom from high to low."""
-    grid = frame.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
-    if positions is not None:
-        grid = grid.reindex(columns=[p for p in positions if p in grid.columns])
-    return grid.sort_index(ascending=False)
+from das_lib.runs.grids import iia_grid
 
 
 def heatmap(grid: pd.DataFrame, ax: plt.Axes, title: str, labels: Sequence[str] | None = None,

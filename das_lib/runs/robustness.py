@@ -8,16 +8,14 @@ alignment of a sweep store on the setting's counterfactual pairs (inference only
 setting's grid as the paper does: max IIA, Pearson r with the grid the alignments were trained on,
 and the variance of IIA over the grid.
 
-Alignments are looked up in a `Store` by what made them (`alignment_table`): the model's identity
-(its files' hashes and dtype) and the standard task settings. A cell trained from several seeds or
-configs keeps its record of highest IIA, as the paper kept the best of three seeds.
+The alignments come from a sweep's store (das_lib.runs.reuse finds them); the paper's rows are in
+das_lib.paper.
 """
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -25,54 +23,29 @@ import pandas as pd
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from das_lib import paper
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.fastpath import shared_cache
 from das_lib.method.interventions import load_intervention
-from das_lib.method.metrics import pearson
-from das_lib.book.plots import iia_grid
-from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
+from das_lib.method.seeds import screening_seed, setting_seed
 from das_lib.method.sites import Site, layer_module
-from das_lib.runs.store import Store
-from das_lib.runs.sweep import Sweep, SweepSpec, model_identity
+from das_lib.method.training import PlainForward, evaluate
+from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
 from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
-from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, evaluate
+from das_lib.runs.grids import COLUMNS, grid_stats, iia_grid
+from das_lib.runs.store import Store
 
-# ---------------------------------------------------------------------------------------------
-# The paper's numbers (Alpaca 7B, release analysis): max IIA over the grid, Pearson r of the setting's
-# grid with the grid it was trained on, variance of IIA over the grid x 100 (the rows of the two
-# hypotheses whose alignments are reused here; sweep.PAPER_MAX_IIA holds every hypothesis's max IIA).
-# Source: Wu et al., "Interpretability at Scale: Identifying Causal Mechanisms in Alpaca", NeurIPS 2023
-# (arXiv:2305.08809), as gathered in shared/reference/paper-notes.md ("Results to compare against").
-
-PAPER_COLUMNS = ("max IIA", "r", "variance x100")
-PAPER_ROBUSTNESS: dict[str, tuple[float, float, float]] = {
-    "Left Boundary": (0.90, 1.00, 2.01),
-    "Left and Right Boundary": (0.86, 1.00, 1.14),
-    "correct-only inputs": (0.88, 0.99, 1.47),
-    "incorrect-only inputs": (0.71, 0.84, 0.36),
-    "fixed bracket 5.49-8.49 (seen)": (0.94, 0.97, 3.02),
-    "fixed bracket 2.51-5.51 (unseen)": (0.95, 0.94, 1.66),
-    'irrelevant context "Pricing tag game!"': (0.83, 0.97, 0.94),
-    'irrelevant context "Fruitarian Frogs May Be Doing Flowers a Favor"': (0.85, 0.98, 1.04),
-    'sibling instruction "say True ... otherwise False"': (0.83, 0.87, 0.93),
-}
-PAPER_BRACKETS = {"seen": "5.49-8.49", "unseen": "2.51-5.51"}
-PAPER_CONTEXTS = ("Pricing tag game!", "Fruitarian Frogs May Be Doing Flowers a Favor")
 # A longer irrelevant passage (not in the stand-in's training pool of contexts).
 LONG_CONTEXT = (
     "Last spring the town library moved into the old railway station. Volunteers carried thousands of "
     "books across the square, and the mayor cut a ribbon made of recycled paper. Visitors now read under "
     "the tall arched windows while freight trains rumble past on the new line behind the building."
 )
-DEFAULT_CONTEXTS = (*PAPER_CONTEXTS, LONG_CONTEXT)
+DEFAULT_CONTEXTS = (*paper.CONTEXTS, LONG_CONTEXT)
 
 # ---------------------------------------------------------------------------------------------
 # Settings
 
-# The settings' pairs are drawn from seed + PAIR_SEED_OFFSET: a sweep draws its training and test pairs
-# from seeds 2 * data_seed and 2 * data_seed + 1, and the same seed would give largely the same pairs,
-# so an alignment would be evaluated on pairs it was trained on.
-PAIR_SEED_OFFSET = 1_000_003
 SETTING_KINDS = ("standard", "fixed_bracket", "context", "sibling", "correct_only", "incorrect_only")
 ANSWER_FILTERS = ("correct", "incorrect")
 
@@ -94,15 +67,15 @@ class Setting:
     context: str | None = None
     variant: str = "yesno"
     answers: str | None = None
-    paper: str | None = None  # row of PAPER_ROBUSTNESS to compare with, if the paper has one
+    paper: str | None = None  # row of paper.ROBUSTNESS to compare with, if the paper has one
     short: str = ""  # the title of its heatmap panel (default: the title)
 
     def __post_init__(self) -> None:
         get_hypothesis(self.hypothesis)
         if self.answers not in (None, *ANSWER_FILTERS):
             raise ValueError(f"setting {self.key!r}: answers must be None, 'correct' or 'incorrect', got {self.answers!r}")
-        if self.paper is not None and self.paper not in PAPER_ROBUSTNESS:
-            raise KeyError(f"setting {self.key!r}: {self.paper!r} is not a row of PAPER_ROBUSTNESS")
+        if self.paper is not None and self.paper not in paper.ROBUSTNESS:
+            raise KeyError(f"setting {self.key!r}: {self.paper!r} is not a row of paper.ROBUSTNESS")
 
     def task(self, tokenizer: PreTrainedTokenizerBase, template: str) -> PriceTagTask:
         """The setting's prompts: the standard template with its instruction variant and context."""
@@ -115,8 +88,8 @@ def _short(text: str, n: int = 48) -> str:
 
 def make_settings(
     kinds: Sequence[str] = SETTING_KINDS,
-    bracket_seen: str = PAPER_BRACKETS["seen"],
-    bracket_unseen: str = PAPER_BRACKETS["unseen"],
+    bracket_seen: str = paper.BRACKETS["seen"],
+    bracket_unseen: str = paper.BRACKETS["unseen"],
     contexts: Sequence[str] = DEFAULT_CONTEXTS,
 ) -> list[Setting]:
     """The settings of the robustness table, in the paper's order, for the given kinds, brackets and contexts."""
@@ -138,14 +111,14 @@ def make_settings(
         for which, text in (("seen", bracket_seen), ("unseen", bracket_unseen)):
             bracket = parse_bracket(text)
             name = f"{price(bracket[0])}-{price(bracket[1])}"
-            paper = f"fixed bracket {name} ({which})"
+            row = f"fixed bracket {name} ({which})"
             out.append(Setting(f"fixed_{which}", f"fixed bracket {name} ({which})", "left", bracket=bracket,
-                               paper=paper if paper in PAPER_ROBUSTNESS else None, short=f"bracket {name} ({which})"))
+                               paper=row if row in paper.ROBUSTNESS else None, short=f"bracket {name} ({which})"))
     if "context" in kinds:
         for i, text in enumerate(contexts, start=1):
-            paper = f'irrelevant context "{text}"'
+            row = f'irrelevant context "{text}"'
             out.append(Setting(f"context_{i}", f'irrelevant context "{_short(text)}"', "left_right", context=text,
-                               paper=paper if paper in PAPER_ROBUSTNESS else None, short=f'"{_short(text, 36)}"'))
+                               paper=row if row in paper.ROBUSTNESS else None, short=f'"{_short(text, 36)}"'))
     if "sibling" in kinds:
         title = 'sibling instruction "say True ... otherwise False"'
         out.append(Setting("sibling", title, "left_right", variant="truefalse", paper=title, short="say True ... otherwise False"))
@@ -160,161 +133,6 @@ def settings_table(settings: Sequence[Setting]) -> pd.DataFrame:
         "context": _short(s.context or "", 32), "instruction": s.variant, "inputs": s.answers or "all",
         "in the paper": s.paper is not None,
     } for s in settings]).set_index("key")
-
-
-# ---------------------------------------------------------------------------------------------
-# Alignments in a store
-
-
-class MissingAlignments(LookupError):
-    """The store lacks alignments the robustness table needs."""
-
-
-def alignment_table(
-    store: Store,
-    match: Mapping[str, Any],
-    hypotheses: Sequence[str],
-    layers: Sequence[int] | None = None,
-    positions: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """The alignment used at each (hypothesis, layer, position): among the store's Boundless DAS records
-    whose config has every (key, value) of `match` (e.g. the model identity and the standard task
-    settings), the one of highest IIA (best of seeds; ties: the first in store order).
-
-    Columns: hypothesis, layer, position, seed, steps, iia (as recorded: on the sweep's test pairs),
-    candidates (matching records for that cell), hash, alignment (file stem in the record's folder).
-    """
-    candidates: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    for record in store.records():
-        c = record["config"]
-        if c.get("kind") != "alignment" or c.get("method", {}).get("name") != "boundless":
-            continue
-        if any(c.get(k) != json_value(v) for k, v in match.items()):
-            continue
-        key = (c["hypothesis"], int(c["site"]["layer"]), c["site"]["position"])
-        if key[0] not in hypotheses or (layers is not None and key[1] not in layers) or (positions is not None and key[2] not in positions):
-            continue
-        candidates.setdefault(key, []).append({
-            "hypothesis": key[0], "layer": key[1], "position": key[2], "seed": c["train"]["seed"],
-            "steps": c["train"]["steps"], "iia": float(record["results"]["iia"]), "hash": record["hash"],
-            "alignment": record["results"]["alignment"],
-        })
-    rows = []
-    for key in sorted(candidates):
-        found = candidates[key]
-        best = max(range(len(found)), key=lambda i: (found[i]["iia"], -i))  # first of equals
-        rows.append({**found[best], "candidates": len(found)})
-    columns = ["hypothesis", "layer", "position", "seed", "steps", "iia", "candidates", "hash", "alignment"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def json_value(value: Any) -> Any:
-    """`value` as it reads back from a record's JSON (tuples become lists)."""
-    if isinstance(value, Mapping):
-        return {k: json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    return value
-
-
-def needed_grid(table: pd.DataFrame, layers: Sequence[int] | None, positions: Sequence[str] | None) -> tuple[list[int], list[str]]:
-    """The grid to evaluate: the given layers and positions, or (for None) those the store holds for any hypothesis."""
-    layers = sorted(set(table["layer"].astype(int))) if layers is None else list(layers)
-    positions = list(dict.fromkeys(table["position"])) if positions is None else list(positions)
-    return layers, positions
-
-
-def missing_cells(table: pd.DataFrame, hypotheses: Sequence[str], layers: Sequence[int], positions: Sequence[str]) -> list[tuple[str, int, str]]:
-    """The (hypothesis, layer, position) cells of the grid that `table` has no alignment for."""
-    have = set(zip(table["hypothesis"], table["layer"].astype(int), table["position"]))
-    return [(h, l, p) for h in hypotheses for l in layers for p in positions if (h, l, p) not in have]
-
-
-def sweep_command(store: str, model: str, dtype: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
-                  positions: Sequence[str] | None) -> str:
-    """The papermill command (run from the repository root) that makes the sweep chapter train these
-    alignments into `store` (given as an absolute path: a chapter resolves it from its own folder)."""
-    grid = {"hypotheses": list(hypotheses), "layers": list(layers or []), "positions": list(positions or [])}
-    yaml = "{" + ", ".join(f"{k}: [{', '.join(map(str, v))}]" for k, v in grid.items()) + "}"
-    return (f"papermill book/05_sweep.ipynb /tmp/05_sweep.ipynb -p store {Path(store).resolve()} -p model {model} "
-            f"-p dtype {dtype} -y '{yaml}'")
-
-
-def require_alignments(
-    table: pd.DataFrame, hypotheses: Sequence[str], layers: Sequence[int], positions: Sequence[str], command: str
-) -> None:
-    """Raise MissingAlignments naming the missing cells and how to make them, unless every cell has one."""
-    if not layers or not positions:
-        raise MissingAlignments(
-            f"the store holds no alignment of {list(hypotheses)} for this model and the standard task. "
-            f"Run the sweep chapter first:\n  {command}\nor rerun this chapter with train_missing=True"
-        )
-    missing = missing_cells(table, hypotheses, layers, positions)
-    if missing:
-        shown = ", ".join(f"{h} L{l}@{p}" for h, l, p in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise MissingAlignments(
-            f"the store lacks {len(missing)} of the {len(hypotheses) * len(layers) * len(positions)} alignments "
-            f"needed ({shown}). Make them with the sweep chapter:\n  {command}\n"
-            "or rerun this chapter with train_missing=True"
-        )
-
-
-def alignment_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per hypothesis: how many cells, over which layers and positions, trained how long, from which seeds,
-    and their recorded IIA (on the sweep's test pairs)."""
-    rows = []
-    for h, sub in table.groupby("hypothesis", sort=False):
-        rows.append({"hypothesis": HYPOTHESES[h].title, "cells": len(sub), "layers": sorted(set(sub["layer"].astype(int))),
-                     "positions": sub["position"].nunique(), "training steps": sorted(set(sub["steps"].astype(int))),
-                     "seeds kept": sorted(set(sub["seed"].astype(int))), "records per cell (max)": int(sub["candidates"].max()),
-                     "max recorded IIA": float(sub["iia"].max()), "mean recorded IIA": float(sub["iia"].mean())})
-    return pd.DataFrame(rows).set_index("hypothesis")
-
-
-def standard_match(model: str, dtype: str, template: str) -> dict[str, Any]:
-    """What a sweep record's config must hold to be reused here: this model's files and dtype, and the
-    standard task (the yes/no instruction without context) in `template`."""
-    return {"model": {**model_identity(model), "dtype": dtype},
-            "task": {"template": template, "variant": "yesno", "context": None}}
-
-
-def train_missing(
-    store: Store, model: str, template: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
-    positions: Sequence[str] | None, steps: int, n_train: int, n_test: int, seed: int, dtype: str, device: str,
-) -> dict[str, int]:
-    """Train (with das_lib.runs.sweep) every alignment of this grid the store lacks, on the standard task in
-    `template`; returns how many ran and how many were reused."""
-    spec = SweepSpec(
-        model=model, hypotheses=tuple(hypotheses), layers=None if layers is None else tuple(layers),
-        positions=None if positions is None else tuple(positions), seeds=(seed,), train=TrainConfig(steps=steps),
-        n_train=n_train, n_test=n_test, data_seed=seed, template=template, dtype=dtype,
-    )
-    return Sweep(spec, store, device).run(progress=False)
-
-
-def reuse_alignments(
-    store: str, model: str, dtype: str, template: str, hypotheses: Sequence[str],
-    layers: Sequence[int] | None = None, positions: Sequence[str] | None = None,
-    train: Mapping[str, Any] | None = None, device: str = "cpu",
-) -> tuple[pd.DataFrame, str]:
-    """The alignments to reuse (`alignment_table` of the standard task) and a line saying where they came from.
-
-    With `train` (keyword arguments of `train_missing`: steps, n_train, n_test, seed) the alignments the
-    store lacks are trained first; without, a missing one raises MissingAlignments with the command
-    that makes it.
-    """
-    root = Store(store)
-    match = standard_match(model, dtype, template)
-    table = alignment_table(root, match, hypotheses, layers, positions)
-    needed = needed_grid(table, layers, positions)
-    message = f"reusing {len(table)} alignments from {store}"
-    if train is not None and (not all(needed) or missing_cells(table, hypotheses, *needed)):
-        counts = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device, **train)
-        message = f"trained the missing alignments with das_lib.runs.sweep into {store}: {counts['ran']} trained, {counts['reused']} reused"
-        table = alignment_table(root, match, hypotheses, layers, positions)
-        needed = needed_grid(table, layers, positions)
-    require_alignments(table, hypotheses, *needed, sweep_command(store, model, dtype, hypotheses, layers, positions))
-    return table, message
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +168,7 @@ def screen_pairs(
         size -= size % 2
         if size < 2:
             break
-        pairs = sample_pairs(hypothesis, size, seed + 7919 * (round_ + 1))  # rounds never reuse the setting's seed
+        pairs = sample_pairs(hypothesis, size, screening_seed(seed, round_))
         answers = model_answers(model, task, [p.base for p in pairs] + [p.source for p in pairs])
         correct, incorrect = split_by_answers(pairs, answers[:size].tolist(), answers[size:].tolist())
         found["correct"] += correct
@@ -402,14 +220,6 @@ def evaluate_grid(
     return pd.DataFrame(rows)
 
 
-def grid_stats(grid: pd.DataFrame, reference: pd.DataFrame) -> dict[str, float]:
-    """The paper's columns for a layer x position IIA grid: max IIA, Pearson r with `reference` (the
-    grid the alignments were trained on, matched cell by cell), and the variance over the grid x 100."""
-    values = grid.to_numpy(float)
-    ref = reference.reindex(index=grid.index, columns=grid.columns).to_numpy(float)
-    if np.isnan(values).all():
-        return {"max IIA": float("nan"), "r": float("nan"), "variance x100": float("nan")}
-    return {"max IIA": float(np.nanmax(values)), "r": pearson(values, ref), "variance x100": float(np.nanvar(values) * 100)}
 
 
 @dataclass
@@ -483,7 +293,7 @@ def evaluate_settings(
     """Evaluate the alignments of each setting's hypothesis on the setting's pairs and sum up each grid.
 
     Every setting shares `seed`: the pairs of two settings differ only in what the setting changes (pairs
-    come from seed + PAIR_SEED_OFFSET, never from a sweep's own training or test seeds).
+    come from seeds.setting_seed(seed), never from a sweep's own training or test seeds).
     Task accuracy is measured on `n_task` games drawn as the paper does (with the setting's bracket);
     for the answer-filtered settings, on the games of the kept pairs.
     """
@@ -494,7 +304,7 @@ def evaluate_settings(
     cells, rows, screened_cache, accuracy_cache = [], [], {}, {}
     for s in settings:
         task = s.task(tokenizer, template)
-        pairs, screened = _setting_pairs(s, model, task, n_pairs, seed + PAIR_SEED_OFFSET, max_screened, screened_cache)
+        pairs, screened = _setting_pairs(s, model, task, n_pairs, setting_seed(seed), max_screened, screened_cache)
         reference = iia_grid(alignments[alignments["hypothesis"] == s.hypothesis], positions=positions)
         row: dict[str, Any] = {"setting": s.title, "hypothesis": s.hypothesis, "pairs": len(pairs), "screened": screened}
         if pairs:
@@ -509,14 +319,11 @@ def evaluate_settings(
             else:
                 accuracy = task_accuracy(model, task, [p.base for p in pairs] + [p.source for p in pairs])
             row.update({"dummy": majority_rate_of(pairs), "task acc": accuracy,
-                        **grid_stats(iia_grid(grid_rows, positions=positions), reference), "note": ""})
+                        **grid_stats(iia_grid(grid_rows, positions=positions), reference)})
         else:
-            row.update({"dummy": float("nan"), "task acc": float("nan"),
-                        **dict.fromkeys(PAPER_COLUMNS, float("nan")),
-                        "note": f"no {s.answers}-only pairs among {screened} screened pairs: the model answered "
-                                f"{'every' if s.answers == 'incorrect' else 'no'} screened pair's base and source correctly"})
-        paper = PAPER_ROBUSTNESS.get(s.paper) if s.paper else None
-        row.update({f"paper {c}": (paper[i] if paper else float("nan")) for i, c in enumerate(PAPER_COLUMNS)})
+            row.update({"dummy": float("nan"), "task acc": float("nan"), **dict.fromkeys(COLUMNS, float("nan"))})
+        theirs = paper.ROBUSTNESS.get(s.paper) if s.paper else None
+        row.update({f"paper {c}": (theirs[i] if theirs else float("nan")) for i, c in enumerate(COLUMNS)})
         rows.append(row)
     table = pd.DataFrame(rows, index=pd.Index([s.key for s in settings], name="key"))
     all_cells = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=["setting", "hypothesis", "layer", "position", "iia", "path"])
@@ -528,13 +335,13 @@ def evaluate_settings(
 # Reading the table
 
 
-def comparison(ours: float, theirs: float, tolerance: float = 0.02) -> str:
-    """'higher than', 'lower than' or 'about the same as': how `ours` compares with `theirs`."""
+def comparison(ours: float, theirs: float, tolerance: float = 0.02) -> float:
+    """How `ours` compares with `theirs`: 1 higher, -1 lower, 0 within `tolerance`, NaN where either is missing."""
     if np.isnan(ours) or np.isnan(theirs):
-        return "not comparable with"
+        return float("nan")
     if abs(ours - theirs) <= tolerance:
-        return "about the same as"
-    return "higher than" if ours > theirs else "lower than"
+        return 0.0
+    return 1.0 if ours > theirs else -1.0
 
 
 def headline_numbers(table: pd.DataFrame) -> dict[str, float]:
@@ -561,25 +368,27 @@ TOLERANCE = {"max IIA": 0.02, "r": 0.02, "variance x100": 0.2}
 
 
 def comparison_table(table: pd.DataFrame, tolerance: Mapping[str, float] = TOLERANCE) -> pd.DataFrame:
-    """For each setting with a paper row: is our max IIA / r / variance higher than, lower than or about
-    the same as the paper's?"""
+    """For each setting with a paper row: is our max IIA / r / variance higher than (1), lower than (-1) or
+    about the same as (0) the paper's?"""
     rows = {}
     for _, row in table.iterrows():
         if np.isnan(row["paper r"]):
             continue
-        rows[row["setting"]] = {c: comparison(row[c], row[f"paper {c}"], tolerance[c]) for c in PAPER_COLUMNS}
-    return pd.DataFrame.from_dict(rows, orient="index", columns=list(PAPER_COLUMNS))
+        rows[row["setting"]] = {c: comparison(row[c], row[f"paper {c}"], tolerance[c]) for c in COLUMNS}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=list(COLUMNS))
 
 
-def comparison_words(table: pd.DataFrame, tolerance: Mapping[str, float] = TOLERANCE) -> dict[str, str]:
-    """`cmp_corr_k`, `cmp_max_iia_k`, `cmp_var_k` for every default setting key k: how our number compares
-    with the paper's, in words ("not comparable with" where either is missing)."""
-    words = comparison_table(table, tolerance)
+
+
+def comparisons(table: pd.DataFrame, tolerance: Mapping[str, float] = TOLERANCE) -> dict[str, float]:
+    """`cmp_corr_k`, `cmp_max_iia_k`, `cmp_var_k` for every default setting key k: `comparison` of our number
+    with the paper's (NaN where either is missing, or the setting was not evaluated)."""
+    signs = comparison_table(table, tolerance)
     out = {}
     for key in dict.fromkeys([s.key for s in make_settings()] + list(table.index)):
         title = table.loc[key, "setting"] if key in table.index else None
         for column, short in (("r", "corr"), ("max IIA", "max_iia"), ("variance x100", "var")):
-            out[f"cmp_{short}_{key}"] = words.loc[title, column] if title in words.index else "not comparable with"
+            out[f"cmp_{short}_{key}"] = float(signs.loc[title, column]) if title in signs.index else float("nan")
     return out
 
 
@@ -595,35 +404,13 @@ def agreement(table: pd.DataFrame, tolerance: float = 0.05) -> dict[str, list[st
     return out
 
 
-def filtered_sentence(table: pd.DataFrame, key: str) -> str:
-    """How many pairs an answer-filtered setting found, in words."""
-    if key not in table.index:
-        return "the setting was not evaluated"
-    row = table.loc[key]
-    found = f"{int(row['pairs'])} pairs were found among {int(row['screened'])} screened"
-    return found + (", so its row has no IIA" if row["pairs"] == 0 else "")
 
 
-def training_note(model: str) -> str:
-    """What the model met in its own training of the settings' variations (for the book's stand-in, from its
-    training record; other models: nothing known here)."""
-    if model != "standin":
-        return f"what {model} met in its own training is not known here"
-    from das_lib.models.standin import load_record  # only the stand-in has a record
-
-    config = load_record()["config"]
-    sibling = config.get("variant_mix", {}).get("truefalse", 0.0) / max(1e-9, sum(config.get("variant_mix", {"yesno": 1}).values()))
-    context = config.get("context_rate", 0.0) * (1 - config.get("context_after", 0.0))  # contexts start late
-    note = (f"the book's stand-in was trained with the sibling instruction on {sibling:.0%} of its examples and "
-            f"with a random irrelevant context on {context:.0%} of them")
-    if config.get("iit_rate", 0.0) > 0:
-        note += "; its planted mechanism was trained on plain yes/no prompts only, never on these variations"
-    return note
 
 
 def side_by_side(table: pd.DataFrame) -> pd.DataFrame:
     """Our columns next to the paper's, by setting title."""
     columns = ["hypothesis", "pairs", "dummy", "task acc"]
-    for c in PAPER_COLUMNS:
+    for c in COLUMNS:
         columns += [c, f"paper {c}"]
     return table.set_index("setting")[columns]
