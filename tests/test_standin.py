@@ -7,18 +7,19 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
-from das_lib.pricetag import game as pricetag
+from das_lib import paper
 from das_lib.models import standin
 from das_lib.models.load import default_template
+from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask
 
-ROBUSTNESS_CONTEXTS = standin.HELD_OUT_CONTEXTS
+ROBUSTNESS_CONTEXTS = paper.CONTEXTS
 
 
 @pytest.fixture(scope="module")
 def shipped():
-    model = AutoModelForCausalLM.from_pretrained(standin.ASSET_DIR)
-    tokenizer = AutoTokenizer.from_pretrained(standin.ASSET_DIR)
+    model = AutoModelForCausalLM.from_pretrained(standin.STANDIN_DIR)
+    tokenizer = AutoTokenizer.from_pretrained(standin.STANDIN_DIR)
     return model.eval(), tokenizer
 
 
@@ -27,7 +28,7 @@ def test_asset_is_small_and_loads_with_plain_transformers(shipped):
     assert isinstance(model, LlamaForCausalLM)
     assert tokenizer.is_fast and tokenizer.padding_side == "left"
     assert default_template(tokenizer) == "standin"
-    size = sum(f.stat().st_size for f in standin.ASSET_DIR.iterdir())
+    size = sum(f.stat().st_size for f in standin.STANDIN_DIR.iterdir())
     assert size < 10 * 2**20
     assert model.config.num_hidden_layers <= 4 and model.config.hidden_size <= 128
 

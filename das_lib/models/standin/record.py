@@ -1,0 +1,131 @@
+"""Measuring the stand-in on fresh games, and writing and reading the directory shipped as das_lib/assets/standin."""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+
+from das_lib import paper
+from das_lib.method.interventions import save_intervention
+from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY
+from das_lib.models.standin.config import StandinConfig
+from das_lib.models.standin.corpus import sample_context
+from das_lib.models.standin.planted import EVAL_SEED, PLANTED, planted_iia, planted_meta, planted_subspace
+from das_lib.models.standin.train import train
+from das_lib.pricetag import game as pricetag
+from das_lib.pricetag.task import PriceTagTask, model_answers
+
+TRAINING_RECORD = "standin_training.json"
+TARGETS = {"yesno": 0.98, "truefalse": 0.95, "yesno_context": 0.95, "truefalse_context": 0.95}
+REGION_NAMES = {1: "below", 2: "inside", 3: "above"}
+
+
+def eval_settings(seed: int = EVAL_SEED, n_contexts: int = 8) -> dict[str, tuple[str, list[str | None]]]:
+    """The trained settings: name -> (instruction variant, contexts), contexts freshly drawn from the pool."""
+    rng = random.Random(seed)
+    contexts = [sample_context(rng) for _ in range(n_contexts)]
+    return {
+        "yesno": ("yesno", [None]),
+        "truefalse": ("truefalse", [None]),
+        "yesno_context": ("yesno", contexts),
+        "truefalse_context": ("truefalse", contexts),
+    }
+
+
+def untrained_settings() -> dict[str, tuple[str, list[str | None]]]:
+    """The paper's two irrelevant contexts, which training never saw (the robustness chapter uses them)."""
+    return {"yesno_pricing_tag": ("yesno", [paper.CONTEXTS[0]]), "yesno_frogs": ("yesno", [paper.CONTEXTS[1]])}
+
+
+def correct_by_game(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerFast,
+    template: str,
+    games: Sequence[dict[str, int]],
+    settings: dict[str, tuple[str, list[str | None]]],
+) -> pd.DataFrame:
+    """One row per (setting, game): setting, region (below/inside/above) and whether the answer was right.
+
+    In a setting with several contexts, game k gets context k mod their number.
+    """
+    rows = []
+    for name, (variant, contexts) in settings.items():
+        for k, context in enumerate(contexts):
+            picked = games[k :: len(contexts)]
+            if not picked:  # fewer games than contexts
+                continue
+            correct = model_answers(model, PriceTagTask(tokenizer, template, variant, context), picked)
+            rows += [{"setting": name, "region": REGION_NAMES[pricetag.region_of(g)], "correct": bool(c)}
+                     for g, c in zip(picked, correct.tolist())]
+    return pd.DataFrame(rows)
+
+
+def measure(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, n_games: int = 1000, seed: int = EVAL_SEED) -> dict[str, float]:
+    """The stand-in's task accuracy on `n_games` fresh games in each trained setting."""
+    rng = random.Random(seed)
+    games = [pricetag.sample_game(rng) for _ in range(n_games)]
+    table = correct_by_game(model, tokenizer, "standin", games, eval_settings(seed))
+    return {name: round(float(acc), 4) for name, acc in table.groupby("setting", sort=False)["correct"].mean().items()}
+
+
+
+def save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, record: dict, out_dir: Path | str) -> Path:
+    """Write model, tokenizer (marked with its template) and the training record to `out_dir`."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer.init_kwargs[TEMPLATE_KEY] = "standin"  # so default_template knows how to prompt it
+    tokenizer.model_max_length = model.config.max_position_embeddings
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return out_dir
+
+
+def load_record(model_dir: Path | str = STANDIN_DIR) -> dict:
+    """The training record shipped with the stand-in: config, seconds and measured accuracies."""
+    path = Path(model_dir) / TRAINING_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"no training record at {path}; rebuild the stand-in with `python -m das_lib.models.standin`")
+    return json.loads(path.read_text())
+
+
+def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every: int = 100) -> dict:
+    """Train the stand-in from `cfg`, measure it on fresh games, and save it; returns the record."""
+    model, tokenizer, record = train(cfg, log_every)
+    record["accuracy"] = measure(model, tokenizer, n_eval)
+    record["n_eval"] = n_eval
+    record["torch"] = torch.__version__
+    planted = planted_subspace(cfg) if cfg.iit_rate > 0 else None
+    if planted is not None:
+        record["planted_iia"] = planted_iia(model, tokenizer, planted, planted_meta(cfg), n_eval)
+    save(model, tokenizer, record, out_dir)
+    if planted is not None:
+        save_intervention(planted, Path(out_dir) / PLANTED, planted_meta(cfg))
+    return record
+
+
+def config_from_args(args: Sequence[str]) -> StandinConfig:
+    """A StandinConfig from 'key=value' strings, e.g. ['steps=500', 'lr=0.001']."""
+    defaults, changes = StandinConfig(), {}
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if not hasattr(defaults, key) or isinstance(getattr(defaults, key), dict) or not value:
+            raise ValueError(f"cannot set {arg!r}: use key=value with a key among {list(asdict(defaults))} (not variant_mix)")
+        changes[key] = type(getattr(defaults, key))(value)
+    return StandinConfig(**changes)
+
+
+def training_mix(model_dir: Path | str = STANDIN_DIR) -> dict[str, float | bool]:
+    """What the stand-in met in training, from its record: the share of examples with the sibling instruction
+    and with an irrelevant context, and whether a mechanism was planted (on plain yes/no prompts only)."""
+    config = load_record(model_dir)["config"]
+    variants = config.get("variant_mix", {"yesno": 1})
+    context = config.get("context_rate", 0.0) * (1 - config.get("context_after", 0.0))  # contexts start late
+    return {"sibling": variants.get("truefalse", 0.0) / max(1e-9, sum(variants.values())), "context": context,
+            "planted": config.get("iit_rate", 0.0) > 0}
