@@ -7,14 +7,14 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from das_lib.runs import sweep as sweep_module
 from das_lib.method.fastpath import FastPathMismatch
-from das_lib.models.load import STANDIN_DIR
 from das_lib.method.sites import Site
+from das_lib.method.training import PlainForward, TrainConfig, evaluate
+from das_lib.models.load import STANDIN_DIR
+from das_lib.pricetag.task import PriceTagTask
+from das_lib.runs import sweep as sweep_module
 from das_lib.runs.store import Store
 from das_lib.runs.sweep import Cell, Sweep, SweepSpec, alignments, model_identity, summary
-from das_lib.pricetag.task import PriceTagTask
-from das_lib.method.training import PlainForward, TrainConfig, evaluate
 
 TOKENIZER_DIR = STANDIN_DIR
 pytestmark = pytest.mark.filterwarnings("ignore:the model.s task accuracy")  # the random test model is at chance
@@ -82,7 +82,7 @@ def test_extra_seeds_train_the_best_site_of_each_hypothesis(finished):
         assert first["iia"].max() == first[(first.layer == site.layer) & (first.position == site.position)]["iia"].iloc[0]
         extra = frame[(frame.hypothesis == h) & (frame.seed == 1)]
         assert [(r.layer, r.position) for r in extra.itertuples()] == [(site.layer, site.position)]
-    table = summary(frame, finished.task_accuracy())
+    table = summary(frame, finished.recorded_task_accuracy())
     assert list(table["seeds"]) == [2, 2] and (table["unintervened"] > 0).all() and table.loc["Left Boundary", "paper (Alpaca 7B)"] == 0.90
 
 
@@ -186,4 +186,4 @@ def test_dask_workers_write_the_same_records_as_a_local_run(finished, tmp_path):
             Client(cluster) as client:
         assert sweep.run(client=client, progress=False) == {"ran": 6, "reused": 0}
     assert results(sweep) == results(finished)
-    assert sweep.task_accuracy() == finished.task_accuracy()
+    assert sweep.recorded_task_accuracy() == finished.recorded_task_accuracy()

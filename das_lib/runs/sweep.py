@@ -35,35 +35,33 @@ from __future__ import annotations
 
 import random
 import warnings
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 import das_lib
+from das_lib import paper
+from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import CachedForward, make_forward, shared_cache
 from das_lib.method.interventions import BoundlessDASIntervention, load_intervention, save_intervention
-from das_lib.method.metrics import normalised_iia
+from das_lib.method.metrics import normalised_or_nan
+from das_lib.method.seeds import split_seeds
+from das_lib.method.sites import Site, layer_module
+from das_lib.method.training import PlainForward, TrainConfig, set_seed, train_intervention, unintervened_iia
 from das_lib.models.load import default_template, load_config, load_model, load_tokenizer, model_source
 from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, sample_game, sample_pairs
-from das_lib.method.sites import Site, answer_logits, layer_module
-from das_lib.runs.store import Store, file_hash
 from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table, task_accuracy
-from das_lib.method.training import InterchangeData, PlainForward, TrainConfig, set_seed, train_intervention
+from das_lib.runs.distributed import run_on_dask
+from das_lib.runs.store import Store, file_hash
 
 ALIGNMENT = "alignment"  # file stem of a cell's alignment in its record folder (.safetensors + .json)
 
-# Max IIA over the grid (7 layers x 13 positions, best of 3 seeds) of Alpaca 7B in the paper's release
-# analysis: Wu et al., "Interpretability at Scale: Identifying Causal Mechanisms in Alpaca", NeurIPS 2023
-# (arXiv:2305.08809); numbers as gathered in shared/reference/paper-notes.md.
-PAPER_MAX_IIA = {"left": 0.90, "left_right": 0.86, "midpoint": 0.70, "bracket": 0.72}
-PAPER_SOURCE = "Wu et al. 2023 (arXiv:2305.08809), Alpaca 7B, release analysis"
+SHRINK_RATIO = 0.5  # a boundary "shrank" when it ended below this share of its starting size
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model", ".txt")
 
@@ -134,6 +132,23 @@ def model_identity(name: str) -> dict[str, Any]:
     return {"name": name, "files": None}
 
 
+class LastOne:
+    """A cache of one value: asking for another key drops the held value before making the new one
+    (so that two models, or two layer caches, are never in memory together)."""
+
+    def __init__(self) -> None:
+        self.key: Any = None
+        self.value: Any = None
+        self.full = False
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The value for `key`, made by `make()` unless it is the one held."""
+        if not self.full or self.key != key:
+            self.key, self.value, self.full = None, None, False  # free the old value first
+            self.value, self.key, self.full = make(), key, True
+        return self.value
+
+
 @dataclass
 class _HypothesisData:
     """A hypothesis's train and test pairs, encoded at every searched position ((N, k) positions)."""
@@ -152,35 +167,29 @@ class _Runner:
         self.model, self.tokenizer = load_model(name, device, dtype)
         self.identity = {**model_identity(name), "dtype": dtype}
         self.device = next(self.model.parameters()).device
-        self.data: dict[str, _HypothesisData] = {}
-        self.shared: tuple[str, Any] | None = None  # (key, CachedForward or None): the last layer cache only
+        self.data = LastOne()  # one hypothesis's data at a time: cells run grouped by hypothesis
+        self.shared = LastOne()  # the fast-path cache of the last layer only (CachedForward, or None)
 
     def task(self, settings: dict[str, Any]) -> PriceTagTask:
         return PriceTagTask(self.tokenizer, settings["template"], settings["variant"], settings["context"])
 
     def hypothesis_data(self, config: dict[str, Any]) -> tuple[str, _HypothesisData]:
         key = repr((config["task"], config["hypothesis"], config["data"]))
-        if key not in self.data:
-            task, d = self.task(config["task"]), config["data"]
-            roles = task.searched_roles()
-            train = sample_pairs(config["hypothesis"], d["n_train"], 2 * d["seed"])
-            test = sample_pairs(config["hypothesis"], d["n_test"], 2 * d["seed"] + 1)
-            test_data = task.interchange_data(test, roles).to(self.device)
-            with torch.no_grad():
-                answers = torch.cat([answer_logits(self.model, test_data.select(slice(i, i + 256)).base).argmax(-1)
-                                     for i in range(0, len(test_data), 256)])
-            unintervened = (answers == test_data.labels).float().mean().item()
-            self.data = {key: _HypothesisData(  # one hypothesis at a time: cells run grouped by hypothesis
-                roles, task.interchange_data(train, roles).to(self.device), test_data, majority_rate_of(test), unintervened)}
-        return key, self.data[key]
+        return key, self.data.get(key, lambda: self._make_data(config))
+
+    def _make_data(self, config: dict[str, Any]) -> _HypothesisData:
+        task, d = self.task(config["task"]), config["data"]
+        roles = task.searched_roles()
+        train_seed, test_seed = split_seeds(d["seed"], 2)
+        train = sample_pairs(config["hypothesis"], d["n_train"], train_seed)
+        test = sample_pairs(config["hypothesis"], d["n_test"], test_seed)
+        test_data = task.interchange_data(test, roles).to(self.device)
+        return _HypothesisData(roles, task.interchange_data(train, roles).to(self.device), test_data,
+                               majority_rate_of(test), unintervened_iia(self.model, test_data))
 
     def shared_forward(self, key: str, data: _HypothesisData, layer: int) -> CachedForward | None:
         """The fast-path cache of `data` at `layer` for all positions, or None when the fast path cannot run."""
-        key = f"{key}@{layer}"
-        if self.shared is None or self.shared[0] != key:
-            self.shared = None  # free the previous layer's cache before building the next
-            self.shared = (key, shared_cache(self.model, layer, [data.train, data.test]))
-        return self.shared[1]
+        return self.shared.get(f"{key}@{layer}", lambda: shared_cache(self.model, layer, [data.train, data.test]))
 
     def alignment(self, config: dict[str, Any], folder: Path) -> dict[str, Any]:
         """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results."""
@@ -210,22 +219,18 @@ class _Runner:
             "path": path, "device": str(device), "alignment": ALIGNMENT,
         }
 
-    def task_accuracy(self, config: dict[str, Any]) -> dict[str, Any]:
+    def measure_task_accuracy(self, config: dict[str, Any]) -> dict[str, Any]:
         """The model's accuracy on the factual task (the upper bound of IIA)."""
         rng = random.Random(config["seed"])
         games = [sample_game(rng) for _ in range(config["n_games"])]
         return {"task_accuracy": task_accuracy(self.model, self.task(config["task"]), games)}
 
 
-_RUNNERS: dict[tuple[str, str, str], _Runner] = {}  # one per (model, dtype, device) in each process
+_RUNNER = LastOne()  # one model in memory per process: the runner of the last (model, dtype, device)
 
 
 def _runner(model: str, dtype: str, device: str) -> _Runner:
-    key = (model, dtype, device)
-    if key not in _RUNNERS:
-        _RUNNERS.clear()  # one model in memory per process
-        _RUNNERS[key] = _Runner(model, dtype, device)
-    return _RUNNERS[key]
+    return _RUNNER.get((model, dtype, device), lambda: _Runner(model, dtype, device))
 
 
 def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, Any]:
@@ -246,27 +251,8 @@ def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, A
     if config["kind"] == "alignment":
         results = runner.alignment(config, store.folder(config))
     else:
-        results = runner.task_accuracy(config)
+        results = runner.measure_task_accuracy(config)
     return store.put(config, results)
-
-
-@contextmanager
-def dask_client(scheduler: str = "", workers: int = 1) -> Iterator[Any]:
-    """A Dask client for `Sweep.run`: connected to `scheduler` (an address or a scheduler file), or for
-    `workers` > 1 to a LocalCluster of that many single-threaded worker processes; None (run here) otherwise."""
-    if not scheduler and workers <= 1:
-        yield None
-        return
-    from dask.distributed import Client, LocalCluster
-
-    if scheduler:
-        is_file = scheduler.endswith(".json") and Path(scheduler).exists()
-        with Client(scheduler_file=scheduler) if is_file else Client(scheduler) as client:
-            yield client
-        return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
-        yield client
 
 
 class Sweep:
@@ -366,32 +352,16 @@ class Sweep:
         if client is None:
             self._run_local(configs, progress)
         else:
-            self._run_dask(configs, client, gpu, progress)
+            run_on_dask(run_job, configs, client, str(self.store.root.resolve()), self.device, gpu, progress,
+                        key=lambda c: f"das-{self.store.folder(c).name}")
 
     def _run_local(self, configs: list[dict[str, Any]], progress: bool) -> None:
         for config in tqdm(configs, desc="sweep", unit="cell", disable=not progress or not configs):
             run_job(config, str(self.store.root), self.device)
 
-    def _run_dask(self, configs: list[dict[str, Any]], client: Any, gpu: bool, progress: bool) -> None:
-        from dask.distributed import as_completed
-
-        root = str(self.store.root.resolve())
-        futures = [
-            client.submit(run_job, c, root, self.device, key=f"das-{self.store.folder(c).name}", pure=False,
-                          priority=len(configs) - i, resources={"GPU": 1} if gpu else None)
-            for i, c in enumerate(configs)  # earlier cells first: neighbours share a worker's cache
-        ]
-        bar = tqdm(total=len(futures), desc="sweep", unit="cell", disable=not progress or not futures)
-        try:
-            for future in as_completed(futures):
-                future.result()  # raises a failed cell's error here
-                bar.update()
-        finally:
-            bar.close()
-
     # ---- results --------------------------------------------------------------------------------
-    def task_accuracy(self) -> float:
-        """The model's measured task accuracy (run the sweep first)."""
+    def recorded_task_accuracy(self) -> float:
+        """The model's task accuracy as the sweep recorded it (run the sweep first)."""
         record = self.store.get(self.task_config())
         if record is None:
             raise KeyError("the task accuracy is not in the store yet: run the sweep first (Sweep.run())")
@@ -400,7 +370,7 @@ class Sweep:
     def frame(self) -> pd.DataFrame:
         """One row per finished cell: site, seed, token text, IIA, the dummy's and the unintervened model's IIA,
         normalised IIA, learned boundary."""
-        task_acc = self.task_accuracy()
+        task_acc = self.recorded_task_accuracy()
         if task_acc <= 0.5:
             warnings.warn(f"the model's task accuracy {task_acc:.3f} is not above chance: normalised IIA is undefined (NaN)", stacklevel=2)
         rows = []
@@ -412,13 +382,13 @@ class Sweep:
             rows.append({
                 **asdict(cell), "token": self.tokens[cell.position], "iia": r["iia"], "dummy": r["dummy"],
                 "unintervened": r.get("iia_unintervened", float("nan")),
-                "normalised": normalised_iia(r["iia"], task_acc, r["dummy"]) if task_acc > r["dummy"] else float("nan"),
+                "normalised": normalised_or_nan(r["iia"], task_acc, r["dummy"]),
                 "boundary_dims": float(sum(r["boundary_dims"])), "boundary_dims_start": float(sum(r["boundary_dims_start"])),
                 "hash": record["hash"],
             })
         return pd.DataFrame(rows)
 
-    def curves(self, shrink_ratio: float = 0.5) -> pd.DataFrame:
+    def curves(self, shrink_ratio: float = SHRINK_RATIO) -> pd.DataFrame:
         """Training curves of every finished cell (first seed), with `shrank`: did the boundary end below
         `shrink_ratio` times its starting size."""
         frames = []
@@ -428,7 +398,7 @@ class Sweep:
                 continue
             r = record["results"]
             curve = pd.DataFrame(r["curves"])[["step", "batch_iia", "boundary_dims"]]
-            shrank = sum(r["boundary_dims"]) < shrink_ratio * sum(r["boundary_dims_start"])
+            shrank = boundary_shrank(sum(r["boundary_dims"]), sum(r["boundary_dims_start"]), shrink_ratio)
             frames.append(curve.assign(run=str(cell), hypothesis=cell.hypothesis, shrank="shrank" if shrank else "did not shrink"))
         return pd.concat(frames, ignore_index=True)
 
@@ -438,6 +408,11 @@ class Sweep:
         if record is None:
             raise KeyError(f"cell {cell} is not in the store {self.store.root}: run the sweep first")
         return load_alignment(self.store, record)
+
+
+def boundary_shrank(end_dims: Any, start_dims: Any, ratio: float = SHRINK_RATIO) -> Any:
+    """Did a boundary end below `ratio` times its starting size (numbers, or columns of a frame)?"""
+    return end_dims < ratio * start_dims
 
 
 def load_alignment(store: Store, record: dict[str, Any]) -> tuple[nn.Module, dict[str, Any]]:
@@ -471,8 +446,8 @@ def summary(frame: pd.DataFrame, task_acc: float) -> pd.DataFrame:
         rows.append({
             "hypothesis": HYPOTHESES[h].title, "best site": f"L{int(best['layer'])} {best['position']}",
             "max IIA": best["iia"],
-            "normalised": normalised_iia(best["iia"], task_acc, best["dummy"]) if task_acc > best["dummy"] else float("nan"),
+            "normalised": normalised_or_nan(best["iia"], task_acc, best["dummy"]),
             "mean over seeds": at_best.mean(), "std over seeds": at_best.std(ddof=0), "seeds": len(at_best),
-            "unintervened": best["unintervened"], "paper (Alpaca 7B)": PAPER_MAX_IIA.get(h),
+            "unintervened": best["unintervened"], "paper (Alpaca 7B)": paper.MAX_IIA.get(h),
         })
     return pd.DataFrame(rows).set_index("hypothesis")
