@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from das_lib.pricetag import game as pricetag
-from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY, default_template, load_model, smollm2_gguf
 from das_lib.method.sites import answer_logits
+from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY, default_template, load_model, smollm2_gguf
+from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask, model_answers
 
 

@@ -1,72 +1,192 @@
-"""Validation of a chapter's parameters: stop early with a message that says what to change."""
+"""A chapter's parameters, checked in one call: stop early with a message that says what to change.
+
+Every chapter declares what each parameter must be in one schema and calls
+
+    params.check(globals(), {"seed": params.Int(min=0), "device": params.Device(), ...})
+
+which raises a ParameterError naming the first bad parameter, and writes the checked values back
+(a device 'auto' becomes the device it resolves to). Relations between parameters are checked
+after it with `params.require`.
+"""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
-import torch
+from das_lib.method.sites import Site
+from das_lib.models.load import DTYPES, resolve_device
+from das_lib.pricetag.task import PriceTagTask
 
 
 class ParameterError(ValueError):
     """A chapter parameter has a value the chapter cannot run with."""
 
 
-def positive_int(name: str, value: Any) -> int:
-    """`value` as an int >= 1, or a ParameterError naming the parameter."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParameterError(f"parameter {name!r} must be a positive integer, got {value!r}")
-    return value
+class Rule:
+    """What one parameter must be: called with its name and value, returns the checked value."""
+
+    def __call__(self, name: str, value: Any) -> Any:
+        raise NotImplementedError
 
 
-def non_negative_int(name: str, value: Any) -> int:
-    """`value` as an int >= 0."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ParameterError(f"parameter {name!r} must be an integer >= 0, got {value!r}")
-    return value
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
-def positive_float(name: str, value: Any) -> float:
-    """`value` as a float > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ParameterError(f"parameter {name!r} must be a positive number, got {value!r}")
-    return float(value)
+@dataclass(frozen=True)
+class Int(Rule):
+    """An integer >= `min`; with `even`, an even one; `multiple_of`: a multiple of it; `why`: the reason for the rule."""
+
+    min: int = 1
+    even: bool = False
+    multiple_of: int = 1
+    why: str = ""
+
+    def __call__(self, name: str, value: Any) -> int:
+        if not _is_int(value) or value < self.min:
+            reason = f" {self.why}" if self.why else ""
+            raise ParameterError(f"parameter {name!r} must be an integer >= {self.min}{reason}, got {value!r}")
+        if self.even and value % 2:
+            raise ParameterError(f"parameter {name!r} must be even (Yes and No labels are balanced), got {value}")
+        if value % self.multiple_of:
+            raise ParameterError(f"parameter {name!r} must be a multiple of {self.multiple_of} {self.why}, got {value}")
+        return value
 
 
-def one_of(name: str, value: Any, options: Iterable[Any]) -> Any:
-    """`value` if it is one of `options`."""
-    options = list(options)
-    if value not in options:
-        raise ParameterError(f"parameter {name!r} must be one of {options}, got {value!r}")
-    return value
+@dataclass(frozen=True)
+class Float(Rule):
+    """A number > 0; with `below`, also < below (a fraction: below=1)."""
+
+    below: float | None = None
+
+    def __call__(self, name: str, value: Any) -> float:
+        ok = not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+        if not ok or (self.below is not None and not value < self.below):
+            bound = f"between 0 and {self.below}" if self.below is not None else "positive"
+            raise ParameterError(f"parameter {name!r} must be a number {bound}, got {value!r}")
+        return float(value)
 
 
-def subset_of(name: str, values: Any, options: Iterable[Any]) -> list:
-    """`values` as a non-empty list whose items are all in `options`."""
-    options = list(options)
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        raise ParameterError(f"parameter {name!r} must be a list, got {values!r}")
-    values = list(values)
-    bad = [v for v in values if v not in options]
-    if not values or bad:
-        raise ParameterError(f"parameter {name!r} must be a non-empty list drawn from {options}; bad: {bad or 'empty list'}")
-    return values
+@dataclass(frozen=True)
+class Bool(Rule):
+    """True or False."""
+
+    def __call__(self, name: str, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ParameterError(f"parameter {name!r} must be True or False, got {value!r}")
+        return value
 
 
-def device(name: str, value: Any) -> str:
-    """A torch device string that exists on this machine ('cpu', 'cuda', 'cuda:1', 'mps', 'auto')."""
-    if value == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(value)
-    except (RuntimeError, TypeError):
-        raise ParameterError(f"parameter {name!r}: unknown device {value!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ParameterError(f"parameter {name!r} is {value!r} but no CUDA GPU is visible here; use 'cpu' or 'auto'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ParameterError(f"parameter {name!r} is {value!r} but MPS is not available here; use 'cpu' or 'auto'")
-    return str(dev)
+@dataclass(frozen=True)
+class Text(Rule):
+    """A string; non-empty unless `empty` is allowed."""
+
+    empty: bool = False
+
+    def __call__(self, name: str, value: Any) -> str:
+        if not isinstance(value, str) or (not value and not self.empty):
+            raise ParameterError(f"parameter {name!r} must be a {'' if self.empty else 'non-empty '}string, got {value!r}")
+        return value
 
 
-def dtype(name: str, value: Any) -> torch.dtype:
-    """A torch floating dtype named 'float32', 'bfloat16' or 'float16'."""
-    options = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    return options[one_of(name, value, options)]
+@dataclass(frozen=True)
+class OneOf(Rule):
+    """One of `options`."""
+
+    options: Iterable[Any]
+
+    def __call__(self, name: str, value: Any) -> Any:
+        options = list(self.options)
+        if value not in options:
+            raise ParameterError(f"parameter {name!r} must be one of {options}, got {value!r}")
+        return value
+
+
+@dataclass(frozen=True)
+class SubsetOf(Rule):
+    """A non-empty list whose items are all in `options`."""
+
+    options: Iterable[Any]
+
+    def __call__(self, name: str, values: Any) -> list:
+        options = list(self.options)
+        if not isinstance(values, list):
+            raise ParameterError(f"parameter {name!r} must be a list, got {values!r}")
+        bad = [v for v in values if v not in options]
+        if not values or bad:
+            raise ParameterError(f"parameter {name!r} must be a non-empty list drawn from {options}; bad: {bad or 'empty list'}")
+        return values
+
+
+@dataclass(frozen=True)
+class IntList(Rule):
+    """A list of integers >= 0 (non-empty with `nonempty`)."""
+
+    nonempty: bool = False
+
+    def __call__(self, name: str, values: Any) -> list:
+        if not isinstance(values, list) or not all(_is_int(v) and v >= 0 for v in values) or (self.nonempty and not values):
+            need = "a non-empty" if self.nonempty else "a"
+            raise ParameterError(f"parameter {name!r} must be {need} list of integers >= 0, got {values!r}")
+        return values
+
+
+@dataclass(frozen=True)
+class TextList(Rule):
+    """A list of non-empty strings (may be empty: [] usually means 'all')."""
+
+    def __call__(self, name: str, values: Any) -> list:
+        if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
+            raise ParameterError(f"parameter {name!r} must be a list of non-empty strings, got {values!r}")
+        return values
+
+
+@dataclass(frozen=True)
+class Device(Rule):
+    """A torch device that exists here ('cpu', 'cuda', 'cuda:1', 'mps'); 'auto' becomes the best one."""
+
+    def __call__(self, name: str, value: Any) -> str:
+        try:
+            return resolve_device(value)
+        except ValueError as err:
+            raise ParameterError(f"parameter {name!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class Dtype(Rule):
+    """The name of a floating dtype: 'float32', 'bfloat16' or 'float16' (kept as the name)."""
+
+    def __call__(self, name: str, value: Any) -> str:
+        return OneOf(DTYPES)(name, value)
+
+
+def check(namespace: MutableMapping[str, Any], schema: Mapping[str, Rule | Callable[[Mapping[str, Any]], Rule]]) -> None:
+    """Check every parameter named in `schema`, in order, and write the checked value back.
+
+    A rule that depends on parameters checked before it is given as a function of the namespace
+    (`lambda p: params.SubsetOf(range(p["width"]))`).
+    """
+    for name, rule in schema.items():
+        if not isinstance(rule, Rule):
+            rule = rule(namespace)
+        namespace[name] = rule(name, namespace[name])
+
+
+def require(condition: bool, name: str, message: str) -> None:
+    """Raise a ParameterError about parameter `name` unless `condition` holds."""
+    if not condition:
+        raise ParameterError(f"parameter {name!r} {message}")
+
+
+def check_site(task: PriceTagTask, n_layers: int, layer: int, position: str) -> Site:
+    """The site (layer, role), or a ParameterError naming the valid layers or the searched roles."""
+    if not _is_int(layer) or not 0 <= layer < n_layers:
+        raise ParameterError(
+            f"parameter 'layer' must be a decoder layer of the model, an integer in 0..{n_layers - 1}, got {layer!r}"
+        )
+    roles = task.searched_roles()
+    if position not in roles:
+        raise ParameterError(
+            f"parameter 'position' must be a searched token role of this tokenizer, one of {roles}; got {position!r}"
+        )
+    return Site(layer, position)

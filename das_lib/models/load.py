@@ -17,10 +17,9 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
-from das_lib.book import params
-
 STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def smollm2_gguf() -> Path:
@@ -36,7 +35,26 @@ def smollm2_gguf() -> Path:
 
 
 def _resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    return dtype if isinstance(dtype, torch.dtype) else params.dtype("dtype", dtype)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def resolve_device(value: str) -> str:
+    """A torch device string that exists on this machine ('cpu', 'cuda', 'cuda:1', 'mps'); 'auto': the best one."""
+    if value == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"unknown device {value!r}; use 'cpu', 'cuda', 'cuda:N', 'mps' or 'auto'") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {value!r} asked for, but no CUDA GPU is visible here; use 'cpu' or 'auto'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device {value!r} asked for, but MPS is not available here; use 'cpu' or 'auto'")
+    return str(dev)
 
 
 def _hub_error(source: str, err: OSError) -> OSError:
@@ -98,7 +116,7 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
 
     On a CUDA device, device_map='auto' spreads a big model over the visible GPUs.
     """
-    device = params.device("device", device)
+    device = resolve_device(device)
     kwargs = {"dtype": _resolve_dtype(dtype)}
     source, gguf_file = model_source(name)
     if gguf_file is not None:

@@ -234,6 +234,12 @@ def majority_rate_of(pairs: Sequence[CounterfactualPair]) -> float:
     return max(yes, len(pairs) - yes) / len(pairs)
 
 
+def majority_rate_of_games(games: Sequence[Mapping[str, Any]]) -> float:
+    """Share of the more common factual answer over `games`: the accuracy of always giving it."""
+    yes_rate = sum(map(task_label, games)) / len(games)
+    return max(yes_rate, 1 - yes_rate)
+
+
 # ---------------------------------------------------------------------------------------------
 # Tables of counterfactual pairs (for the chapters)
 
