@@ -83,3 +83,26 @@ def test_readme_quickstart_runs(tmp_path: Path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "IIA" in result.stdout
+
+
+LAYERS = ("method", "pricetag", "models", "runs", "book")  # each may import only the layers before it
+
+
+def test_imports_point_one_way():
+    """method <- pricetag <- models <- runs <- book: a module imports only its own layer, lower ones, and das_lib.paper."""
+    wrong = []
+    for path in sorted((ROOT / "das_lib").rglob("*.py")):
+        parts = path.relative_to(ROOT / "das_lib").parts
+        if parts[0] not in LAYERS:
+            continue
+        own = LAYERS.index(parts[0])
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module else
+                     [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "das_lib":
+                names = [f"das_lib.{a.name}" for a in node.names]
+            for name in names:
+                layer = name.split(".")[1] if name.startswith("das_lib.") else None
+                if layer in LAYERS and LAYERS.index(layer) > own:
+                    wrong.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not wrong, wrong
