@@ -322,10 +322,10 @@ def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_pa
     with pytest.raises(reuse.MissingAlignments, match=r"(?s)lacks 2 of the 2 alignments needed .*train_missing=True"):
         reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid)
     train = dict(steps=4, n_train=32, n_test=24, seed=0)
-    table, message = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
-    assert message.endswith("2 trained, 0 reused") and len(table) == 2
-    again, message = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
-    assert message.startswith("reusing 2 alignments") and again.equals(table)
+    table, counts = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
+    assert counts == {"trained": 2, "reused": 0} and len(table) == 2
+    again, counts = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
+    assert counts == {"trained": 0, "reused": 2} and again.equals(table)
     loaded = LlamaForCausalLM.from_pretrained(name).eval()
     sweep_test_pairs = sample_pairs("left", 24, 2 * train["seed"] + 1)  # how das_lib.runs.sweep draws its test pairs
     here = rb.evaluate_grid(loaded, PriceTagTask(tok, TEMPLATE), sweep_test_pairs, table, Store(store))

@@ -139,8 +139,9 @@ def reuse_alignments(
     store: str, model: str, dtype: str, template: str, hypotheses: Sequence[str],
     layers: Sequence[int] | None = None, positions: Sequence[str] | None = None,
     train: Mapping[str, Any] | None = None, device: str = "cpu", command: str = HOW_TO_MAKE,
-) -> tuple[pd.DataFrame, str]:
-    """The alignments to reuse (`alignment_table` of the standard task) and a line saying where they came from.
+) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The alignments to reuse (`alignment_table` of the standard task) and where they came from: how many
+    were trained here ("trained") and how many the store already held ("reused").
 
     With `train` (keyword arguments of `train_missing`: steps, n_train, n_test, seed) the alignments the
     store lacks are trained first; without, a missing one raises MissingAlignments with `command`,
@@ -150,11 +151,11 @@ def reuse_alignments(
     match = standard_match(model, dtype, template)
     table = alignment_table(root, match, hypotheses, layers, positions)
     needed = needed_grid(table, layers, positions)
-    message = f"reusing {len(table)} alignments from {store}"
+    counts = {"trained": 0, "reused": len(table)}
     if train is not None and (not all(needed) or missing_cells(table, hypotheses, *needed)):
-        counts = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device, **train)
-        message = f"trained the missing alignments with das_lib.runs.sweep into {store}: {counts['ran']} trained, {counts['reused']} reused"
+        ran = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device, **train)
+        counts = {"trained": ran["ran"], "reused": ran["reused"]}
         table = alignment_table(root, match, hypotheses, layers, positions)
         needed = needed_grid(table, layers, positions)
     require_alignments(table, hypotheses, *needed, command)
-    return table, message
+    return table, counts

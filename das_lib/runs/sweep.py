@@ -330,6 +330,10 @@ class Sweep:
         """The finished record of `cell`, or None."""
         return self.store.get(self.config(cell))
 
+    def finished(self, cells: list[Cell]) -> list[tuple[Cell, dict[str, Any]]]:
+        """(cell, record) for each of `cells` that has a record, in order."""
+        return [(cell, record) for cell in cells if (record := self.record(cell)) is not None]
+
     # ---- running --------------------------------------------------------------------------------
     def run(self, client: Any = None, gpu: bool = False, progress: bool = True) -> dict[str, int]:
         """Run every unfinished cell (grid first, then the best-site seeds) and the task accuracy.
@@ -374,10 +378,7 @@ class Sweep:
         if task_acc <= 0.5:
             warnings.warn(f"the model's task accuracy {task_acc:.3f} is not above chance: normalised IIA is undefined (NaN)", stacklevel=2)
         rows = []
-        for cell in self.cells():
-            record = self.record(cell)
-            if record is None:
-                continue
+        for cell, record in self.finished(self.cells()):
             r = record["results"]
             rows.append({
                 **asdict(cell), "token": self.tokens[cell.position], "iia": r["iia"], "dummy": r["dummy"],
@@ -392,10 +393,7 @@ class Sweep:
         """Training curves of every finished cell (first seed), with `shrank`: did the boundary end below
         `shrink_ratio` times its starting size."""
         frames = []
-        for cell in self.grid():
-            record = self.record(cell)
-            if record is None:
-                continue
+        for cell, record in self.finished(self.grid()):
             r = record["results"]
             curve = pd.DataFrame(r["curves"])[["step", "batch_iia", "boundary_dims"]]
             shrank = boundary_shrank(sum(r["boundary_dims"]), sum(r["boundary_dims_start"]), shrink_ratio)
