@@ -14,7 +14,8 @@ from das_lib.models.load import STANDIN_DIR
 from das_lib.pricetag.task import PriceTagTask
 from das_lib.runs import sweep as sweep_module
 from das_lib.runs.store import Store
-from das_lib.runs.sweep import Cell, Sweep, SweepSpec, alignments, model_identity, summary
+from das_lib.runs.spec import Cell, SweepSpec, model_identity
+from das_lib.runs.sweep import Sweep, alignments, summary
 
 TOKENIZER_DIR = STANDIN_DIR
 pytestmark = pytest.mark.filterwarnings("ignore:the model.s task accuracy")  # the random test model is at chance

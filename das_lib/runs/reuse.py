@@ -13,7 +13,8 @@ import pandas as pd
 from das_lib.method.training import TrainConfig
 from das_lib.pricetag.game import HYPOTHESES
 from das_lib.runs.store import Store
-from das_lib.runs.sweep import Sweep, SweepSpec, model_identity
+from das_lib.runs.spec import SweepSpec, model_identity
+from das_lib.runs.sweep import Sweep
 
 
 HOW_TO_MAKE = "the sweep chapter (book/05_sweep.ipynb) with this store, model and dtype"
