@@ -23,6 +23,7 @@ from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, tas
 from das_lib.pricetag.task import PriceTagTask, task_accuracy
 from das_lib.runs import grids, reuse
 from das_lib.runs import robustness as rb
+from das_lib.runs import robustness_table as rt
 from das_lib.runs.store import Store
 
 TEMPLATE = "standin"
@@ -263,14 +264,14 @@ def test_table_columns_on_a_synthetic_store(tok, llama, store):
     assert list(groups["new inputs"])[2:] == ["bracket 5.49-8.49 (seen)", "bracket 2.51-5.51 (unseen)"]
     trained = groups["irrelevant context"]["trained: Left and Right Boundary"]
     assert trained.loc[1, "last"] == recorded[("left_right", 1, "last")]
-    assert list(rb.side_by_side(table).columns[-6:]) == ["max IIA", "paper max IIA", "r", "paper r", "variance x100", "paper variance x100"]
+    assert list(rt.side_by_side(table).columns[-6:]) == ["max IIA", "paper max IIA", "r", "paper r", "variance x100", "paper variance x100"]
 
 
 def test_comparisons():  # the chapter words them: 1 "higher than", -1 "lower than", 0 "about the same as"
-    assert rb.comparison(0.90, 0.80) == 1
-    assert rb.comparison(0.70, 0.80) == -1
-    assert rb.comparison(0.81, 0.80) == 0
-    assert np.isnan(rb.comparison(float("nan"), 0.8))  # "not comparable with"
+    assert rt.comparison(0.90, 0.80) == 1
+    assert rt.comparison(0.70, 0.80) == -1
+    assert rt.comparison(0.81, 0.80) == 0
+    assert np.isnan(rt.comparison(float("nan"), 0.8))  # "not comparable with"
 
 
 def test_reading_the_table():
@@ -281,17 +282,17 @@ def test_reading_the_table():
         "paper variance x100": [1.5, 1.0, 1.0, 0.36], "pairs": [8, 8, 8, 0], "screened": [0, 0, 0, 96],
         "task acc": [1.0, 1.0, 1.0, nan], "dummy": [0.5] * 4,
     }, index=["context_1", "context_2", "sibling", "incorrect_only"])
-    assert rb.agreement(table) == {"close": ["a"], "apart": ["b"], "not comparable": ["c", "incorrect-only inputs"]}
-    signs = rb.comparison_table(table)
+    assert rt.agreement(table) == {"close": ["a"], "apart": ["b"], "not comparable": ["c", "incorrect-only inputs"]}
+    signs = rt.comparison_table(table)
     assert signs.loc["a"].tolist() == [0, 0, -1]  # about the same, about the same, lower
     assert signs.loc["b"].tolist() == [-1, -1, 1]
-    numbers = rb.headline_numbers(table)
+    numbers = rt.headline_numbers(table)
     assert numbers["corr_context"] == pytest.approx(0.73) and numbers["paper_corr_context"] == pytest.approx(0.935)
     assert np.isnan(numbers["corr_fixed_unseen"])  # a setting not in the table still has its name
     # what the chapter says of an answer filter: its pairs and how many were screened, or that it was not evaluated
     assert (numbers["pairs_incorrect_only"], numbers["screened_incorrect_only"]) == (0, 96)
     assert np.isnan(numbers["pairs_correct_only"])
-    said = rb.comparisons(table)
+    said = rt.comparisons(table)
     assert said["cmp_corr_context_2"] == -1 and said["cmp_var_context_2"] == 1
     assert np.isnan(said["cmp_corr_fixed_unseen"]) and np.isnan(said["cmp_corr_sibling"])
 
