@@ -16,6 +16,11 @@ import torch
 from torch import nn
 
 
+# Every site is the output of a decoder block. Records still name that component, so that the hashes of
+# the sweep records written before Site lost its (never read) `component` field stay the same.
+COMPONENT = "block_output"
+
+
 @dataclass(frozen=True, order=True)
 class Site:
     """The output of decoder layer `layer` at the token playing role `position` (None: no token axis)."""
@@ -24,8 +29,13 @@ class Site:
     position: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain-data form for JSON records."""
-        return asdict(self)
+        """Plain-data form for JSON records (with the component, always a block's output: see COMPONENT)."""
+        return {**asdict(self), "component": COMPONENT}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Site":
+        """The site of a record's plain-data form."""
+        return cls(data["layer"], data.get("position"))
 
     def __str__(self) -> str:
         return f"L{self.layer}" + (f"@{self.position}" if self.position is not None else "")

@@ -110,7 +110,7 @@ class _Runner:
     def alignment(self, config: dict[str, Any], folder: Path) -> dict[str, Any]:
         """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results."""
         key, data = self.hypothesis_data(config)
-        site = Site(**config["site"])
+        site = Site.from_dict(config["site"])
         j = data.roles.index(site.position)
         train, test = data.train.column(j), data.test.column(j)
         shared = self.shared_forward(key, data, site.layer)
