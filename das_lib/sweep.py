@@ -11,9 +11,10 @@ in flight, and a record is never reused for another config.
 Work shared between cells, all of it exact (it only avoids recomputing what does not change):
 - in each process the model is loaded once, and each hypothesis's train and test pairs are sampled
   and tokenized once, with the positions of every searched role;
-- per (hypothesis, layer) the fast path caches the states below the site once, for all searched
-  positions together, and every position and seed trains from that cache
-  (`fastpath.CachedForward.for_position`). Cells therefore run grouped by (hypothesis, layer).
+- per hypothesis the fast path caches, in one forward pass over its pairs, the states at every layer
+  of the grid for all searched positions together, and every layer, position and seed trains from
+  that cache (`fastpath.shared_caches`, `CachedForward.for_position`). Cells therefore run grouped
+  by hypothesis.
 A cell's numbers do not depend on which other cells run, or where: the shared cache always holds
 every searched position of the task.
 
@@ -38,7 +39,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import das_lib
-from das_lib.fastpath import CachedForward, make_forward, shared_cache
+from das_lib.fastpath import CachedForward, make_forward, shared_caches
 from das_lib.interventions import BoundlessDASIntervention, load_intervention, save_intervention
 from das_lib.metrics import normalised_iia
 from das_lib.models import default_template, load_config, load_model, load_tokenizer, model_source
@@ -153,7 +154,7 @@ class _Runner:
         self.identity = {**model_identity(name), "dtype": dtype}
         self.device = next(self.model.parameters()).device
         self.data: dict[str, _HypothesisData] = {}
-        self.shared: tuple[str, Any] | None = None  # (key, CachedForward or None): the last layer cache only
+        self.shared: tuple[str, dict[int, Any]] = ("", {})  # (data key, layer -> CachedForward or None): one hypothesis's caches
 
     def task(self, settings: dict[str, Any]) -> PriceTagTask:
         return PriceTagTask(self.tokenizer, settings["template"], settings["variant"], settings["context"])
@@ -174,21 +175,27 @@ class _Runner:
                 roles, task.interchange_data(train, roles).to(self.device), test_data, majority_rate_of(test), unintervened)}
         return key, self.data[key]
 
-    def shared_forward(self, key: str, data: _HypothesisData, layer: int) -> CachedForward | None:
-        """The fast-path cache of `data` at `layer` for all positions, or None when the fast path cannot run."""
-        key = f"{key}@{layer}"
-        if self.shared is None or self.shared[0] != key:
-            self.shared = None  # free the previous layer's cache before building the next
-            self.shared = (key, shared_cache(self.model, layer, [data.train, data.test]))
-        return self.shared[1]
+    def shared_forward(self, key: str, data: _HypothesisData, layer: int, layers: Sequence[int] = ()) -> CachedForward | None:
+        """The fast-path cache of `data` at `layer` for all positions, or None when the fast path cannot run.
 
-    def alignment(self, config: dict[str, Any], folder: Path) -> dict[str, Any]:
-        """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results."""
+        The caches of `layers` (the layers the caller will ask for next) are built with it, in one
+        forward pass over the data; a layer not built yet, or another hypothesis, builds anew."""
+        if self.shared[0] != key or layer not in self.shared[1]:
+            self.shared = ("", {})  # free the previous caches before building the next
+            caches = shared_caches(self.model, sorted({layer, *layers}), [data.train, data.test])
+            if caches[layer] is None and len(caches) > 1:  # all layers together may not fit where one does
+                caches = shared_caches(self.model, [layer], [data.train, data.test])
+            self.shared = (key, caches)
+        return self.shared[1][layer]
+
+    def alignment(self, config: dict[str, Any], folder: Path, layers: Sequence[int] = ()) -> dict[str, Any]:
+        """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results
+        (`layers`: the other layers coming up for this hypothesis, cached together with this one)."""
         key, data = self.hypothesis_data(config)
         site = Site(**config["site"])
         j = data.roles.index(site.position)
         train, test = data.train.column(j), data.test.column(j)
-        shared = self.shared_forward(key, data, site.layer)
+        shared = self.shared_forward(key, data, site.layer, layers)
         train_config = TrainConfig(**config["train"])
         set_seed(train_config.seed)  # the rotation's initialisation depends on the seed too
         d = self.model.config.hidden_size
@@ -228,10 +235,18 @@ def _runner(model: str, dtype: str, device: str) -> _Runner:
     return _RUNNERS[key]
 
 
-def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, Any]:
+def _layers_of(configs: Sequence[dict[str, Any]], config: dict[str, Any]) -> list[int]:
+    """The layers of the cells in `configs` that share `config`'s pairs (same task, hypothesis and data)."""
+    same = (config.get("task"), config.get("hypothesis"), config.get("data"))
+    return sorted({c["site"]["layer"] for c in configs if c.get("kind") == "alignment"
+                   and (c.get("task"), c.get("hypothesis"), c.get("data")) == same})
+
+
+def run_job(config: dict[str, Any], store_root: str, device: str, layers: Sequence[int] = ()) -> dict[str, Any]:
     """Run one job (a cell, or the task accuracy) unless its record exists; returns the record.
 
-    This is the function each Dask task runs: everything it needs is in `config`.
+    This is the function each Dask task runs: everything its numbers depend on is in `config`;
+    `layers` only says which layer caches to build together (the same numbers either way).
     """
     store = Store(store_root)
     record = store.get(config)
@@ -244,7 +259,7 @@ def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, A
             f"({runner.identity['files']} vs {config['model']['files']}): give every worker the same model files"
         )
     if config["kind"] == "alignment":
-        results = runner.alignment(config, store.folder(config))
+        results = runner.alignment(config, store.folder(config), layers)
     else:
         results = runner.task_accuracy(config)
     return store.put(config, results)
@@ -370,14 +385,14 @@ class Sweep:
 
     def _run_local(self, configs: list[dict[str, Any]], progress: bool) -> None:
         for config in tqdm(configs, desc="sweep", unit="cell", disable=not progress or not configs):
-            run_job(config, str(self.store.root), self.device)
+            run_job(config, str(self.store.root), self.device, _layers_of(configs, config))
 
     def _run_dask(self, configs: list[dict[str, Any]], client: Any, gpu: bool, progress: bool) -> None:
         from dask.distributed import as_completed
 
         root = str(self.store.root.resolve())
         futures = [
-            client.submit(run_job, c, root, self.device, key=f"das-{self.store.folder(c).name}", pure=False,
+            client.submit(run_job, c, root, self.device, _layers_of(configs, c), key=f"das-{self.store.folder(c).name}", pure=False,
                           priority=len(configs) - i, resources={"GPU": 1} if gpu else None)
             for i, c in enumerate(configs)  # earlier cells first: neighbours share a worker's cache
         ]
