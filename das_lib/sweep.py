@@ -103,6 +103,7 @@ class SweepSpec:
     variant: str = "yesno"
     context: str | None = None
     dtype: str = "float32"
+    shuffle_labels: bool = False  # the control: counterfactual labels permuted among the pairs
 
     def __post_init__(self) -> None:
         problems = []
@@ -166,13 +167,16 @@ class _Runner:
             roles = task.searched_roles()
             train = sample_pairs(config["hypothesis"], d["n_train"], 2 * d["seed"])
             test = sample_pairs(config["hypothesis"], d["n_test"], 2 * d["seed"] + 1)
+            train_data = task.interchange_data(train, roles).to(self.device)
             test_data = task.interchange_data(test, roles).to(self.device)
+            if d.get("shuffled_labels"):  # the control: the same pairs, their labels permuted
+                train_data, test_data = train_data.shuffled(2 * d["seed"]), test_data.shuffled(2 * d["seed"] + 1)
             with torch.no_grad():
                 answers = torch.cat([answer_logits(self.model, test_data.select(slice(i, i + 256)).base).argmax(-1)
                                      for i in range(0, len(test_data), 256)])
             unintervened = (answers == test_data.labels).float().mean().item()
             self.data = {key: _HypothesisData(  # one hypothesis at a time: cells run grouped by hypothesis
-                roles, task.interchange_data(train, roles).to(self.device), test_data, majority_rate_of(test), unintervened)}
+                roles, train_data, test_data, majority_rate_of(test), unintervened)}
         return key, self.data[key]
 
     def shared_forward(self, key: str, data: _HypothesisData, layer: int, layers: Sequence[int] = ()) -> CachedForward | None:
@@ -323,7 +327,8 @@ class Sweep:
             **self._base_config(), "kind": "alignment", "hypothesis": cell.hypothesis, "site": cell.site().as_dict(),
             "method": {"name": "boundless", "rank": self.spec.rank},
             "train": replace(self.spec.train, seed=cell.seed).as_dict(),
-            "data": {"n_train": self.spec.n_train, "n_test": self.spec.n_test, "seed": self.spec.data_seed},
+            "data": {"n_train": self.spec.n_train, "n_test": self.spec.n_test, "seed": self.spec.data_seed,
+                     **({"shuffled_labels": True} if self.spec.shuffle_labels else {})},
         }
 
     def task_config(self) -> dict[str, Any]:

@@ -55,6 +55,12 @@ class InterchangeData:
             pick(self.base_pos), pick(self.source_pos), self.variable[idx], self.labels[idx], pick(self.base_labels),
         )
 
+    def shuffled(self, seed: int) -> "InterchangeData":
+        """The same examples with their labels permuted among them: a labelling no high-level variable
+        explains, for the control that shows an alignment cannot fit just any labels."""
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return replace(self, labels=self.labels[perm])
+
     def column(self, j: int) -> "InterchangeData":
         """The same examples at their j-th position only (for data encoded at k positions, (N, k))."""
         return replace(self, base_pos=self.base_pos[:, j], source_pos=self.source_pos[:, j])
