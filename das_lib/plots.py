@@ -6,7 +6,8 @@ site's browser test (tests/site/browser_check.py) assumes that smallest size.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -25,6 +26,21 @@ STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.lab
 # Above this many positions a heatmap panel gets the full width: narrower cells cannot hold a number.
 FULL_WIDTH_COLUMNS = 6
 GAIN_LABEL = "IIA gain over no intervention"
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """Apply STYLE while a figure is drawn, then restore those keys only.
+
+    Not plt.rc_context: it restores every rcParam, and the first figure of a notebook switches the
+    inline backend on inside it (interactive mode), so leaving it would stop every later figure of
+    the chapter from being shown."""
+    saved = {key: plt.rcParams[key] for key in STYLE}
+    plt.rcParams.update(STYLE)
+    try:
+        yield
+    finally:
+        plt.rcParams.update(saved)
 
 
 def _ordered(grid: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
@@ -106,7 +122,7 @@ def heatmap_panels(grids: dict[str, pd.DataFrame], labels: Sequence[str] | None 
         vmin, vmax = -limit, limit
     # rows sized to the grid's layers; the x labels are rotated token texts, so leave them room
     height = (0.42 * first.shape[0] + 1.9) * nrows + (0.4 if suptitle else 0.0)
-    with plt.rc_context(STYLE):
+    with _style():
         fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN, height), squeeze=False)
         for ax, (title, grid) in zip(axes.flat, grids.items()):
             heatmap(grid, ax, title, labels, vmin, vmax, gain=gain, cbar_label=cbar_label)
@@ -123,7 +139,7 @@ def boundary_curves(curves: pd.DataFrame, hue: str = "shrank", window: int = 10)
     training step, one line per run, split by `hue`."""
     curves = curves.assign(batch_iia=curves.groupby("run")["batch_iia"].transform(
         lambda s: s.rolling(window, min_periods=1).mean()))
-    with plt.rc_context(STYLE):
+    with _style():
         fig, axes = plt.subplots(1, 2, figsize=(WIDTH_IN, 3.4))
         sns.lineplot(curves, x="step", y="batch_iia", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[0])
         sns.lineplot(curves, x="step", y="boundary_dims", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[1])
@@ -153,7 +169,7 @@ def training_curves(curves: pd.DataFrame, title: str | None = None) -> plt.Figur
     subspace size and temperature (curves of training.train_intervention, held-out IIA every eval_every steps).
 
     Two rows of two panels, so that each is half the page's column wide."""
-    with plt.rc_context(STYLE):
+    with _style():
         fig, grid = plt.subplots(2, 2, figsize=(WIDTH_IN, 5.4))
         axes = grid.flat
         axes[0].plot(curves["step"], curves["loss"], lw=0.8, label="loss")
@@ -182,7 +198,7 @@ def training_curves(curves: pd.DataFrame, title: str | None = None) -> plt.Figur
 
 def neuron_weight_bars(weights: dict[str, np.ndarray]) -> plt.Figure:
     """One bar chart per variable: the weight of each original neuron in its learned subspace, against 1/d."""
-    with plt.rc_context(STYLE):
+    with _style():
         fig, axes = plt.subplots(len(weights), 1, figsize=(WIDTH_IN, 2.4 * len(weights)), squeeze=False)
         for ax, (variable, w) in zip(axes[:, 0], weights.items()):
             d = len(w)

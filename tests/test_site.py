@@ -75,7 +75,7 @@ def test_text_checks_catch_noise_and_spare_words() -> None:
     assert browser_check.text_failures("Nancy's finance: 0.85 (nano-scale), a warning sign") == []
     # code may say nan on purpose; a machine path is wrong even there
     code = 'x = float("nan")  # /work/main/.venv/lib'
-    assert [f.split(":")[0] for f in browser_check.text_failures(code, without_code="")] == ["visible local path"]
+    assert {f.split(":")[0] for f in browser_check.text_failures(code, without_code="")} == {"visible local path"}
 
 
 def test_glue_roles_counts_prose_not_code(tmp_path: Path) -> None:

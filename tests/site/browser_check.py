@@ -84,6 +84,7 @@ class Page:
     failures: list[str] = field(default_factory=list)
     ids: set[str] = field(default_factory=set)
     links: list[str] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
 
 
 def png_dpi(data: bytes) -> float:
@@ -288,6 +289,7 @@ def check_page(browser: Browser, base: str, html: Path, rel: str, source_root: P
         if not img["visible"] or not name.startswith("_images/"):
             continue  # icons of the theme, hidden images
         scale = img["shown"] / img["natural"]
+        page.scales.append(scale)
         dpi = png_dpi((html / name).read_bytes()) if (html / name).suffix == ".png" else 72.0
         text_px = MIN_FONT_PT * dpi / 72.0 * scale
         if scale < 0.5 and text_px < MIN_TEXT_PX:
@@ -361,7 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     total = 0
     for rel, page in pages.items():
         status = "ok" if not page.failures else f"{len(page.failures)} failure(s)"
-        print(f"[site] {rel}: {status}")
+        figures = f"; {len(page.scales)} figures, drawn at {min(page.scales):.2f}-{max(page.scales):.2f} of natural width" if page.scales else ""
+        print(f"[site] {rel}: {status}{figures}")
         for failure in page.failures:
             print(f"[site]   - {failure[:400]}")
         total += len(page.failures)
