@@ -107,11 +107,13 @@ def headline_figure(nb: dict) -> bytes | None:
     return base64.b64decode("".join(images[0]) if isinstance(images[0], list) else images[0]) if images else None
 
 
-def _summarise_removed(name: str, lines: list[str]) -> None:
-    """Print on the terminal what the site copy of a chapter left out: each distinct warning, and a count."""
+def _summarise_removed(name: str, lines: list[str], seen: set[str]) -> None:
+    """Print on the terminal what the site copy of a chapter left out: a count, and each warning not
+    already printed for an earlier chapter."""
     if not lines:
         return
-    warnings = sorted({line.strip() for line in lines if "Warning" in line or "warn" in line.lower()})
+    warnings = sorted({line.strip() for line in lines if "Warning" in line or "warn" in line.lower()} - seen)
+    seen.update(warnings)
     print(f"[book] {name}: {len(lines)} stderr lines kept off the site", flush=True)
     for line in warnings[:10]:
         print(f"[book]   {line[:200]}", flush=True)
@@ -139,12 +141,13 @@ def stage(out: Path, kind: str = "default", root: Path = ROOT, executed: Path | 
     if executed is None:
         run_all(out / "book", kind, root)
         executed = out / "book"
+    seen: set[str] = set()
     for nb_path in chapters(root):
         source = executed / nb_path.name
         if not source.exists():
             raise FileNotFoundError(f"{source} is missing: execute the chapters first (python -m das_lib.book execute)")
         nb, removed = site_copy(json.loads(source.read_text()))
-        _summarise_removed(nb_path.name, removed)
+        _summarise_removed(nb_path.name, removed, seen)
         (out / "book" / nb_path.name).write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
         if nb_path.name == HEADLINE[0]:
             png = headline_figure(nb)

@@ -69,6 +69,7 @@ def test_text_checks_catch_noise_and_spare_words() -> None:
         "progress bar": "sweep:  50%|█████     | 4/8 [00:02<00:02,  1.9it/s]",
         "local path": "saved to /work/main/.venv/lib",
         "unresolved glue": "reached {glue:text}`x`",
+        "nbval marker": "# NBVAL_CHECK_OUTPUT",
     }
     for what, text in noisy.items():
         assert any(f.startswith(f"visible {what}") for f in browser_check.text_failures(text)), what

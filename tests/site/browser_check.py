@@ -5,8 +5,8 @@
 
 Checks, per page: console errors and failed loads, broken images, internal links (and their #anchors)
 that lead nowhere, figures drawn below half their natural width with text that ends up below 8 px,
-visible "Traceback", "nan", "NaN", "Warning", progress bars or local paths, and glue references that
-did not resolve. Chromium is driven through the DevTools protocol (websocket-client). Exit status 1
+visible "Traceback", "nan", "NaN", "Warning", progress bars, nbval markers or local paths, and glue
+references that did not resolve. Chromium is driven through the DevTools protocol (websocket-client). Exit status 1
 when anything failed, 0 otherwise; with no Chromium on the machine it says so and exits 0.
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ FORBIDDEN = [
     ("progress bar", re.compile(r"\d+%\|| \d+(\.\d+)?(it/s|s/it)\]|[\u2588\u258f\u258e\u258d\u258c\u258b\u258a\u2589]{2,}"), False),
     ("local path", re.compile(r"/work/|/tmp/|/home/|/root/|\.venv/(lib|bin)|site-packages"), True),
     ("unresolved glue", re.compile(r"\{glue(:\w+)?\}"), True),
+    ("nbval marker", re.compile(r"NBVAL_[A-Z]"), True),
 ]
 # Chromium asks every site for /favicon.ico by itself; a missing one is no fault of a page.
 IGNORED_URLS = re.compile(r"/favicon\.ico$")
@@ -358,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
     for rel, failures in link_failures(pages, html, base).items():
         pages[rel].failures += failures
     if args.build_log and args.build_log.exists():
-        for m in GLUE_LOG.finditer(args.build_log.read_text()):
+        log = re.sub(r"\x1b\[[0-9;]*m", "", args.build_log.read_text())  # Sphinx colours its warnings
+        for m in GLUE_LOG.finditer(log):
             pages.setdefault("(build log)", Page("(build log)")).failures.append("unresolved glue: " + m.group(1).strip()[:300])
     total = 0
     for rel, page in pages.items():
