@@ -234,9 +234,10 @@ class Browser:
     def screenshot(self, path: Path, selector: str | None = None) -> None:
         """Save the whole page (capped at 6000 px high), or the element `selector` with a margin, as PNG."""
         if selector:
+            # the page was just opened, so it is not scrolled and the box is in page coordinates
             box = self.evaluate(f"""(() => {{ const e = document.querySelector({json.dumps(selector)});
-                if (!e) return null; e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect();
-                return {{x: r.x + window.scrollX, y: r.y + window.scrollY, width: r.width, height: r.height}}; }})()""")
+                if (!e) return null; const r = e.getBoundingClientRect();
+                return {{x: r.x, y: r.y, width: r.width, height: r.height}}; }})()""")
         else:
             box = None
         if box:
