@@ -77,13 +77,15 @@ def heatmap(grid: pd.DataFrame, ax: plt.Axes, title: str, labels: Sequence[str] 
     (red) or worse (blue) than leaving the model alone."""
     if gain:
         limit = _gain_limit([grid])
-        vmin, vmax, cmap, center = -limit if vmin is None else vmin, limit if vmax is None else vmax, "RdBu_r", 0.0
+        vmin, vmax, cmap = -limit if vmin is None else vmin, limit if vmax is None else vmax, "RdBu_r"
     else:
-        vmin, vmax, cmap, center = 0.0 if vmin is None else vmin, 1.0 if vmax is None else vmax, "magma", None
+        vmin, vmax, cmap = 0.0 if vmin is None else vmin, 1.0 if vmax is None else vmax, "magma"
     cells = max(grid.shape[1], 1)
     # the annotation shrinks with the cell, but never below the smallest size of the book's figures
     size = MIN_FONT_PT if cells > 4 else MIN_FONT_PT + 1
-    sns.heatmap(grid, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, center=center, annot=True,
+    # no seaborn `center`: the gain limits are symmetric already, and center re-cuts the colormap
+    # with a call matplotlib now warns about
+    sns.heatmap(grid, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True,
                 fmt="+.2f" if gain else ".2f", annot_kws={"size": size}, cbar=False,
                 linewidths=0.3, linecolor="white")
     if colorbar and ax.collections:
