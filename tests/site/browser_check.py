@@ -200,12 +200,29 @@ class Browser:
                 pass
         self.ws.settimeout(30)
 
-    def open(self, url: str) -> None:
-        """Navigate to `url` and wait until it has loaded."""
+    def open(self, url: str, timeout: float = 60.0) -> bool:
+        """Navigate to `url` and wait until it has loaded; False if it did not within `timeout`."""
         self.events = []
         self.call("Page.navigate", url=url)
-        self.wait_for("Page.loadEventFired")
+        self.wait_for("Page.loadEventFired", timeout)
+        loaded = any(e.get("method") == "Page.loadEventFired" for e in self.events)
         self.drain(0.3)
+        return loaded
+
+    def page_info(self, attempts: int = 3) -> dict | None:
+        """PAGE_JS's answer; a redirecting page (index.html) replaces its document meanwhile, so wait
+        for the next load and ask again."""
+        for _ in range(attempts):
+            try:
+                value = self.evaluate(PAGE_JS)
+            except RuntimeError:  # the document went away while it was asked
+                value = None
+            if value is not None:
+                return json.loads(value)
+            self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
+            self.wait_for("Page.loadEventFired", 10.0)
+            self.drain(0.3)
+        return None
 
     def evaluate(self, expression: str):
         """The value of a JavaScript expression in the page."""
@@ -277,8 +294,12 @@ def serve(root: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
 def check_page(browser: Browser, base: str, html: Path, rel: str, source_root: Path | None) -> Page:
     """Open one page and run every check on it."""
     page = Page(rel)
-    browser.open(base + rel)
-    info = json.loads(browser.evaluate(PAGE_JS))
+    if not browser.open(base + rel):
+        page.failures.append("the page did not finish loading within 60 s")
+    info = browser.page_info()
+    if info is None:
+        page.failures.append("the page could not be read (no document after 3 tries)")
+        return page
     page.failures += browser.errors()
     page.failures += text_failures(info["text"], info["prose"])
     page.ids = set(info["ids"])
@@ -349,7 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     pages: dict[str, Page] = {}
     try:
         for rel in rels:
-            pages[rel] = check_page(browser, base, html, rel, args.source.resolve() if args.source else None)
+            try:
+                pages[rel] = check_page(browser, base, html, rel, args.source.resolve() if args.source else None)
+            except Exception as err:  # one page's trouble is reported with the others, not instead of them
+                pages[rel] = Page(rel, [f"the check itself failed on this page: {type(err).__name__}: {err}"])
             if args.screenshots and rel == "book/intro.html":
                 browser.screenshot(args.screenshots / "landing.png")
             if args.screenshots and rel == "book/05_sweep.html":
