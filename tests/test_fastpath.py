@@ -11,7 +11,7 @@ from transformers import (
 )
 
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, FastPathMismatch, make_forward
+from das_lib.method.fastpath import CachedForward, FastPathMismatch, make_forward, shared_caches
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, evaluate, train_intervention
@@ -119,6 +119,34 @@ def test_one_cache_serves_every_position_of_a_layer(llama):
     for other in (make_data(columns[:, 0], seed=5), replace(everything, base_pos=columns[:, 1], source_pos=columns[:, 1])):
         with pytest.raises(FastPathMismatch, match="not in this cache"):  # other examples, or another column
             shared.for_position(0, [other], Site(1, "x"), DASIntervention(D, 5))
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_caches_of_several_layers_from_one_pass_equal_the_plain_path(llama, padded):
+    # one forward pass caches layers 0 and 1 together; a later position (the same in every row) then runs
+    # with a longer prefix, which must change nothing but the work done
+    mask = None
+    if padded:
+        mask = torch.ones(N, T, dtype=torch.long)
+        mask[::2, :2] = 0
+    columns = torch.stack([torch.full((N,), T - 4), torch.full((N,), T - 1)], dim=1)
+    everything = make_data(columns, mask=mask)
+    caches = shared_caches(llama, [0, 1], [everything])
+    assert set(caches) == {0, 1} and caches[0].stores[0].keys[1] is caches[1].stores[0].keys[0]  # shared, not copied
+    for layer, j in ((0, 0), (0, 1), (1, 1)):
+        column = replace(everything, base_pos=columns[:, j], source_pos=columns[:, j])
+        intervention = DASIntervention(D, 5)
+        forward = caches[layer].for_position(j, [column], Site(layer, f"col{j}"), intervention)
+        assert forward.stores[0].prefix_len == int(columns[0, j])  # every position before it is in the prefix
+        lf, _, grads_f = loss_and_grads(forward, intervention, column)
+        lp, _, grads_p = loss_and_grads(PlainForward(llama, Site(layer, f"col{j}"), intervention), intervention, column)
+        assert torch.allclose(lf, lp, atol=1e-5, rtol=0)
+        assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_f, grads_p))
+
+
+def test_caches_of_several_layers_that_do_not_fit_are_refused(llama):
+    data = make_data(torch.full((N,), T - 2))
+    assert shared_caches(llama, [0, 1], [data], max_cache_bytes=1024) == {0: None, 1: None}
 
 
 def test_training_is_the_same_on_both_paths(llama):

@@ -188,3 +188,17 @@ def test_dask_workers_write_the_same_records_as_a_local_run(finished, tmp_path):
         assert sweep.run(client=client, progress=False) == {"ran": 6, "reused": 0}
     assert results(sweep) == results(finished)
     assert sweep.recorded_task_accuracy() == finished.recorded_task_accuracy()
+
+
+def test_the_shuffled_label_control_permutes_the_labels_of_the_same_pairs(tiny, tmp_path):
+    spec = SweepSpec(model=tiny, **{**GRID, "hypotheses": ("left",), "positions": ("last",)})
+    plain, shuffled = Sweep(spec, tmp_path), Sweep(replace(spec, shuffle_labels=True), tmp_path)
+    cell = plain.grid()[0]
+    assert "shuffled_labels" not in plain.config(cell)["data"]  # the plain cells' hashes are unchanged
+    assert plain.store.folder(plain.config(cell)) != shuffled.store.folder(shuffled.config(cell))
+    _, data = plain.runner.hypothesis_data(plain.config(cell))
+    labels = data.test.labels.clone()
+    _, mixed = shuffled.runner.hypothesis_data(shuffled.config(cell))
+    assert torch.equal(mixed.test.base["input_ids"], data.test.base["input_ids"])
+    assert not torch.equal(mixed.test.labels, labels) and sorted(mixed.test.labels.tolist()) == sorted(labels.tolist())
+    assert shuffled.run(progress=False)["ran"] == 1 and 0 <= shuffled.frame()["iia"].iloc[0] <= 1

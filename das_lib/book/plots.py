@@ -1,7 +1,13 @@
-"""Figures of the paper: IIA heatmaps over (layer, position) and boundary-learning curves."""
+"""Figures of the paper: IIA heatmaps over (layer, position) and boundary-learning curves.
+
+Every figure is drawn for the book's content column: WIDTH_IN inches at DPI dots per inch (about
+750 px, shown at its natural size), with no text under MIN_FONT_PT points (12 px as displayed). The
+site's browser test (tests/site/browser_check.py) assumes that smallest size.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -11,36 +17,107 @@ import seaborn as sns
 from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
 from das_lib.runs.grids import iia_grid
 
+WIDTH_IN = 7.5
+DPI = 100
+MIN_FONT_PT = 9.0
+# Text sizes of every figure here; set while a figure is drawn, so a chapter's own figures keep theirs.
+STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": MIN_FONT_PT,
+         "ytick.labelsize": MIN_FONT_PT, "legend.fontsize": MIN_FONT_PT, "figure.titlesize": 12,
+         "figure.dpi": DPI}
+# Above this many positions a heatmap panel gets the full width: narrower cells cannot hold a number.
+FULL_WIDTH_COLUMNS = 6
+GAIN_LABEL = "IIA gain over no intervention"
+
+
+@contextmanager
+def _style() -> Iterator[None]:
+    """Apply STYLE while a figure is drawn, then restore those keys only.
+
+    Not plt.rc_context: it restores every rcParam, and the first figure of a notebook switches the
+    inline backend on inside it (interactive mode), so leaving it would stop every later figure of
+    the chapter from being shown."""
+    saved = {key: plt.rcParams[key] for key in STYLE}
+    plt.rcParams.update(STYLE)
+    try:
+        yield
+    finally:
+        plt.rcParams.update(saved)
+
+
+
+
+def _gain_limit(grids: Sequence[pd.DataFrame]) -> float:
+    """The symmetric colour limit of gain grids: their largest gain or loss, at least 0.05."""
+    values = [float(np.nanmax(np.abs(g.to_numpy(dtype=float)))) for g in grids if g.size]
+    return max([0.05] + [v for v in values if np.isfinite(v)])
+
 
 def heatmap(grid: pd.DataFrame, ax: plt.Axes, title: str, labels: Sequence[str] | None = None,
-            vmin: float = 0.0, vmax: float = 1.0) -> plt.Axes:
-    """One annotated heatmap: layer on y, token position (with its token text) on x."""
-    sns.heatmap(grid, ax=ax, vmin=vmin, vmax=vmax, cmap="magma", annot=True, fmt=".2f",
-                annot_kws={"size": 7}, cbar=False, linewidths=0.3, linecolor="white")
+            vmin: float | None = None, vmax: float | None = None, gain: bool = False, colorbar: bool = True,
+            cbar_label: str | None = None) -> plt.Axes:
+    """One annotated heatmap: layer on y, token position (with its token text) on x, with a colorbar.
+
+    vmin/vmax default to 0 and 1. gain: the grid holds IIA - no-intervention IIA; a diverging scale
+    centred on 0 (limits default to the largest gain or loss) shows where an alignment does better
+    (red) or worse (blue) than leaving the model alone."""
+    if gain:
+        limit = _gain_limit([grid])
+        vmin, vmax, cmap = -limit if vmin is None else vmin, limit if vmax is None else vmax, "RdBu_r"
+    else:
+        vmin, vmax, cmap = 0.0 if vmin is None else vmin, 1.0 if vmax is None else vmax, "magma"
+    cells = max(grid.shape[1], 1)
+    # the annotation shrinks with the cell, but never below the smallest size of the book's figures
+    size = MIN_FONT_PT if cells > 4 else MIN_FONT_PT + 1
+    # no seaborn `center`: the gain limits are symmetric already, and center re-cuts the colormap
+    # with a call matplotlib now warns about
+    sns.heatmap(grid, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True,
+                fmt="+.2f" if gain else ".2f", annot_kws={"size": size}, cbar=False,
+                linewidths=0.3, linecolor="white")
+    if colorbar and ax.collections:
+        # An inset colorbar stays a child of the panel: fig.axes lists only the panels, so a chapter
+        # that relabels every axis of the figure (chapter 2) does not relabel the colorbars.
+        cax = ax.inset_axes([1.03, 0.0, 0.035, 1.0])
+        bar = ax.figure.colorbar(ax.collections[0], cax=cax)
+        bar.ax.tick_params(labelsize=MIN_FONT_PT)
+        bar.set_label(cbar_label or (GAIN_LABEL if gain else ""), fontsize=MIN_FONT_PT)
     if labels is not None:
-        ax.set_xticks(np.arange(len(labels)) + 0.5, labels, rotation=60, ha="right", fontsize=8)
+        ax.set_xticks(np.arange(len(labels)) + 0.5, labels, rotation=45 if len(labels) > 3 else 0,
+                      ha="right" if len(labels) > 3 else "center", fontsize=MIN_FONT_PT)
+    ax.tick_params(axis="y", rotation=0)
     ax.set_title(title)
     ax.set_xlabel("token position")
     ax.set_ylabel("layer")
     return ax
 
 
-def heatmap_panels(grids: dict[str, pd.DataFrame], labels: Sequence[str] | None = None, ncols: int = 2,
-                   vmin: float = 0.0, vmax: float = 1.0, suptitle: str | None = None) -> plt.Figure:
-    """A panel per hypothesis (or setting), 2 columns, sharing one colour scale."""
+def heatmap_panels(grids: dict[str, pd.DataFrame], labels: Sequence[str] | None = None, ncols: int | None = None,
+                   vmin: float = 0.0, vmax: float = 1.0, suptitle: str | None = None,
+                   gain: bool = False, cbar_label: str | None = None) -> plt.Figure:
+    """A panel per hypothesis (or setting), sharing one colour scale, sized for the page's column.
+
+    ncols None: 2 columns, or 1 (each panel full width) when a grid has more than FULL_WIDTH_COLUMNS
+    positions. gain: the grids hold IIA - no-intervention IIA (grids_by(..., "gain")), drawn on a
+    diverging scale centred on 0; the shared limit is the largest gain or loss of any panel."""
     n = len(grids)
-    nrows = int(np.ceil(n / ncols))
     first = next(iter(grids.values()))
-    width = max(4.0, 0.55 * first.shape[1] + 1.5)
-    height = max(2.5, 0.45 * first.shape[0] + 1.5)
-    fig, axes = plt.subplots(nrows, min(ncols, n), figsize=(width * min(ncols, n), height * nrows), squeeze=False)
-    for ax, (title, grid) in zip(axes.flat, grids.items()):
-        heatmap(grid, ax, title, labels, vmin, vmax)
-    for ax in list(axes.flat)[n:]:
-        ax.axis("off")
-    if suptitle:
-        fig.suptitle(suptitle)
-    fig.tight_layout()
+    if ncols is None:
+        ncols = 1 if first.shape[1] > FULL_WIDTH_COLUMNS else 2
+    ncols = min(ncols, n)
+    nrows = int(np.ceil(n / ncols))
+    if gain:
+        limit = _gain_limit(list(grids.values()))
+        vmin, vmax = -limit, limit
+    # rows sized to the grid's layers; the x labels are rotated token texts, so leave them room
+    height = (0.42 * first.shape[0] + 1.9) * nrows + (0.4 if suptitle else 0.0)
+    with _style():
+        fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN, height), squeeze=False)
+        for ax, (title, grid) in zip(axes.flat, grids.items()):
+            heatmap(grid, ax, title, labels, vmin, vmax, gain=gain, cbar_label=cbar_label)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        if suptitle:
+            fig.suptitle(suptitle)
+        fig.tight_layout(w_pad=3.0)
     return fig
 
 
@@ -49,18 +126,21 @@ def boundary_curves(curves: pd.DataFrame, hue: str = "shrank", window: int = 10)
     training step, one line per run, split by `hue`."""
     curves = curves.assign(batch_iia=curves.groupby("run")["batch_iia"].transform(
         lambda s: s.rolling(window, min_periods=1).mean()))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    sns.lineplot(curves, x="step", y="batch_iia", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[0])
-    sns.lineplot(curves, x="step", y="boundary_dims", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[1])
-    axes[0].set_ylabel(f"IIA on training batches ({window}-step mean)")
-    axes[1].set_ylabel("learned subspace size (dims)")
-    fig.tight_layout()
+    with _style():
+        fig, axes = plt.subplots(1, 2, figsize=(WIDTH_IN, 3.4))
+        sns.lineplot(curves, x="step", y="batch_iia", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[0])
+        sns.lineplot(curves, x="step", y="boundary_dims", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[1])
+        axes[0].set_ylabel(f"IIA, training batches\n({window}-step mean)")
+        axes[1].set_ylabel("learned subspace size (dims)")
+        fig.tight_layout()
     return fig
 
 
 def grids_by(frame: pd.DataFrame, titles: dict[str, str], value: str = "iia", by: str = "hypothesis",
              positions: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
-    """One layer x position grid of `value` per value of column `by` (in the order of `titles`, which names them)."""
+    """One layer x position grid of `value` per value of column `by` (in the order of `titles`, which names them).
+
+    value "gain": IIA - no-intervention IIA, for heatmap_panels(..., gain=True)."""
     return {title: iia_grid(frame[frame[by] == key], value, positions) for key, title in titles.items()
             if (frame[by] == key).any()}
 
@@ -73,42 +153,47 @@ def position_labels(task: PriceTagTask, positions: Sequence[str]) -> list[str]:
 
 def training_curves(curves: pd.DataFrame, title: str | None = None) -> plt.Figure:
     """One Boundless DAS run against training step: loss, IIA (training batches and held-out), learned
-    subspace size and temperature (curves of training.train_intervention, held-out IIA every eval_every steps)."""
-    fig, axes = plt.subplots(1, 4, figsize=(15, 3.2))
-    axes[0].plot(curves["step"], curves["loss"], lw=0.8, label="loss")
-    axes[0].plot(curves["step"], curves["task_loss"], lw=0.8, label="cross-entropy only")
-    axes[0].set_ylabel("loss")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(curves["step"], curves["batch_iia"], lw=0.6, alpha=0.6, label="training batch")
-    if "iia" in curves:
-        held = curves.dropna(subset=["iia"])
-        axes[1].plot(held["step"], held["iia"], "o-", ms=3, label="held-out pairs")
-    axes[1].set_ylim(0, 1.02)
-    axes[1].set_ylabel("IIA")
-    axes[1].legend(fontsize=8)
-    axes[2].plot(curves["step"], curves["boundary_dims"], lw=1)
-    axes[2].set_ylabel("learned subspace size (dims)")
-    axes[3].plot(curves["step"], curves["temperature"], lw=1)
-    axes[3].set_yscale("log")
-    axes[3].set_ylabel("temperature")
-    for ax in axes:
-        ax.set_xlabel("step")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
+    subspace size and temperature (curves of training.train_intervention, held-out IIA every eval_every steps).
+
+    Two rows of two panels, so that each is half the page's column wide."""
+    with _style():
+        fig, grid = plt.subplots(2, 2, figsize=(WIDTH_IN, 5.4))
+        axes = grid.flat
+        axes[0].plot(curves["step"], curves["loss"], lw=0.8, label="loss")
+        axes[0].plot(curves["step"], curves["task_loss"], lw=0.8, label="cross-entropy only")
+        axes[0].set_ylabel("loss")
+        axes[0].legend()
+        axes[1].plot(curves["step"], curves["batch_iia"], lw=0.6, alpha=0.6, label="training batch")
+        if "iia" in curves:
+            held = curves.dropna(subset=["iia"])
+            axes[1].plot(held["step"], held["iia"], "o-", ms=3, label="held-out pairs")
+        axes[1].set_ylim(0, 1.02)
+        axes[1].set_ylabel("IIA")
+        axes[1].legend()
+        axes[2].plot(curves["step"], curves["boundary_dims"], lw=1)
+        axes[2].set_ylabel("learned subspace size (dims)")
+        axes[3].plot(curves["step"], curves["temperature"], lw=1)
+        axes[3].set_yscale("log")
+        axes[3].set_ylabel("temperature")
+        for ax in axes:
+            ax.set_xlabel("step")
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
     return fig
 
 
 def neuron_weight_bars(weights: dict[str, np.ndarray]) -> plt.Figure:
     """One bar chart per variable: the weight of each original neuron in its learned subspace, against 1/d."""
-    fig, axes = plt.subplots(len(weights), 1, figsize=(10, 2.6 * len(weights)), squeeze=False)
-    for ax, (variable, w) in zip(axes[:, 0], weights.items()):
-        d = len(w)
-        ax.bar(range(d), np.asarray(w), width=1.0, color="C0")
-        ax.axhline(1 / d, color="grey", linestyle="--", linewidth=1, label="uniform (1/d)")
-        ax.set_xlim(-0.5, d - 0.5)
-        ax.set_xlabel("neuron of the layer output")
-        ax.set_ylabel(f"weight in the\n'{variable}' subspace")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    with _style():
+        fig, axes = plt.subplots(len(weights), 1, figsize=(WIDTH_IN, 2.4 * len(weights)), squeeze=False)
+        for ax, (variable, w) in zip(axes[:, 0], weights.items()):
+            d = len(w)
+            ax.bar(range(d), np.asarray(w), width=1.0, color="C0")
+            ax.axhline(1 / d, color="grey", linestyle="--", linewidth=1, label="uniform (1/d)")
+            ax.set_xlim(-0.5, d - 0.5)
+            ax.set_xlabel("neuron of the layer output")
+            ax.set_ylabel(f"weight in the\n'{variable}' subspace")
+            ax.legend()
+        fig.tight_layout()
     return fig

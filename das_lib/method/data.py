@@ -46,6 +46,12 @@ class InterchangeData:
             self.roles,
         )
 
+    def shuffled(self, seed: int) -> "InterchangeData":
+        """The same examples with their labels permuted among them: a labelling no high-level variable
+        explains, for the control that shows an alignment cannot fit just any labels."""
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return replace(self, labels=self.labels[perm])
+
     def column(self, j: int) -> "InterchangeData":
         """The same examples at their j-th position only (for data encoded at k positions, (N, k))."""
         roles = None if self.roles is None else (self.roles[j],)

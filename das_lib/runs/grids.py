@@ -11,11 +11,21 @@ from das_lib.method.metrics import pearson
 COLUMNS = ("max IIA", "r", "variance x100")  # the paper's columns of a robustness row
 
 
+def _ordered(grid: pd.DataFrame, order: Sequence[str]) -> pd.DataFrame:
+    """The grid's columns in `order` (the sweep's position order), not pandas' alphabetical one."""
+    return grid.reindex(columns=[p for p in order if p in grid.columns])
+
+
 def iia_grid(frame: pd.DataFrame, value: str = "iia", positions: Sequence[str] | None = None) -> pd.DataFrame:
-    """A layer x position table of `value` (mean over seeds), layers top to bottom from high to low."""
+    """A layer x position table of `value` (mean over seeds), layers top to bottom from high to low.
+
+    value "gain" is IIA minus the IIA of no intervention (column "unintervened") when the frame has no
+    such column. Positions come in the order given, else in their order of first appearance in `frame`
+    (the order the sweep ran them), so every chapter shows the prompt's tokens left to right."""
+    if value == "gain" and "gain" not in frame:
+        frame = frame.assign(gain=frame["iia"] - frame["unintervened"])
     grid = frame.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
-    if positions is not None:
-        grid = grid.reindex(columns=[p for p in positions if p in grid.columns])
+    grid = _ordered(grid, positions if positions is not None else list(dict.fromkeys(frame["position"])))
     return grid.sort_index(ascending=False)
 
 

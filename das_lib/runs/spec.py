@@ -48,6 +48,7 @@ class SweepSpec:
     variant: str = "yesno"
     context: str | None = None
     dtype: str = "float32"
+    shuffle_labels: bool = False  # the control: counterfactual labels permuted among the pairs
 
     def __post_init__(self) -> None:
         problems = []

@@ -11,9 +11,10 @@ in flight, and a record is never reused for another config.
 Work shared between cells, all of it exact (it only avoids recomputing what does not change):
 - in each process the model is loaded once, and each hypothesis's train and test pairs are sampled
   and tokenized once, with the positions of every searched role;
-- per (hypothesis, layer) the fast path caches the states below the site once, for all searched
-  positions together, and every position and seed trains from that cache
-  (`fastpath.CachedForward.for_position`). Cells therefore run grouped by (hypothesis, layer).
+- per hypothesis the fast path caches, in one forward pass over its pairs, the states at every layer
+  of the grid for all searched positions together, and every layer, position and seed trains from
+  that cache (`fastpath.shared_caches`, `CachedForward.for_position`). Cells therefore run grouped
+  by hypothesis.
 A cell's numbers do not depend on which other cells run, or where: the shared cache always holds
 every searched position of the task.
 
@@ -37,7 +38,7 @@ import random
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,7 @@ from tqdm.auto import tqdm
 import das_lib
 from das_lib import paper
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, make_forward, shared_cache
+from das_lib.method.fastpath import CachedForward, make_forward, shared_caches
 from das_lib.method.interventions import BoundlessDASIntervention, load_intervention, save_intervention
 from das_lib.method.metrics import normalised_or_nan
 from das_lib.method.seeds import split_seeds
@@ -84,7 +85,7 @@ class _Runner:
         self.identity = {**model_identity(name), "dtype": dtype}
         self.device = next(self.model.parameters()).device
         self.data = LastOne()  # one hypothesis's data at a time: cells run grouped by hypothesis
-        self.shared = LastOne()  # the fast-path cache of the last layer only (CachedForward, or None)
+        self.shared = LastOne()  # one hypothesis's fast-path caches: layer -> CachedForward, or None
 
     def task(self, settings: dict[str, Any]) -> PriceTagTask:
         return PriceTagTask(self.tokenizer, settings["template"], settings["variant"], settings["context"])
@@ -99,21 +100,37 @@ class _Runner:
         train_seed, test_seed = split_seeds(d["seed"], 2)
         train = sample_pairs(config["hypothesis"], d["n_train"], train_seed)
         test = sample_pairs(config["hypothesis"], d["n_test"], test_seed)
+        train_data = task.interchange_data(train, roles).to(self.device)
         test_data = task.interchange_data(test, roles).to(self.device)
-        return _HypothesisData(roles, task.interchange_data(train, roles).to(self.device), test_data,
-                               majority_rate_of(test), unintervened_iia(self.model, test_data))
+        if d.get("shuffled_labels"):  # the control: the same pairs, their labels permuted
+            train_data, test_data = train_data.shuffled(train_seed), test_data.shuffled(test_seed)
+        return _HypothesisData(roles, train_data, test_data, majority_rate_of(test), unintervened_iia(self.model, test_data))
 
-    def shared_forward(self, key: str, data: _HypothesisData, layer: int) -> CachedForward | None:
-        """The fast-path cache of `data` at `layer` for all positions, or None when the fast path cannot run."""
-        return self.shared.get(f"{key}@{layer}", lambda: shared_cache(self.model, layer, [data.train, data.test]))
+    def shared_forward(self, key: str, data: _HypothesisData, layer: int, layers: Sequence[int] = ()) -> CachedForward | None:
+        """The fast-path cache of `data` at `layer` for all positions, or None when the fast path cannot run.
 
-    def alignment(self, config: dict[str, Any], folder: Path) -> dict[str, Any]:
-        """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results."""
+        The caches of `layers` (the layers the caller asks for next) are built with it, in one forward
+        pass over the data; only a layer not held, or another hypothesis's data, builds anew."""
+        held = self.shared.full and self.shared.key[0] == key and layer in self.shared.value
+        if not held:
+            wanted = tuple(sorted({layer, *layers}))
+            self.shared.get((key, wanted), lambda: self._caches(data, layer, wanted))
+        return self.shared.value[layer]
+
+    def _caches(self, data: _HypothesisData, layer: int, layers: Sequence[int]) -> dict[int, CachedForward | None]:
+        caches = shared_caches(self.model, layers, [data.train, data.test])
+        if caches[layer] is None and len(caches) > 1:  # all layers together may not fit where one does
+            caches = shared_caches(self.model, [layer], [data.train, data.test])
+        return caches
+
+    def alignment(self, config: dict[str, Any], folder: Path, layers: Sequence[int] = ()) -> dict[str, Any]:
+        """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results
+        (`layers`: the other layers coming up for this hypothesis, cached together with this one)."""
         key, data = self.hypothesis_data(config)
         site = Site.from_dict(config["site"])
         j = data.roles.index(site.position)
         train, test = data.train.column(j), data.test.column(j)
-        shared = self.shared_forward(key, data, site.layer)
+        shared = self.shared_forward(key, data, site.layer, layers)
         train_config = TrainConfig(**config["train"])
         set_seed(train_config.seed)  # the rotation's initialisation depends on the seed too
         d = self.model.config.hidden_size
@@ -149,10 +166,18 @@ def _runner(model: str, dtype: str, device: str) -> _Runner:
     return _RUNNER.get((model, dtype, device), lambda: _Runner(model, dtype, device))
 
 
-def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, Any]:
+def _layers_of(configs: Sequence[dict[str, Any]], config: dict[str, Any]) -> list[int]:
+    """The layers of the cells in `configs` that share `config`'s pairs (same task, hypothesis and data)."""
+    same = (config.get("task"), config.get("hypothesis"), config.get("data"))
+    return sorted({c["site"]["layer"] for c in configs if c.get("kind") == "alignment"
+                   and (c.get("task"), c.get("hypothesis"), c.get("data")) == same})
+
+
+def run_job(config: dict[str, Any], store_root: str, device: str, layers: Sequence[int] = ()) -> dict[str, Any]:
     """Run one job (a cell, or the task accuracy) unless its record exists; returns the record.
 
-    This is the function each Dask task runs: everything it needs is in `config`.
+    This is the function each Dask task runs: everything its numbers depend on is in `config`;
+    `layers` only says which layer caches to build together (the same numbers either way).
     """
     store = Store(store_root)
     record = store.get(config)
@@ -165,7 +190,7 @@ def run_job(config: dict[str, Any], store_root: str, device: str) -> dict[str, A
             f"({runner.identity['files']} vs {config['model']['files']}): give every worker the same model files"
         )
     if config["kind"] == "alignment":
-        results = runner.alignment(config, store.folder(config))
+        results = runner.alignment(config, store.folder(config), layers)
     else:
         results = runner.measure_task_accuracy(config)
     return store.put(config, results)
@@ -210,7 +235,8 @@ class Sweep:
             **self._base_config(), "kind": "alignment", "hypothesis": cell.hypothesis, "site": cell.site().as_dict(),
             "method": {"name": "boundless", "rank": self.spec.rank},
             "train": replace(self.spec.train, seed=cell.seed).as_dict(),
-            "data": {"n_train": self.spec.n_train, "n_test": self.spec.n_test, "seed": self.spec.data_seed},
+            "data": {"n_train": self.spec.n_train, "n_test": self.spec.n_test, "seed": self.spec.data_seed,
+                     **({"shuffled_labels": True} if self.spec.shuffle_labels else {})},
         }
 
     def task_config(self) -> dict[str, Any]:
@@ -260,24 +286,35 @@ class Sweep:
         if self.store.get(self.task_config()) is None:
             self._execute([self.task_config()], client, gpu, progress=False)
         counts = {"ran": 0, "reused": 0}
-        for phase in (self.grid, self.extra_cells):  # the best sites are known once the grid is finished
-            configs = [self.config(c) for c in phase()]
-            todo = [c for c in configs if self.store.get(c) is None]
-            counts["ran"] += len(todo)
-            counts["reused"] += len(configs) - len(todo)
-            self._execute(todo, client, gpu, progress)
+        # Locally each hypothesis's best-site seeds run right after its grid, while its pairs and layer
+        # caches are still in memory; on Dask all grid cells go first, so that the workers share them out.
+        groups = [(h,) for h in self.spec.hypotheses] if client is None else [tuple(self.spec.hypotheses)]
+        extra_seeds = [s for s in self.spec.best_site_seeds if s not in self.spec.seeds]
+        bar = tqdm(total=len(self.grid()) + len(extra_seeds) * len(self.spec.hypotheses), desc="sweep", unit="cell",
+                   disable=not progress or client is not None)
+        for group in groups:
+            for phase in (self.grid, self.extra_cells):  # the best sites are known once the grid is finished
+                configs = [self.config(c) for c in phase() if c.hypothesis in group]
+                todo = [c for c in configs if self.store.get(c) is None]
+                counts["ran"] += len(todo)
+                counts["reused"] += len(configs) - len(todo)
+                bar.update(len(configs) - len(todo))
+                self._execute(todo, client, gpu, progress, bar)
+        bar.close()
         return counts
 
-    def _execute(self, configs: list[dict[str, Any]], client: Any, gpu: bool, progress: bool) -> None:
+    def _execute(self, configs: list[dict[str, Any]], client: Any, gpu: bool, progress: bool, bar: Any = None) -> None:
         if client is None:
-            self._run_local(configs, progress)
+            self._run_local(configs, bar)
         else:
             run_on_dask(run_job, configs, client, str(self.store.root.resolve()), self.device, gpu, progress,
                         key=lambda c: f"das-{self.store.folder(c).name}")
 
-    def _run_local(self, configs: list[dict[str, Any]], progress: bool) -> None:
-        for config in tqdm(configs, desc="sweep", unit="cell", disable=not progress or not configs):
-            run_job(config, str(self.store.root), self.device)
+    def _run_local(self, configs: list[dict[str, Any]], bar: Any = None) -> None:
+        for config in configs:
+            run_job(config, str(self.store.root), self.device, _layers_of(configs, config))
+            if bar is not None:
+                bar.update()
 
     # ---- results --------------------------------------------------------------------------------
     def recorded_task_accuracy(self) -> float:

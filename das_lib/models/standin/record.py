@@ -5,7 +5,7 @@ import json
 import random
 from dataclasses import asdict
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import pandas as pd
 import torch
@@ -110,15 +110,16 @@ def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every
     return record
 
 
-def config_from_args(args: Sequence[str]) -> StandinConfig:
-    """A StandinConfig from 'key=value' strings, e.g. ['steps=500', 'lr=0.001']."""
-    defaults, changes = StandinConfig(), {}
+def config_from_args(args: Sequence[str], cls: type = StandinConfig) -> Any:
+    """A config dataclass (`cls`, the stand-in's by default) from 'key=value' strings, e.g. ['steps=500', 'lr=0.001']."""
+    defaults, changes = cls(), {}
+    settable = [k for k, v in asdict(defaults).items() if not isinstance(v, (dict, list, tuple))]
     for arg in args:
         key, _, value = arg.partition("=")
-        if not hasattr(defaults, key) or isinstance(getattr(defaults, key), dict) or not value:
-            raise ValueError(f"cannot set {arg!r}: use key=value with a key among {list(asdict(defaults))} (not variant_mix)")
+        if key not in settable or not value:
+            raise ValueError(f"cannot set {arg!r}: use key=value with a key among {settable}")
         changes[key] = type(getattr(defaults, key))(value)
-    return StandinConfig(**changes)
+    return cls(**changes)
 
 
 def training_mix(model_dir: Path | str = STANDIN_DIR) -> dict[str, float | bool]:

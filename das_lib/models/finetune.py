@@ -1,0 +1,177 @@
+"""A pretrained model fine-tuned on the price-tagging game: SmolLM2-135M-Instruct with a LoRA adapter.
+
+Unlike the stand-in (das_lib.models.standin), nothing is planted here: the model is trained only to answer
+the plain yes/no game in its own chat template, with no interventions, no sibling instruction, no
+irrelevant contexts and no fixed brackets, so whatever mechanism the search chapters find was learnt,
+and the robustness study tests what the model generalises from pretraining (as for Alpaca 7B).
+
+Read top to bottom: the configuration, the training loop (LoRA on every linear layer of every decoder
+layer, loss on the answer token only, fresh games every step), the measurements, and `build`, which
+writes the adapter shipped as das_lib/assets/smollm2_pricetag (`python -m das_lib.models.finetune` rebuilds
+it, about 15 minutes on two cores). `load_model("smollm2-pricetag")` merges the adapter into
+the base weights and returns a plain `LlamaForCausalLM`.
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import PreTrainedTokenizerBase
+
+from das_lib.models import standin
+from das_lib.models.load import SMOLLM2_PRICETAG_DIR, load_model
+from das_lib.models.standin.record import config_from_args
+from das_lib.pricetag import game as pricetag
+from das_lib.pricetag.task import PriceTagTask
+
+ADAPTER_DIR = SMOLLM2_PRICETAG_DIR
+TRAINING_RECORD = "finetune_training.json"
+TARGET = 0.95  # yes/no accuracy on fresh games the shipped adapter must reach (Alpaca 7B: 0.85-0.92)
+EVAL_SEED = standin.EVAL_SEED  # fresh games: training draws from random.Random(seed + 1)
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything that determines the fine-tuned model: base model, adapter shape and optimisation."""
+
+    base: str = "smollm2"  # a name `load_model` understands
+    seed: int = 0
+    steps: int = 240
+    batch_size: int = 16
+    lr: float = 1e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    lora_r: int = 8
+    lora_alpha: int = 16
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    hard_rate: float = 0.5  # share of games whose amount lies within `hard_cents` of a bound
+    hard_cents: int = 40
+    threads: int = 2  # the two cores of the machine the book targets
+
+
+def lora_config(cfg: FinetuneConfig) -> LoraConfig:
+    """The adapter: rank-`lora_r` updates of every linear map of every decoder layer (no dropout)."""
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                      target_modules=list(cfg.target_modules), task_type="CAUSAL_LM")
+
+
+def sample_games(rng: random.Random, cfg: FinetuneConfig) -> list[dict[str, int]]:
+    """One step's games, Yes/No balanced, half of them close to a bound (as for the stand-in)."""
+    return [standin.sample_training_game(rng, cfg) for _ in range(cfg.batch_size)]
+
+
+def train(cfg: FinetuneConfig, log_every: int = 25) -> tuple[PeftModel, PreTrainedTokenizerBase, dict]:
+    """Fine-tune a LoRA adapter on `cfg.base` from `cfg.seed`; returns (peft model, tokenizer, record)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)  # restored below: the caller's setting is the caller's
+    try:
+        return _train(cfg, log_every)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(cfg: FinetuneConfig, log_every: int) -> tuple[PeftModel, PreTrainedTokenizerBase, dict]:
+    """The training loop of `train`, run with `cfg.threads` threads."""
+    torch.manual_seed(cfg.seed)
+    base, tokenizer = load_model(cfg.base)
+    model = get_peft_model(base, lora_config(cfg))  # only the adapter's matrices require gradients
+    task = PriceTagTask(tokenizer, "chat", "yesno")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    rng = random.Random(cfg.seed + 1)
+    log = []
+    model.train()
+    start, cpu_start = time.perf_counter(), time.process_time()
+    for step in range(cfg.steps):
+        for g in optimizer.param_groups:
+            g["lr"] = standin.lr_at(step, cfg)
+        games = sample_games(rng, cfg)
+        answers = torch.tensor([task.answer_id(pricetag.task_label(g)) for g in games])
+        logits = model(**task.encode(games), logits_to_keep=1).logits[:, -1]  # only the answer token is trained
+        loss = torch.nn.functional.cross_entropy(logits, answers)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        log.append({"step": step + 1, "loss": round(loss.item(), 5),
+                    "batch_acc": round((logits.argmax(-1) == answers).float().mean().item(), 4)})
+        if log_every and (step + 1) % log_every == 0:
+            recent = log[-log_every:]
+            print(f"step {step + 1}/{cfg.steps}  loss {sum(r['loss'] for r in recent) / len(recent):.4f}  "
+                  f"batch acc {sum(r['batch_acc'] for r in recent) / len(recent):.3f}  "
+                  f"{time.perf_counter() - start:.0f}s", flush=True)
+    model.eval()
+    record = {"config": asdict(cfg), "train_seconds": round(time.perf_counter() - start, 1),
+              "train_cpu_seconds": round(time.process_time() - cpu_start, 1), "threads": cfg.threads, "log": log}
+    return model, tokenizer, record
+
+
+# ---------------------------------------------------------------------------------------------
+# Measuring and shipping
+
+
+def eval_settings(seed: int = EVAL_SEED) -> dict[str, tuple[str, list[str | None]]]:
+    """Where the fine-tuned model is measured: the trained game, and settings it never trained on."""
+    trained = standin.eval_settings(seed)
+    return {"yesno": trained["yesno"], "truefalse": trained["truefalse"],
+            "yesno_context": trained["yesno_context"], **standin.untrained_settings()}
+
+
+def measure(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, n_games: int = 1000, n_other: int = 200,
+            seed: int = EVAL_SEED) -> dict[str, float]:
+    """Accuracy on `n_games` fresh games of the trained yes/no game, and on the first `n_other` of them in
+    each other setting of `eval_settings` (fewer: on two cores a 135M model reads ~5 prompts a second)."""
+    rng = random.Random(seed)
+    games = [pricetag.sample_game(rng) for _ in range(max(n_games, n_other))]
+    settings = eval_settings(seed)
+    tables = [standin.correct_by_game(model, tokenizer, "chat", games[:n_games], {"yesno": settings.pop("yesno")}),
+              standin.correct_by_game(model, tokenizer, "chat", games[:n_other], settings)]
+    table = pd.concat(tables)
+    return {name: round(float(acc), 4) for name, acc in table.groupby("setting", sort=False)["correct"].mean().items()}
+
+
+def save(model: PeftModel, record: dict, out_dir: Path | str) -> Path:
+    """Write the adapter (peft's save_pretrained: adapter_config.json + adapter_model.safetensors) and
+    the training record; the adapter names its base by its das_lib name, so `load_model` can find it."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.peft_config["default"].base_model_name_or_path = record["config"]["base"]
+    model.save_pretrained(out_dir)
+    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return out_dir
+
+
+def load_record(adapter_dir: Path | str = ADAPTER_DIR) -> dict:
+    """The training record shipped with the adapter: config, seconds, loss log and accuracies."""
+    path = Path(adapter_dir) / TRAINING_RECORD
+    if not path.exists():
+        raise FileNotFoundError(f"no training record at {path}; rebuild the adapter with `python -m das_lib.models.finetune`")
+    return json.loads(path.read_text())
+
+
+def build(cfg: FinetuneConfig, out_dir: Path | str, n_eval: int = 1000, n_other: int = 200, log_every: int = 25) -> dict:
+    """Fine-tune from `cfg`, measure the merged model on fresh games, and save the adapter; returns the record."""
+    model, tokenizer, record = train(cfg, log_every)
+    save(model, record, out_dir)
+    merged, tokenizer = load_model(str(out_dir))  # measured as users get it: merged into a plain Llama
+    start = time.perf_counter()
+    record["accuracy"] = measure(merged, tokenizer, n_eval, n_other)
+    record["n_eval"], record["n_eval_other"] = n_eval, n_other
+    record["eval_seconds"] = round(time.perf_counter() - start, 1)
+    record["torch"] = torch.__version__
+    (Path(out_dir) / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+if __name__ == "__main__":  # python -m das_lib.models.finetune [OUT_DIR [key=value ...]]: rebuild the adapter
+    import sys
+
+    out = sys.argv[1] if len(sys.argv) > 1 else ADAPTER_DIR
+    result = build(config_from_args(sys.argv[2:], FinetuneConfig), out)
+    print(json.dumps({k: result[k] for k in ("train_seconds", "train_cpu_seconds", "accuracy")}, indent=1))

@@ -1,0 +1,58 @@
+"""Figures sized for the page, with colorbars and the gain colouring, and no side effects on matplotlib."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from das_lib.book import plots  # noqa: E402
+
+POSITIONS = ["resp_colon", "last", "d0"]  # not alphabetical: the order the sweep ran them
+
+
+def _frame() -> pd.DataFrame:
+    rows = [dict(hypothesis=h, layer=layer, position=p, iia=0.5 + 0.1 * layer, unintervened=0.6, seed=0)
+            for h in ("left", "midpoint") for layer in range(3) for p in POSITIONS]
+    return pd.DataFrame(rows)
+
+
+def test_grids_keep_the_run_order_and_compute_the_gain() -> None:
+    grids = plots.grids_by(_frame(), {"left": "Left", "midpoint": "Mid"}, "gain")
+    assert list(grids["Left"].columns) == POSITIONS
+    assert list(grids["Left"].index) == [2, 1, 0]
+    assert np.allclose(grids["Left"].loc[2], 0.5 + 0.2 - 0.6)
+
+
+def test_heatmap_panels_fit_the_column_with_colorbars() -> None:
+    grids = plots.grids_by(_frame(), {"left": "Left", "midpoint": "Mid"}, "gain")
+    fig = plots.heatmap_panels(grids, POSITIONS, gain=True, suptitle="gain")
+    assert fig.get_size_inches()[0] * fig.dpi <= 800
+    panels = fig.axes
+    assert len(panels) == 2  # colorbars are children of their panel, so a chapter's loop over fig.axes sees panels only
+    assert all(len(ax.child_axes) == 1 for ax in panels)
+    low, high = panels[0].collections[0].get_clim()
+    assert low == -high and high > 0  # diverging, centred on no gain
+    assert all(t.get_fontsize() >= plots.MIN_FONT_PT for ax in panels for t in ax.texts)
+    plt.close(fig)
+
+
+def test_drawing_keeps_rcparams_set_meanwhile(monkeypatch) -> None:
+    """The inline backend turns interactive mode on while a notebook's first figure is made; undoing
+    that (as plt.rc_context does) stopped every later figure of the chapter from being shown."""
+    original = plt.subplots
+
+    def subplots(*args, **kwargs):
+        plt.rcParams["interactive"] = True
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(plt, "subplots", subplots)
+    plt.rcParams["interactive"] = False
+    size = plt.rcParams["font.size"]
+    fig = plots.heatmap_panels({"a": pd.DataFrame(np.eye(2))})
+    assert plt.rcParams["interactive"] is True
+    assert plt.rcParams["font.size"] == size
+    plt.rcParams["interactive"] = False
+    plt.close(fig)
