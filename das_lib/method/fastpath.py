@@ -14,6 +14,11 @@ prefix, and the output head at the answer (last) position only. Nothing is appro
 logits equal the full model's to float rounding, and `CachedForward` checks that against the
 model's own forward pass whenever it caches a dataset.
 
+When that cache does not fit the memory budget (`max_cache_bytes`), `strategy` chooses what is kept
+instead (`das_lib.cache_plan`): "site" keeps the site's layer outputs at every position and recomputes
+the prefix's keys and values above the site without gradients every step; "batch" keeps nothing and
+runs the frozen model on each batch. `CachedForward.plans` says what was chosen, `plan_report()` prints it.
+
 Other architectures (GPT-2, GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path.
 `shared_cache` builds one cache at a layer for data encoded at every position of a grid, which
 `CachedForward.for_position` then serves position by position (sweeps and the robustness study).
@@ -29,6 +34,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from das_lib.method.cache_plan import CachePlan, CacheShape, check_strategy, plan_cache
 from das_lib.method.data import InterchangeData
 from das_lib.method.sites import Captured as _Captured, Site, capture_layers, find_layers, layer_module, main_output as _main_output, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
@@ -91,7 +97,7 @@ class _Store:
     prefix_len: int  # P: positions < P are only read through the cached keys and values
     suffix: torch.Tensor  # (N, T - P, d) base layer-l outputs at positions P..T-1
     source: torch.Tensor  # (N, d) or (N, k*d) source vectors at the site
-    keys: list[torch.Tensor]  # per layer above the site: (N, kv_heads, P or T, head_dim); positions >= P unused
+    keys: list[torch.Tensor]  # per layer above the site: (N, kv_heads, P or T, head_dim), positions >= P unused; empty for "site"
     values: list[torch.Tensor]
     cos: torch.Tensor  # (N or 1, T - P, head_dim) rotary embedding of the suffix positions
     sin: torch.Tensor
@@ -99,9 +105,15 @@ class _Store:
     inputs_index: dict[bytes, int]  # the same rows keyed by inputs only (see `for_position`)
     base_pos: torch.Tensor  # (N,) or (N, k) the positions the cache was built for
     source_pos: torch.Tensor
+    # strategy "site": the site's layer outputs (N, P, d) at positions < P and their rotary tables,
+    # from which each step recomputes the keys and values above the site (None for "full")
+    prefix_hidden: torch.Tensor | None = None
+    prefix_cos: torch.Tensor | None = None
+    prefix_sin: torch.Tensor | None = None
 
     def nbytes(self) -> int:
         tensors = [self.suffix, self.source, self.cos, self.sin, *self.keys, *self.values]
+        tensors += [t for t in (self.prefix_hidden, self.prefix_cos, self.prefix_sin) if t is not None]
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -120,7 +132,8 @@ def _longer_prefix(store: _Store) -> _Store:
     causal model the intervention cannot change them, and each step then runs fewer positions."""
     first = int(store.base_pos.min())
     shift = first - store.prefix_len
-    if shift <= 0 or not bool((store.base_pos == first).all()) or any(k.shape[2] < first for k in store.keys):
+    if (shift <= 0 or store.prefix_hidden is not None or not store.keys or not bool((store.base_pos == first).all())
+            or any(k.shape[2] < first for k in store.keys)):
         return store
     return replace(store, prefix_len=first, suffix=store.suffix[:, shift:], cos=store.cos[:, shift:], sin=store.sin[:, shift:])
 
@@ -132,8 +145,10 @@ def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
 class CachedForward:
     """Intervened answer logits computed from per-dataset caches (see the module docstring).
 
-    Datasets given at construction (or later to `prepare`) are cached whole, up to `max_cache_bytes`
-    in all; a batch that is not part of one cached dataset is cached on the fly for that call only.
+    Datasets given at construction (or later to `prepare`) are cached, up to `max_cache_bytes` in all,
+    by `strategy` ("auto": the cheapest step of "full", "site", "batch" that fits; see
+    das_lib.cache_plan); a batch that is not part of one cached dataset is cached on the fly for that
+    call only.
     """
 
     def __init__(
@@ -144,8 +159,12 @@ class CachedForward:
         data: Iterable[InterchangeData] = (),
         max_cache_bytes: int = 4 * 2**30,
         chunk_size: int = 64,
+        strategy: str = "auto",
     ):
         data = list(data)
+        self.strategy = check_strategy(strategy)
+        if max_cache_bytes < 0:
+            raise ValueError(f"max_cache_bytes must be >= 0, got {max_cache_bytes}")
         problem = fast_path_problem(model, site, data)
         if problem is not None:
             raise ValueError(f"the fast path cannot run here: {problem}; use das_lib.method.training.PlainForward")
@@ -158,6 +177,7 @@ class CachedForward:
         self.qk_norm = hasattr(attn, "q_norm")
         self.max_cache_bytes, self.chunk_size = max_cache_bytes, chunk_size
         self.stores: list[_Store] = []
+        self.plans: list[CachePlan] = []  # one per prepared dataset, in order
         self.checked = False
         for d in data:
             self.prepare(d)
@@ -168,27 +188,43 @@ class CachedForward:
         problem = fast_path_problem(self.model, self.site, [data])
         if problem is not None:
             raise ValueError(f"the fast path cannot run on this data: {problem}")
-        need = self.cache_bytes(data)
         used = sum(s.nbytes() for s in self.stores)
-        if used + need > self.max_cache_bytes:
-            warnings.warn(
-                f"not caching {len(data)} examples for the fast path ({need / 2**20:.0f} MiB; limit "
-                f"{self.max_cache_bytes / 2**20:.0f} MiB in all): their batches will be cached on the fly "
-                "(exact, but slower); raise max_cache_bytes or use fewer examples",
-                stacklevel=2,
-            )
+        plan = plan_cache(self.cache_shape(data), max(0, self.max_cache_bytes - used), self.strategy)
+        self.plans.append(plan)
+        if plan.strategy == "batch":
+            if self.strategy == "auto":
+                warnings.warn(
+                    f"not caching {len(data)} examples for the fast path (even the site's states take "
+                    f"{plan.shape.bytes('site') / 2**20:.0f} MiB; limit {self.max_cache_bytes / 2**20:.0f} MiB in all): "
+                    "their batches will be cached on the fly (exact, but slower); raise max_cache_bytes or use fewer examples",
+                    stacklevel=2,
+                )
             return
-        stores, reference = self._build(data)
+        stores, reference = self._build(data, keep_prefix_states=plan.strategy == "site")
         self._check(stores[self.site.layer], data, reference)
         self.stores.append(stores[self.site.layer])
 
-    def cache_bytes(self, data: InterchangeData) -> int:
-        """Memory the cache of `data` takes: suffix states, source vectors, prefix keys and values."""
-        length, prefix = data.base["input_ids"].shape[1], int(data.base_pos.min())
-        d, kv = self.model.config.hidden_size, self.upper[0].self_attn.k_proj.out_features if self.upper else 0
-        n_source = data.source_pos[0].numel()
-        per_row = (length - prefix) * d + n_source * d + 2 * len(self.upper) * prefix * kv
-        return len(data) * per_row * next(self.model.parameters()).element_size()
+    def plan_report(self) -> str:
+        """What is cached for each prepared dataset, and how much memory it takes (for printing)."""
+        return "\n".join(str(p) for p in self.plans) or "fast-path cache plan: no dataset prepared"
+
+    def cache_shape(self, data: InterchangeData) -> CacheShape:
+        """The sizes that set `data`'s cache (see das_lib.cache_plan)."""
+        kv = self.upper[0].self_attn.k_proj.out_features if self.upper else 1
+        length = data.base["input_ids"].shape[1]
+        low, high = int(data.base_pos.min()), int(data.base_pos.max())
+        if low < 0 or high >= length:  # the same words as das_lib.sites for a position that does not exist
+            raise IndexError(f"token position {low}..{high} does not exist: these inputs have positions 0..{length - 1}")
+        return CacheShape(
+            n_examples=len(data), length=data.base["input_ids"].shape[1], prefix=int(data.base_pos.min()),
+            hidden_size=self.model.config.hidden_size, kv_width=kv, n_upper=len(self.upper),
+            n_source_positions=data.source_pos[0].numel(), element_size=next(self.model.parameters()).element_size(),
+            head_dim=self.head_dim, rotary_rows=len(data) if "position_ids" in data.base else 1,
+        )
+
+    def cache_bytes(self, data: InterchangeData, strategy: str = "full") -> int:
+        """Memory the cache of `data` takes under `strategy` (full: suffix states, source vectors, prefix keys and values)."""
+        return self.cache_shape(data).bytes(strategy)
 
     def kv_bytes(self, data: InterchangeData) -> int:
         """The part of `cache_bytes` taken by the prefix keys and values of the layers above the site."""
@@ -204,21 +240,26 @@ class CachedForward:
         return _rotary(k.transpose(1, 2), cos, sin), attn.v_proj(x).view(shape).transpose(1, 2)
 
     @torch.no_grad()
-    def _build(self, data: InterchangeData, layers: Sequence[int] = (), all_keys: bool = False) -> tuple[dict[int, _Store], torch.Tensor]:
+    def _build(self, data: InterchangeData, layers: Sequence[int] = (), all_keys: bool = False,
+               keep_prefix_states: bool = False) -> tuple[dict[int, _Store], torch.Tensor]:
         """Run the model once over `data` and keep what the fast step needs at each of `layers` (default:
         the site's layer), with the model's own last-layer output at the answer for `_check`.
 
         One pass serves every layer: the prefix keys and values of a layer are those of the plain base
         run whichever site lies below it, so the caches of several layers share them (no copies). With
         `all_keys` the keys and values of every position are kept, so that `for_position` can serve a
-        later position with a longer prefix (a position before the intervened one never changes)."""
+        later position with a longer prefix (a position before the intervened one never changes). With
+        `keep_prefix_states` (strategy "site", one layer) the site's prefix states are kept instead of
+        the keys and values above it."""
         layers_all = find_layers(self.model)
         sites = sorted(set(layers) or {self.site.layer})
+        if keep_prefix_states and len(sites) > 1:
+            raise ValueError("strategy 'site' caches one layer at a time")
         first_upper = sites[0] + 1
         prefix = int(data.base_pos.min())
         suffix: dict[int, list[torch.Tensor]] = {l: [] for l in sites}
         source: dict[int, list[torch.Tensor]] = {l: [] for l in sites}
-        chunks: dict[str, list] = {"cos": [], "sin": [], "ref": []}
+        chunks: dict[str, list] = {"cos": [], "sin": [], "ref": [], "prefix": [], "prefix_cos": [], "prefix_sin": []}
         keys: list[list[torch.Tensor]] = [[] for _ in range(first_upper, len(layers_all))]
         values: list[list[torch.Tensor]] = [[] for _ in range(first_upper, len(layers_all))]
         explicit_positions = "position_ids" in data.base
@@ -238,13 +279,18 @@ class CachedForward:
                     h = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device))
                 if not cos_sin:
                     cos_sin.append(self.model.model.rotary_emb(h, positions))
-                    cos, sin = cos_sin[0]
-                    chunks["cos"].append(cos[:, prefix:] if explicit_positions else cos[:1, prefix:])
-                    chunks["sin"].append(sin[:, prefix:] if explicit_positions else sin[:1, prefix:])
                 cos, sin = cos_sin[0]
+                rows = slice(None) if explicit_positions else slice(0, 1)
+                if j == sites[0]:
+                    chunks["cos"].append(cos[rows, prefix:])
+                    chunks["sin"].append(sin[rows, prefix:])
+                    if keep_prefix_states:
+                        chunks["prefix"].append(h[:, :prefix])
+                        chunks["prefix_cos"].append(cos[rows, :prefix])
+                        chunks["prefix_sin"].append(sin[rows, :prefix])
                 if j in suffix:
                     suffix[j].append(h[:, prefix:])
-                if j + 1 < len(layers_all) and j + 1 >= first_upper:
+                if j + 1 < len(layers_all) and j + 1 >= first_upper and not keep_prefix_states:
                     upper = layers_all[j + 1]
                     end = h.shape[1] if all_keys else prefix
                     x = upper.input_layernorm(h[:, :end])
@@ -269,15 +315,22 @@ class CachedForward:
             for l, vectors in capture_layers(self.model, sites, batch.source, batch.source_pos).items():
                 source[l].append(vectors)
             if not explicit_positions:  # one rotary table serves every row
-                chunks["cos"], chunks["sin"] = chunks["cos"][:1], chunks["sin"][:1]
+                for name in ("cos", "sin", "prefix_cos", "prefix_sin"):
+                    chunks[name] = chunks[name][:1]
         mask = data.base.get("attention_mask")
-        keys_all, values_all = [_cat(k) for k in keys], [_cat(v) for v in values]
+        if keep_prefix_states:  # strategy "site": no keys and values kept, the prefix states instead
+            keys_all, values_all = [], []
+        else:
+            keys_all, values_all = [_cat(k) for k in keys], [_cat(v) for v in values]
         common = dict(
             index={key: i for i, key in enumerate(_row_keys(data))}, prefix_len=prefix,
             cos=_cat(chunks["cos"]), sin=_cat(chunks["sin"]),
             key_mask=None if mask is None or bool(mask.all()) else mask.bool(),
             inputs_index={key: i for i, key in enumerate(_row_keys(data, positions=False))},
             base_pos=data.base_pos, source_pos=data.source_pos,
+            prefix_hidden=_cat(chunks["prefix"]) if keep_prefix_states else None,
+            prefix_cos=_cat(chunks["prefix_cos"]) if keep_prefix_states else None,
+            prefix_sin=_cat(chunks["prefix_sin"]) if keep_prefix_states else None,
         )
         stores = {l: _Store(suffix=_cat(suffix[l]), source=_cat(source[l]), keys=keys_all[l + 1 - first_upper :],
                             values=values_all[l + 1 - first_upper :], **common) for l in sites}
@@ -350,6 +403,31 @@ class CachedForward:
         return store, torch.arange(len(batch), device=store.suffix.device)
 
     # ---- the fast step ------------------------------------------------------------------------
+    @torch.no_grad()
+    def _prefix_keys_values(self, store: _Store, rows: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Strategy "site": the keys and values of positions < P above the site, recomputed from the
+        site's cached prefix states. No gradients: the intervention acts at positions >= P, which a
+        causal model's prefix never sees."""
+        hidden = store.prefix_hidden.index_select(0, rows)
+        n, prefix = hidden.shape[:2]
+        pick = lambda t: t.index_select(0, rows) if t.shape[0] > 1 else t.expand(n, -1, -1)  # noqa: E731
+        cos, sin = pick(store.prefix_cos), pick(store.prefix_sin)
+        idx = torch.arange(prefix, device=hidden.device)
+        allowed = idx[None, :] <= idx[:, None]  # causal within the prefix
+        if store.key_mask is not None:  # as in _upper_layers: padded keys hidden, a padded query sees itself
+            own = idx[None, :] == idx[:, None]
+            keep = store.key_mask.index_select(0, rows)[:, :prefix]
+            allowed = ((allowed[None] & keep[:, None, :]) | own[None])[:, None]
+        mask = None if bool(allowed.all()) else allowed
+        empty = hidden.new_zeros(n, 0, 0)
+        keys, values = [], []
+        for i, layer in enumerate(self.upper):
+            last = i == len(self.upper) - 1  # the last layer's prefix outputs are never read
+            hidden, k, v = self._layer(layer, hidden, empty, empty, mask, cos, sin, last_only=False, kv_only=last)
+            keys.append(k)
+            values.append(v)
+        return keys, values
+
     def _upper_layers(self, store: _Store, rows: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Run the layers above the site on the suffix positions; the last layer output (B, d) at the answer."""
         n_suffix = hidden.shape[1]
@@ -366,28 +444,34 @@ class CachedForward:
             own = k_idx[None, :] == q_idx[:, None] + prefix
             allowed = ((allowed[None] & store.key_mask.index_select(0, rows)[:, None, :]) | own[None])[:, None]
         masks = [None if bool(a.all()) else a for a in (allowed, allowed[..., -1:, :])]
+        if store.prefix_hidden is not None:
+            prefix_keys, prefix_values = self._prefix_keys_values(store, rows)
+        else:
+            prefix_keys = [k[:, :, :prefix].index_select(0, rows) for k in store.keys]  # positions >= P: see _longer_prefix
+            prefix_values = [v[:, :, :prefix].index_select(0, rows) for v in store.values]
         for i, layer in enumerate(self.upper):
             last = i == len(self.upper) - 1
-            k = store.keys[i][:, :, :prefix].index_select(0, rows)
-            v = store.values[i][:, :, :prefix].index_select(0, rows)
-            hidden = self._layer(layer, hidden, k, v, masks[last], cos, sin, last)
+            hidden, _, _ = self._layer(layer, hidden, prefix_keys[i], prefix_values[i], masks[last], cos, sin, last)
         return hidden[:, -1]
 
-    def _layer(self, layer, hidden, k_prefix, v_prefix, mask, cos, sin, last_only: bool) -> torch.Tensor:
-        """One decoder layer on the suffix; with `last_only` only the answer position is computed."""
+    def _layer(self, layer, hidden, k_prefix, v_prefix, mask, cos, sin, last_only: bool, kv_only: bool = False):
+        """One decoder layer on the suffix: (output, keys, values of `hidden`'s positions). With
+        `last_only` only the answer position's output is computed; with `kv_only` only the keys and values."""
         attn = layer.self_attn
         x = layer.input_layernorm(hidden)
         k, v = self._keys_values(attn, x, cos, sin)
+        if kv_only:
+            return hidden, k, v
         if last_only:  # the output head reads only the answer position
             hidden, x, cos, sin = hidden[:, -1:], x[:, -1:], cos[:, -1:], sin[:, -1:]
         q = attn.q_proj(x).view(*x.shape[:2], -1, self.head_dim)
         if self.qk_norm:
             q = attn.q_norm(q)
         q = _rotary(q.transpose(1, 2), cos, sin)
-        keys, values = torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2)
+        keys, values = (k, v) if k_prefix.numel() == 0 else (torch.cat([k_prefix, k], dim=2), torch.cat([v_prefix, v], dim=2))
         out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=self.gqa)
         hidden = hidden + attn.o_proj(out.transpose(1, 2).reshape(*x.shape[:2], -1))
-        return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return hidden + layer.mlp(layer.post_attention_layernorm(hidden)), k, v
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
         if self.intervention is None:
@@ -400,10 +484,21 @@ class CachedForward:
         return self.model.get_output_embeddings()(self.model.model.norm(hidden))
 
 
-def shared_cache(model: nn.Module, layer: int, data: Iterable[InterchangeData]) -> CachedForward | None:
+def shared_cache(
+    model: nn.Module, layer: int, data: Iterable[InterchangeData], max_cache_bytes: int = 4 * 2**30
+) -> CachedForward | None:
     """One cache of `data` (encoded at every position of a grid) at `layer`, for `for_position` to serve
-    each position from; None where the fast path cannot run or the cache is too large to keep whole."""
-    return shared_caches(model, [layer], data)[layer]
+    each position from; None where the fast path cannot run or not even the site's states fit the budget
+    (when the full cache does not fit, the plan of `CachedForward` picks what to keep)."""
+    data = list(data)
+    full = shared_caches(model, [layer], data, max_cache_bytes)[layer]
+    if full is not None or fast_path_problem(model, Site(layer), data) is not None:
+        return full
+    try:
+        cache = CachedForward(model, Site(layer), None, data, max_cache_bytes=max_cache_bytes)
+    except FastPathMismatch:
+        return None
+    return cache if len(cache.stores) == len(data) else None
 
 
 def shared_caches(
