@@ -26,6 +26,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.models import standin
 from das_lib.models.load import SMOLLM2_PRICETAG_DIR, load_model
+from das_lib.models.records import read_record, write_record
 from das_lib.models.standin.record import config_from_args
 from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask
@@ -143,16 +144,13 @@ def save(model: PeftModel, record: dict, out_dir: Path | str) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.peft_config["default"].base_model_name_or_path = record["config"]["base"]
     model.save_pretrained(out_dir)
-    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    write_record(out_dir, TRAINING_RECORD, record)
     return out_dir
 
 
 def load_record(adapter_dir: Path | str = ADAPTER_DIR) -> dict:
     """The training record shipped with the adapter: config, seconds, loss log and accuracies."""
-    path = Path(adapter_dir) / TRAINING_RECORD
-    if not path.exists():
-        raise FileNotFoundError(f"no training record at {path}; rebuild the adapter with `python -m das_lib.models.finetune`")
-    return json.loads(path.read_text())
+    return read_record(adapter_dir, TRAINING_RECORD, "python -m das_lib.models.finetune")
 
 
 def build(cfg: FinetuneConfig, out_dir: Path | str, n_eval: int = 1000, n_other: int = 200, log_every: int = 25) -> dict:
@@ -165,7 +163,7 @@ def build(cfg: FinetuneConfig, out_dir: Path | str, n_eval: int = 1000, n_other:
     record["n_eval"], record["n_eval_other"] = n_eval, n_other
     record["eval_seconds"] = round(time.perf_counter() - start, 1)
     record["torch"] = torch.__version__
-    (Path(out_dir) / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    write_record(out_dir, TRAINING_RECORD, record)
     return record
 
 

@@ -1,7 +1,6 @@
 """Measuring the stand-in on fresh games, and writing and reading the directory shipped as das_lib/assets/standin."""
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict
 from pathlib import Path
@@ -13,6 +12,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from das_lib import paper
 from das_lib.method.interventions import save_intervention
+from das_lib.models.records import read_record, write_record
 from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY
 from das_lib.models.standin.config import StandinConfig
 from das_lib.models.standin.corpus import sample_context
@@ -83,16 +83,13 @@ def save(model: LlamaForCausalLM, tokenizer: PreTrainedTokenizerFast, record: di
     tokenizer.model_max_length = model.config.max_position_embeddings
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    (out_dir / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    write_record(out_dir, TRAINING_RECORD, record)
     return out_dir
 
 
 def load_record(model_dir: Path | str = STANDIN_DIR) -> dict:
     """The training record shipped with the stand-in: config, seconds and measured accuracies."""
-    path = Path(model_dir) / TRAINING_RECORD
-    if not path.exists():
-        raise FileNotFoundError(f"no training record at {path}; rebuild the stand-in with `python -m das_lib.models.standin`")
-    return json.loads(path.read_text())
+    return read_record(model_dir, TRAINING_RECORD, "python -m das_lib.models.standin")
 
 
 def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every: int = 100) -> dict:
