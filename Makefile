@@ -43,17 +43,18 @@ $(STAMP): pyproject.toml
 
 unit: setup
 	@start=$$(date +%s); echo "==> unit tests"; \
-	$(PY) -m pytest tests -q; \
+	$(PY) -m pytest tests -q --durations=8; \
 	echo "==> unit tests: $$(( $$(date +%s) - start )) s"
 
 # Each chapter: inject its smoke parameters (papermill --prepare-only) and execute it once, which gives
 # nbval its reference outputs; nbval then runs it again and compares the cells marked
-# NBVAL_CHECK_OUTPUT, so a chapter that breaks or stops being deterministic fails.
+# NBVAL_CHECK_OUTPUT, so a chapter that breaks or stops being deterministic fails. Two chapters run at
+# a time (BOOK_JOBS=1 for one).
 notebooks: setup
 	@start=$$(date +%s); echo "==> chapters (smoke parameters)"; \
 	rm -rf _build/smoke; \
 	$(PY) -m das_lib.book execute --params smoke --out _build/smoke; \
-	$(PY) -m pytest -q --nbval-lax -p no:cacheprovider _build/smoke/*.ipynb; \
+	$(PY) -m das_lib.book check --from _build/smoke; \
 	echo "==> chapters: $$(( $$(date +%s) - start )) s"
 
 # Both parts always run, so one failure does not hide another; the exit status is non-zero if either failed.

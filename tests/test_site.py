@@ -127,7 +127,7 @@ def test_stage_runs_the_chapters_when_not_given_them(tmp_path: Path, monkeypatch
     _fake_book(root)
     ran = []
 
-    def run_all(out_dir: Path, kind: str, root_: Path) -> None:  # stands in for papermill
+    def run_all(out_dir: Path, kind: str, root_: Path, jobs: int) -> None:  # stands in for papermill
         ran.append(kind)
         (out_dir / "05_sweep.ipynb").write_text(json.dumps(_notebook()))
 
@@ -136,3 +136,52 @@ def test_stage_runs_the_chapters_when_not_given_them(tmp_path: Path, monkeypatch
     assert ran == ["default"]
     assert "stderr" not in (out / "book" / "05_sweep.ipynb").read_text()
     assert (out / "book" / "headline.png").exists()
+
+
+def test_chapters_run_in_parallel_with_their_order_kept() -> None:
+    import threading
+    import time as clock
+
+    names = ["05_sweep.ipynb", "06_robustness.ipynb", "01_toy.ipynb", "08_finetuned.ipynb"]
+    started, finished, lock = [], {}, threading.Lock()
+
+    def job(nb: Path) -> float:
+        with lock:
+            started.append(nb.name)
+        clock.sleep(0.2 if nb.name == "05_sweep.ipynb" else 0.05)
+        finished[nb.name] = clock.perf_counter()
+        return 1.0
+
+    seconds = book.in_parallel([Path(n) for n in names], job, jobs=2)
+    assert set(seconds) == set(names) and started[0] == "08_finetuned.ipynb"  # the longest first
+    assert started.index("06_robustness.ipynb") > started.index("05_sweep.ipynb")
+    # chapter 6 reads chapter 5's store: it may only have started once chapter 5 was done
+    assert finished["06_robustness.ipynb"] - finished["05_sweep.ipynb"] >= 0.05
+
+
+def test_a_failing_chapter_fails_the_run_after_the_others() -> None:
+    ran = []
+
+    def job(nb: Path) -> float:
+        ran.append(nb.name)
+        if nb.name == "01_toy.ipynb":
+            raise RuntimeError("cell 3 failed")
+        return 1.0
+
+    try:
+        book.in_parallel([Path("01_toy.ipynb"), Path("02_pricetag.ipynb")], job, jobs=2)
+    except RuntimeError as err:
+        assert "cell 3" in str(err)
+    else:
+        raise AssertionError("a failing chapter must fail the run")
+    assert sorted(ran) == ["01_toy.ipynb", "02_pricetag.ipynb"]
+
+
+def test_glued_reads_every_key_of_an_executed_chapter(tmp_path: Path) -> None:
+    nb = {"cells": [{"cell_type": "code", "source": "", "metadata": {}, "outputs": [
+        {"output_type": "display_data", "metadata": {"scrapbook": {"name": "iia", "mime_prefix": ""}},
+         "data": {"text/plain": "0.969"}},
+        {"output_type": "display_data", "metadata": {"scrapbook": {"name": "fig", "mime_prefix": ""}},
+         "data": {"image/png": _png(), "text/plain": "<Figure>"}}]}]}
+    (tmp_path / "08_finetuned.ipynb").write_text(json.dumps(nb))
+    assert book.glued(tmp_path) == {"08_finetuned": {"iia": "0.969", "fig": "<figure>"}}

@@ -7,6 +7,11 @@ executed copy, the same folder nbval later uses, so relative paths in parameters
     python -m das_lib.book execute --params smoke --out _build/smoke      # tests
     python -m das_lib.book stage --out _build/stage                        # site
     python -m das_lib.book stage --from _build/smoke --out _build/stage-smoke   # site from a smoke run
+    python -m das_lib.book check --from _build/smoke                       # nbval reruns them
+    python -m das_lib.book glued _build/smoke                              # every glued value, as JSON
+
+Chapters run two at a time by default (`--jobs`): each sets its own torch threads, mostly one, so two
+kernels use two cores. A chapter that reads another's results (AFTER) waits for it.
 
 The site gets a cleaned copy of each executed notebook (`site_copy`): stderr (progress bars, library
 warnings) and nbval markers are dropped there only, so a chapter run by hand, and the copies nbval
@@ -20,9 +25,13 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable, Sequence
 
 import yaml
 
@@ -35,13 +44,23 @@ SITE_DIRS = ("_static", "_ext")
 NBVAL_MARKER = re.compile(r"^[ \t]*#[ \t]*NBVAL_[A-Z_]+[ \t]*(\n|$)", re.MULTILINE)
 # The landing page's figure: the chapter and glue key it comes from, and the file it is written to.
 HEADLINE = ("05_sweep.ipynb", "sweep_heatmap", "headline.png")
+# Chapter 6's default parameters read chapter 5's store, so it starts only once chapter 5 has finished.
+AFTER = {"06_robustness.ipynb": "05_sweep.ipynb"}
+# The longest chapter starts first, so the other kernel works through the short ones meanwhile.
+RUN_FIRST = ("08_finetuned.ipynb",)
 
 
-def chapters(root: Path = ROOT) -> list[Path]:
-    """The notebooks of the book, in the order of _toc.yml."""
+def chapters(root: Path = ROOT, only: Sequence[str] | None = None) -> list[Path]:
+    """The notebooks of the book, in the order of _toc.yml; with `only`, just those (file stems)."""
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     files = [toc["root"]] + [c["file"] for part in toc.get("parts", [{"chapters": toc.get("chapters", [])}]) for c in part["chapters"]]
-    return [root / f"{f}.ipynb" for f in files if (root / f"{f}.ipynb").exists()]
+    notebooks = [root / f"{f}.ipynb" for f in files if (root / f"{f}.ipynb").exists()]
+    if only is None:
+        return notebooks
+    unknown = sorted(set(only) - {nb.stem for nb in notebooks})
+    if unknown:
+        raise ValueError(f"no chapter {unknown}: choose from {[nb.stem for nb in notebooks]}")
+    return [nb for nb in notebooks if nb.stem in only]
 
 
 def parameters(notebook: Path, kind: str) -> dict:
@@ -119,7 +138,7 @@ def _summarise_removed(name: str, lines: list[str], seen: set[str]) -> None:
         print(f"[book]   {line[:200]}", flush=True)
 
 
-def stage(out: Path, kind: str = "default", root: Path = ROOT, executed: Path | None = None) -> None:
+def stage(out: Path, kind: str = "default", root: Path = ROOT, executed: Path | None = None, jobs: int = 2) -> None:
     """Lay out a buildable copy of the book in `out` with every chapter executed.
 
     With `executed` (a folder of already executed chapters, e.g. `make notebooks`' _build/smoke), copy
@@ -139,7 +158,7 @@ def stage(out: Path, kind: str = "default", root: Path = ROOT, executed: Path | 
         if path.is_file() and path.suffix in {".md", ".bib", ".png", ".svg"}:
             shutil.copy(path, out / "book" / path.name)
     if executed is None:
-        run_all(out / "book", kind, root)
+        run_all(out / "book", kind, root, jobs)
         executed = out / "book"
     seen: set[str] = set()
     for nb_path in chapters(root):
@@ -156,18 +175,87 @@ def stage(out: Path, kind: str = "default", root: Path = ROOT, executed: Path | 
             (out / "book" / HEADLINE[2]).write_bytes(png)
 
 
-def run_all(out_dir: Path, kind: str, root: Path = ROOT) -> None:
-    """Execute every chapter into `out_dir`, printing the time of each."""
-    total = 0.0
-    for nb in chapters(root):
+def in_parallel(notebooks: list[Path], job: Callable[[Path], float], jobs: int) -> dict[str, float]:
+    """Run `job` on every notebook, `jobs` at a time, RUN_FIRST first and each AFTER once its chapter is
+    done; returns the seconds of each. The first failure is raised once the others have finished."""
+    order = sorted(notebooks, key=lambda nb: nb.name not in RUN_FIRST)
+    done = {nb.name: threading.Event() for nb in order}
+    seconds: dict[str, float] = {}
+
+    def run(nb: Path) -> float:
+        try:
+            before = AFTER.get(nb.name)
+            if before in done:
+                done[before].wait()
+            seconds[nb.name] = job(nb)
+            return seconds[nb.name]
+        finally:
+            done[nb.name].set()
+
+    # The sort is stable, so a chapter of AFTER is submitted after the one it waits for: no deadlock.
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        futures: list[Future] = [pool.submit(run, nb) for nb in order]
+    for future in futures:
+        future.result()
+    return seconds
+
+
+def run_all(out_dir: Path, kind: str, root: Path = ROOT, jobs: int = 2, only: Sequence[str] | None = None) -> None:
+    """Execute every chapter into `out_dir`, `jobs` at a time, printing the time of each."""
+    def job(nb: Path) -> float:
         print(f"[book] {nb.name} ({kind} parameters) ...", flush=True)
         seconds = execute(nb, out_dir, kind)
-        total += seconds
         print(f"[book] {nb.name}: {seconds:.1f} s", flush=True)
-    print(f"[book] all chapters: {total:.1f} s", flush=True)
+        return seconds
+
+    start = time.perf_counter()
+    seconds = in_parallel(chapters(root, only), job, jobs)
+    print(f"[book] all chapters: {time.perf_counter() - start:.1f} s wall, {sum(seconds.values()):.1f} s of "
+          f"chapter time ({jobs} at a time)", flush=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def check(executed: Path, root: Path = ROOT, jobs: int = 2, only: Sequence[str] | None = None) -> int:
+    """Rerun every executed chapter in `executed` under nbval (`pytest --nbval-lax`), `jobs` at a time;
+    prints each chapter's result and time, returns the number of chapters that failed."""
+    failed: list[str] = []
+
+    def job(nb: Path) -> float:
+        start = time.perf_counter()
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
+                              str(executed / nb.name)], capture_output=True, text=True)
+        seconds = time.perf_counter() - start
+        summary = (run.stdout.strip().splitlines() or ["(no output)"])[-1]
+        print(f"[nbval] {nb.name}: {summary} ({seconds:.1f} s)", flush=True)
+        if run.returncode != 0:
+            failed.append(nb.name)
+            print(run.stdout[-6000:] + run.stderr[-2000:], flush=True)
+        return seconds
+
+    start = time.perf_counter()
+    in_parallel([nb for nb in chapters(root, only) if (executed / nb.name).exists()], job, jobs)
+    print(f"[nbval] {len(failed)} chapter(s) failed{': ' + ', '.join(failed) if failed else ''}; "
+          f"{time.perf_counter() - start:.1f} s wall", flush=True)
+    return len(failed)
+
+
+def glued(executed: Path) -> dict[str, dict[str, str]]:
+    """Every value the executed chapters in `executed` glued, as text: {chapter: {key: value}}; figures
+    and tables are given by their kind, so two runs can be compared key by key."""
+    values: dict[str, dict[str, str]] = {}
+    for path in sorted(executed.glob("*.ipynb")):
+        chapter = values.setdefault(path.stem, {})
+        for cell in json.loads(path.read_text()).get("cells", []):
+            for output in cell.get("outputs", []):
+                name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+                if name is None:
+                    continue
+                data = output.get("data", {})
+                text = data.get("text/plain", "")
+                chapter[name] = "<figure>" if "image/png" in data else "".join(text) if isinstance(text, list) else text
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("execute", help="execute every chapter into OUT")
@@ -178,11 +266,31 @@ def main(argv: list[str] | None = None) -> None:
     st.add_argument("--out", type=Path, required=True)
     st.add_argument("--from", dest="executed", type=Path, default=None,
                     help="folder of already executed chapters to stage instead of running them")
+    ck = sub.add_parser("check", help="rerun executed chapters under nbval")
+    ck.add_argument("--from", dest="executed", type=Path, required=True)
+    gl = sub.add_parser("glued", help="print every glued value of the executed chapters in a folder, as JSON")
+    gl.add_argument("executed", type=Path)
+    for p in (ex, st, ck):
+        p.add_argument("--jobs", type=int, default=int(os.environ.get("BOOK_JOBS", "2")),
+                       help="chapters run at a time (default 2, or $BOOK_JOBS)")
+    for p in (ex, ck):
+        p.add_argument("--only", nargs="+", default=None, help="only these chapters (file stems, e.g. 04_boundless)")
     args = parser.parse_args(argv)
+    if getattr(args, "only", None):
+        try:
+            chapters(ROOT, args.only)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.command == "glued":
+        print(json.dumps(glued(args.executed), indent=1))
+        return 0
     if args.command == "execute":
-        run_all(args.out.resolve(), args.params)
+        run_all(args.out.resolve(), args.params, ROOT, args.jobs, args.only)
+    elif args.command == "check":
+        return 1 if check(args.executed.resolve(), ROOT, args.jobs, args.only) else 0
     else:
-        stage(args.out.resolve(), args.params, executed=args.executed.resolve() if args.executed else None)
+        stage(args.out.resolve(), args.params, ROOT, args.executed.resolve() if args.executed else None, args.jobs)
+    return 0
 
 
 if __name__ == "__main__":
