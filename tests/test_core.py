@@ -251,3 +251,20 @@ def test_normalised_iia():
     for task_acc in (0.5, 0.4):
         with pytest.raises(ValueError, match="not above the dummy rate"):
             normalised_iia(0.6, task_acc=task_acc, dummy_acc=0.5)
+
+
+# matrix_exp (full) drifts after a large step of its skew parameter; householder (low rank) stays
+# orthonormal by construction, and must stay so, near itself
+@pytest.mark.parametrize("r, step", [(None, 3.0), (24, 0.05)], ids=["full", "low_rank"])
+def test_a_drifted_rotation_is_made_orthonormal_again_close_to_itself(r, step):
+    torch.manual_seed(0)
+    rotation = BoundlessDASIntervention(256, r=r).rotation
+    with torch.no_grad():  # what training moves: not the diagonal (householder keeps its signs there)
+        for p in rotation.parameters():
+            p.add_((torch.randn_like(p) * step).tril(-1))
+    before, drifted = rotation.orthogonality_error(), rotation.weight.detach().clone()
+    rotation.reorthonormalize()
+    after = rotation.orthogonality_error()
+    assert after <= 1e-6 and (after < before or r is not None)
+    # the nearest orthonormal matrix: W moves by about its drift, not to another rotation
+    assert (rotation.weight - drifted).abs().max().item() <= 10 * before + 1e-6

@@ -66,6 +66,17 @@ class OrthonormalMap(nn.Module):
     def weight(self) -> torch.Tensor:
         return self.basis.weight.T  # (r, d), rows orthonormal
 
+    @torch.no_grad()
+    def reorthonormalize(self) -> None:
+        """Replace W by the orthonormal matrix QR finds nearest it, computed in float64.
+
+        Training keeps W orthonormal only up to the float32 rounding of its map (matrix_exp drifts to
+        ~3e-5 at d = 4096), which a saved alignment would carry; this removes the drift."""
+        basis = self.basis.weight  # (d, r): orthonormal columns
+        q, r = torch.linalg.qr(basis.double())
+        q = q * torch.sign(torch.diagonal(r))  # QR fixes each column only up to its sign: keep W's
+        self.basis.weight = q.to(basis.dtype)  # stored through the parametrization's right_inverse
+
     def orthogonality_error(self) -> float:
         """max |W W^T - I|: how far the rows are from orthonormal."""
         with torch.no_grad():

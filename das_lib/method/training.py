@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from das_lib import paper
 from das_lib.method.data import InterchangeData
-from das_lib.method.interventions import BoundlessDASIntervention
+from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
 from das_lib.method.metrics import accuracy
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
 
@@ -277,6 +277,8 @@ def train_intervention(
                 "torch_rng": torch.get_rng_state(), "order": order, "cursor": cursor, "curves": result.curves,
                 "seconds": seconds_before + time.perf_counter() - start,
             })
+    if isinstance(intervention, RotatedSpaceIntervention):
+        intervention.rotation.reorthonormalize()  # the alignment measured and saved is an exact rotation
     result.seconds = seconds_before + time.perf_counter() - start
     if eval_data is not None:
         result.iia = evaluate(forward, eval_data)
