@@ -208,3 +208,12 @@ def test_the_papers_raw_start_temperature_collapses_the_boundaries_on_the_narrow
         runs[name] = (result.iia, intervention.boundary_dims())
     assert max(runs["raw"][1]) <= 1.5 and abs(runs["raw"][0] - no_intervention) <= 0.05, runs
     assert min(runs["scaled"][1]) > 2 and runs["scaled"][0] >= 0.9, runs
+
+
+def test_a_budget_parameter_is_a_dict_of_exactly_its_keys():
+    rule = params.Keys({"steps": params.Int(), "n_train": params.Int(even=True)})
+    assert rule("budget", {"steps": 4, "n_train": 16}) == {"steps": 4, "n_train": 16}
+    with pytest.raises(ParameterError, match=r"exactly the keys \['steps', 'n_train'\]"):
+        rule("budget", {"steps": 4})
+    with pytest.raises(ParameterError, match=r"'budget.n_train' must be even"):
+        rule("budget", {"steps": 4, "n_train": 15})

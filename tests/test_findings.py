@@ -31,3 +31,19 @@ def test_side_by_side_puts_models_and_the_paper_in_columns():
     assert side[("planted", "gain")].round(3).tolist() == [0.3, 0.1]
     assert side[("Alpaca 7B (paper)", "max IIA")].tolist() == [paper.MAX_IIA["left"], paper.MAX_IIA["bracket"]]
     assert not side.isna().any().any()
+
+
+def test_findings_name_the_numbers_a_chapter_pastes():
+    table = findings.hypothesis_table(frame({"left": 0.9, "bracket": 0.7}, 0.6), 0.95)
+    numbers = findings.findings(table)
+    assert numbers["winner_key"] == "left" and numbers["winner"] == "Left Boundary"
+    assert numbers["best_gain"] == pytest.approx(0.3) and numbers["gain_bracket"] == pytest.approx(0.1)
+    assert numbers["max_iia_left"] == pytest.approx(0.9) and numbers["best_site_left"] == numbers["winner_site"]
+    assert numbers["std_left"] > 0  # two seeds at the best site
+
+
+def test_a_table_for_the_page_shows_no_nan():
+    table = pd.DataFrame({"r": [0.5, float("nan")], "paper r": [float("nan"), 0.9]}, index=["a", "b"])
+    shown = findings.without_nan(table)
+    assert shown.loc["b", "r"] == "n/a" and shown.loc["a", "paper r"] == "n/a" and shown.loc["a", "r"] == 0.5
+    assert "nan" not in shown.to_string().lower()

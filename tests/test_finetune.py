@@ -70,3 +70,10 @@ def test_a_bad_setting_is_refused_with_the_keys_that_exist():
 def test_a_folder_that_is_neither_model_nor_adapter_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="neither a Hugging Face model directory"):
         model_source(str(tmp_path))
+
+
+def test_the_record_summary_gives_the_chapter_its_numbers():
+    numbers, table = finetune.record_summary(finetune.load_record())
+    assert numbers["task_acc"] == finetune.load_record()["accuracy"]["yesno"]
+    assert numbers["train_minutes"] == pytest.approx(numbers["train_seconds"] / 60)
+    assert table.index[0] == finetune.SETTING_NAMES["yesno"] and not table["accuracy"].isna().any()

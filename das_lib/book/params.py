@@ -160,6 +160,18 @@ class Dtype(Rule):
         return OneOf(DTYPES)(name, value)
 
 
+@dataclass(frozen=True)
+class Keys(Rule):
+    """A dict with exactly the keys of `rules`, each value checked by its rule (e.g. a training budget)."""
+
+    rules: Mapping[str, Rule]
+
+    def __call__(self, name: str, value: Any) -> dict:
+        if not isinstance(value, dict) or set(value) != set(self.rules):
+            raise ParameterError(f"parameter {name!r} must be a dict with exactly the keys {list(self.rules)}, got {value!r}")
+        return {key: rule(f"{name}.{key}", value[key]) for key, rule in self.rules.items()}
+
+
 def check(namespace: MutableMapping[str, Any], schema: Mapping[str, Rule | Callable[[Mapping[str, Any]], Rule]]) -> None:
     """Check every parameter named in `schema`, in order, and write the checked value back.
 

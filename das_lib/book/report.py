@@ -50,3 +50,22 @@ def side_by_side(tables: Mapping[str, pd.DataFrame], paper_name: str = "Alpaca 7
     out.index = [HYPOTHESES[h].title for h in hypotheses]
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
+
+
+def findings(table: pd.DataFrame) -> dict[str, float | str]:
+    """The numbers a chapter pastes from a `hypothesis_table`: for each hypothesis key h `max_iia_h`, `gain_h`,
+    `best_site_h` and `std_h` (over the seeds at the best site); and the hypothesis of largest gain,
+    `winner` (its title), `winner_key`, `winner_site`, `best_gain`."""
+    out: dict[str, float | str] = {}
+    for h, row in table.iterrows():
+        out.update({f"max_iia_{h}": float(row["max IIA"]), f"gain_{h}": float(row["gain"]),
+                    f"best_site_{h}": str(row["best site"]), f"std_{h}": float(row["std over seeds"])})
+    winner = str(table["gain"].idxmax())
+    out.update({"winner": HYPOTHESES[winner].title, "winner_key": winner,
+                "winner_site": str(table.loc[winner, "best site"]), "best_gain": float(table.loc[winner, "gain"])})
+    return out
+
+
+def without_nan(table: pd.DataFrame, missing: str = "n/a") -> pd.DataFrame:
+    """The table as a page shows it: a missing number (NaN: not measured, or no paper value) reads `missing`."""
+    return table.astype(object).where(table.notna(), missing)

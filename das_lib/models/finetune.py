@@ -153,6 +153,24 @@ def load_record(adapter_dir: Path | str = ADAPTER_DIR) -> dict:
     return read_record(adapter_dir, TRAINING_RECORD, "python -m das_lib.models.finetune")
 
 
+# What each measured setting of the record is, for a reader.
+SETTING_NAMES = {"yesno": "yes/no game (trained)", "truefalse": "sibling instruction True/False (never trained)",
+                 "yesno_context": "yes/no after a fresh irrelevant context (never trained)",
+                 "yesno_pricing_tag": "yes/no after 'Pricing tag game!' (never trained)",
+                 "yesno_frogs": "yes/no after 'Fruitarian Frogs ...' (never trained)"}
+
+
+def record_summary(record: dict) -> tuple[dict[str, float], pd.DataFrame]:
+    """The training record's headline numbers (task, sibling and context accuracy, training time and
+    size, games measured) and its accuracy per setting as a table with readable setting names."""
+    accuracy = record["accuracy"]
+    numbers = {"task_acc": accuracy["yesno"], "sibling_acc": accuracy["truefalse"], "context_acc": accuracy["yesno_context"],
+               "train_seconds": record["train_seconds"], "train_cpu_seconds": record["train_cpu_seconds"],
+               "train_minutes": record["train_seconds"] / 60, "train_steps": record["config"]["steps"],
+               "batch_size": record["config"]["batch_size"], "n_eval": record["n_eval"], "n_eval_other": record["n_eval_other"]}
+    return numbers, pd.DataFrame({"accuracy": accuracy}).rename(index=SETTING_NAMES)
+
+
 def build(cfg: FinetuneConfig, out_dir: Path | str, n_eval: int = 1000, n_other: int = 200, log_every: int = 25) -> dict:
     """Fine-tune from `cfg`, measure the merged model on fresh games, and save the adapter; returns the record."""
     model, tokenizer, record = train(cfg, log_every)

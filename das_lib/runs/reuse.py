@@ -1,4 +1,5 @@
-"""Reusing a sweep's alignments: look them up in a Store by what made them, and say which are missing.
+"""Reusing a sweep's alignments: look them up in a Store by what made them, say which are missing, and
+evaluate them on the robustness settings.
 
 Alignments are looked up by the model's identity (its files' hashes and dtype) and the standard task
 settings (`standard_match`). A cell trained from several seeds or configs keeps its record of highest
@@ -10,8 +11,10 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
+from das_lib import paper
 from das_lib.method.training import TrainConfig
 from das_lib.pricetag.game import HYPOTHESES
+from das_lib.runs import robustness
 from das_lib.runs.store import Store
 from das_lib.runs.spec import SweepSpec, model_identity
 from das_lib.runs.sweep import Sweep
@@ -160,3 +163,17 @@ def reuse_alignments(
         needed = needed_grid(table, layers, positions)
     require_alignments(table, hypotheses, *needed, command)
     return table, counts
+
+
+def robustness_of(sweep: Sweep, kinds: Sequence[str], n_pairs: int, n_task: int, max_screened: int,
+                  contexts: Sequence[str] = paper.CONTEXTS) -> robustness.RobustnessResult:
+    """The sweep's own alignments (every hypothesis a setting of `kinds` needs, at the sweep's layers and
+    positions) reused without retraining on the robustness settings `kinds`, with the paper's fixed
+    brackets and `contexts`; `n_pairs` pairs and `n_task` games per setting, seeded by the sweep's data seed."""
+    spec = sweep.spec
+    settings = robustness.make_settings(kinds, paper.BRACKETS["seen"], paper.BRACKETS["unseen"], contexts)
+    hypotheses = [h for h in spec.hypotheses if any(s.hypothesis == h for s in settings)]
+    aligned, _ = reuse_alignments(str(sweep.store.root), spec.model, spec.dtype, sweep.task.template, hypotheses,
+                                  list(sweep.layers), list(sweep.positions), None, sweep.device)
+    return robustness.evaluate_settings(sweep.runner.model, sweep.runner.tokenizer, sweep.task.template, settings,
+                                        sweep.store, aligned, n_pairs, n_task, spec.data_seed, max_screened)
