@@ -51,8 +51,8 @@ def test_the_fine_tuned_model_meets_its_target_on_fresh_games(merged):
     games = [pricetag.sample_game(rng) for _ in range(200)]
     accuracy = task_accuracy(model, PriceTagTask(tokenizer, "chat", "yesno"), games)
     assert within_sampling_error(accuracy, len(games)), f"yes/no accuracy {accuracy:.3f} on 200 fresh games"
-    record = finetune.load_record()
-    assert record["n_eval"] >= 1000 and within_sampling_error(record["accuracy"]["yesno"], record["n_eval"])
+    record = finetune.load_record()  # the shipped adapter's own measurement: the target itself, on 1000 games
+    assert record["n_eval"] >= 1000 and record["accuracy"]["yesno"] >= finetune.TARGET
 
 
 def test_fine_tuning_is_deterministic_for_a_thread_count():

@@ -8,7 +8,7 @@ and the robustness study tests what the model generalises from pretraining (as f
 Read top to bottom: the configuration, the training loop (LoRA on every linear layer of every decoder
 layer, loss on the answer token only, fresh games every step), the measurements, and `build`, which
 writes the adapter shipped as das_lib/assets/smollm2_pricetag (`python -m das_lib.models.finetune` rebuilds
-it, about 15 minutes on two cores). `load_model("smollm2-pricetag")` merges the adapter into
+it, about 30 minutes on two cores). `load_model("smollm2-pricetag")` merges the adapter into
 the base weights and returns a plain `LlamaForCausalLM`.
 """
 from __future__ import annotations
@@ -43,7 +43,7 @@ class FinetuneConfig:
 
     base: str = "smollm2"  # a name `load_model` understands
     seed: int = 0
-    steps: int = 240
+    steps: int = 320
     batch_size: int = 16
     lr: float = 1e-3
     warmup_steps: int = 20
