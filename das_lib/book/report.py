@@ -50,3 +50,14 @@ def side_by_side(tables: Mapping[str, pd.DataFrame], paper_name: str = "Alpaca 7
     out.index = [HYPOTHESES[h].title for h in hypotheses]
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
+
+
+# --- Chapters 1-4: glue a chapter's values in one call ---
+
+
+def glue_values(prefix: str, values: Mapping[str, object]) -> None:
+    """Glue each value under `prefix` + its key (display=False), as a chapter's glue() calls would."""
+    from myst_nb import glue  # the book's dependency, not the library's
+
+    for key, value in values.items():
+        glue(f"{prefix}{key}", value, display=False)
