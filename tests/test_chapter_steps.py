@@ -218,8 +218,8 @@ def test_pairs_and_references(alignment):
 def test_choose_site_scans_only_when_there_is_a_choice(alignment):
     model, task, pairs, *_ = alignment
     config = TrainConfig(steps=2, batch_size=16, seed=0)
-    assert alignments.choose_site(model, task, pairs, [Site(1, "last")], config) == (Site(1, "last"), None)
-    site, scan = alignments.choose_site(model, task, pairs, [Site(0, "last"), Site(1, "last")], config)
+    assert alignments.choose_site(model, task, pairs, [Site(1, "last")], config, 2) == (Site(1, "last"), None)
+    site, scan = alignments.choose_site(model, task, pairs, [Site(0, "last"), Site(1, "last")], config, 2)
     assert len(scan) == 2 and site.layer == int(scan.loc[scan["iia"].idxmax(), "layer"])
     assert alignments.scan_table(scan).index.tolist() == [1, 0]
 
@@ -241,7 +241,7 @@ def test_alignment_values_neurons_planted_and_example(alignment):
     other = alignments.planted_check(model, "standin", task, Site(2, "last"), intervention, ("left", "right"),
                                      pairs["test"])
     assert other["captured"].isna().all()
-    assert alignments.planted_check(model, "/nonexistent", task, Site(1, "last"), intervention, ("left",),
+    assert alignments.planted_check(model, "smollm2", task, Site(1, "last"), intervention, ("left",),
                                     pairs["test"]) is None
     example = alignments.first_example(model, task, Site(1, "last"), intervention, pairs["test"])
     assert example is not None and example.shape == (8, 1)
