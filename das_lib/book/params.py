@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
 from das_lib.method.sites import Site
-from das_lib.models.load import DTYPES, resolve_device
+from das_lib.models.load import DTYPES, load_config, resolve_device
 from das_lib.pricetag.task import PriceTagTask
 
 
@@ -35,17 +35,20 @@ def _is_int(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Int(Rule):
-    """An integer >= `min`; with `even`, an even one; `multiple_of`: a multiple of it; `why`: the reason for the rule."""
+    """An integer >= `min` (and <= `max`, if given); with `even`, an even one; `multiple_of`: a multiple of
+    it; `why`: the reason for the rule."""
 
     min: int = 1
     even: bool = False
     multiple_of: int = 1
     why: str = ""
+    max: int | None = None
 
     def __call__(self, name: str, value: Any) -> int:
-        if not _is_int(value) or value < self.min:
+        if not _is_int(value) or value < self.min or (self.max is not None and value > self.max):
             reason = f" {self.why}" if self.why else ""
-            raise ParameterError(f"parameter {name!r} must be an integer >= {self.min}{reason}, got {value!r}")
+            bound = f">= {self.min}" if self.max is None else f"in {self.min}..{self.max}"
+            raise ParameterError(f"parameter {name!r} must be an integer {bound}{reason}, got {value!r}")
         if self.even and value % 2:
             raise ParameterError(f"parameter {name!r} must be even (Yes and No labels are balanced), got {value}")
         if value % self.multiple_of:
@@ -142,6 +145,21 @@ class TextList(Rule):
 
 
 @dataclass(frozen=True)
+class Parsed(Rule):
+    """A string that `parse` turns into the value the chapter uses ('' gives None); the parser's
+    ValueError names what is wrong."""
+
+    parse: Callable[[str], Any]
+
+    def __call__(self, name: str, value: Any) -> Any:
+        Text(empty=True)(name, value)
+        try:
+            return self.parse(value) if value else None
+        except ValueError as err:
+            raise ParameterError(f"parameter {name!r}: {err}") from None
+
+
+@dataclass(frozen=True)
 class Device(Rule):
     """A torch device that exists here ('cpu', 'cuda', 'cuda:1', 'mps'); 'auto' becomes the best one."""
 
@@ -202,3 +220,17 @@ def check_site(task: PriceTagTask, n_layers: int, layer: int, position: str) -> 
             f"parameter 'position' must be a searched token role of this tokenizer, one of {roles}; got {position!r}"
         )
     return Site(layer, position)
+
+
+def check_sites(task: PriceTagTask, model: str, layer: int, position: str, scan_layers: list[int],
+                scan_positions: list[str]) -> list[Site]:
+    """The sites a chapter trains at: (layer, position) where given, else every site of the scan over
+    scan_layers ([]: every layer) and scan_positions; checked against the layers of `model` (a load_model
+    name, read from its config without loading weights) and the task's searched roles, a ParameterError
+    naming the first bad parameter."""
+    n_layers = load_config(model).num_hidden_layers
+    check_site(task, n_layers, 0 if layer == -1 else layer, position or task.searched_roles()[0])  # -1, "": scanned
+    scan = {"scan_layers": scan_layers or list(range(n_layers)), "scan_positions": scan_positions}
+    check(scan, {"scan_layers": SubsetOf(range(n_layers)), "scan_positions": SubsetOf(task.searched_roles())})
+    layers = [layer] if layer != -1 else scan["scan_layers"]
+    return [Site(l, p) for l in layers for p in ([position] if position else scan["scan_positions"])]  # noqa: E741

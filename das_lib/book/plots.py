@@ -151,11 +151,13 @@ def position_labels(task: PriceTagTask, positions: Sequence[str]) -> list[str]:
     return [f"{tokens.get(p, '?')} {p}" for p in positions]
 
 
-def training_curves(curves: pd.DataFrame, title: str | None = None) -> plt.Figure:
+def training_curves(curves: pd.DataFrame | list[dict], title: str | None = None) -> plt.Figure:
     """One Boundless DAS run against training step: loss, IIA (training batches and held-out), learned
-    subspace size and temperature (curves of training.train_intervention, held-out IIA every eval_every steps).
+    subspace size and temperature (curves of training.train_intervention, held-out IIA every eval_every steps;
+    a frame, or the result's list of rows).
 
     Two rows of two panels, so that each is half the page's column wide."""
+    curves = pd.DataFrame(curves)
     with _style():
         fig, grid = plt.subplots(2, 2, figsize=(WIDTH_IN, 5.4))
         axes = grid.flat
@@ -195,5 +197,77 @@ def neuron_weight_bars(weights: dict[str, np.ndarray]) -> plt.Figure:
             ax.set_xlabel("neuron of the layer output")
             ax.set_ylabel(f"weight in the\n'{variable}' subspace")
             ax.legend()
+        fig.tight_layout()
+    return fig
+
+
+# --- Chapters 1-4: figures glued with a caption (plots.unshown keeps the cell from showing them too) ---
+
+
+def unshown(fig: plt.Figure) -> plt.Figure:
+    """Close `fig` in pyplot, so that the cell does not show it as well as where it is glued; returns it."""
+    plt.close(fig)
+    return fig
+
+
+def layer_bars(results: pd.DataFrame, floor: float, floor_label: str = "doing nothing") -> plt.Figure:
+    """IIA per layer (x) and method (hue) from a frame with columns layer, method and IIA, with a dashed
+    line at `floor`, the IIA of doing nothing."""
+    with _style():
+        fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.6))
+        sns.barplot(results, x="layer", y="IIA", hue="method", ax=ax, palette="colorblind")
+        ax.axhline(floor, color="gray", ls="--", lw=1, label=floor_label)
+        ax.set_ylim(0, 1.05)
+        ax.set_ylabel("IIA (held-out pairs)")
+        ax.legend(loc="upper right")
+        fig.tight_layout()
+    return fig
+
+
+def projection_scatter(frame: pd.DataFrame, x: str, y: str, hue: str) -> plt.Figure:
+    """One point per row of `frame`: column y against column x, coloured by column hue."""
+    with _style():
+        fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.8))
+        sns.scatterplot(frame, x=x, y=y, hue=hue, palette="viridis", legend="full", s=25, alpha=0.6, ax=ax)
+        ax.legend(title=hue, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
+        fig.tight_layout()
+    return fig
+
+
+def growth_curve(iia: Sequence[float], levels: dict[str, float], xlabel: str = "neurons swapped") -> plt.Figure:
+    """IIA after each step of a growing search (a greedy neuron set), against horizontal reference levels
+    (label -> IIA; one named 'doing nothing' is dashed grey)."""
+    with _style():
+        fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.2))
+        ax.plot(range(1, len(iia) + 1), list(iia), marker="o", ms=3, label="greedy neuron set")
+        for i, (label, level) in enumerate(levels.items()):
+            style = dict(color="gray", ls="--", lw=1) if label == "doing nothing" else dict(color=f"C{i + 1}")
+            ax.axhline(level, label=label, **style)
+        ax.set(xlabel=xlabel, ylabel="IIA (held-out pairs)", ylim=(0, 1.05))
+        ax.legend()
+        fig.tight_layout()
+    return fig
+
+
+def region_heatmaps(panels: dict[str, pd.DataFrame]) -> plt.Figure:
+    """Chapter 2's panels of pricetag.region_panels: the share of Yes labels per (base region, source region)."""
+    fig = heatmap_panels(panels, ncols=3, cbar_label="share of Yes")
+    for ax in fig.axes:
+        ax.set_xlabel("source region")
+        ax.set_ylabel("base region")
+    return fig
+
+
+def accuracy_bars(corrects: dict[str, pd.DataFrame], majority: float) -> plt.Figure:
+    """Task accuracy per setting (x) and model (hue; name -> a standin.correct_by_game table), with a
+    dashed line at the accuracy of always giving the more common answer."""
+    frame = pd.concat([c.assign(model=name, correct=c["correct"].astype(float)) for name, c in corrects.items()])
+    with _style():
+        fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.8))
+        sns.barplot(data=frame, x="setting", y="correct", hue="model", errorbar=None, ax=ax)
+        ax.axhline(majority, color="grey", linestyle="--", linewidth=1, label="majority answer")
+        ax.set(ylim=(0, 1.02), ylabel="task accuracy", xlabel="")
+        ax.tick_params(axis="x", rotation=20)
+        ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
         fig.tight_layout()
     return fig

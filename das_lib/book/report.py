@@ -69,3 +69,14 @@ def findings(table: pd.DataFrame) -> dict[str, float | str]:
 def without_nan(table: pd.DataFrame, missing: str = "n/a") -> pd.DataFrame:
     """The table as a page shows it: a missing number (NaN: not measured, or no paper value) reads `missing`."""
     return table.astype(object).where(table.notna(), missing)
+
+
+# --- Chapters 1-4: glue a chapter's values in one call ---
+
+
+def glue_values(prefix: str, values: Mapping[str, object]) -> None:
+    """Glue each value under `prefix` + its key (display=False), as a chapter's glue() calls would."""
+    from myst_nb import glue  # the book's dependency, not the library's
+
+    for key, value in values.items():
+        glue(f"{prefix}{key}", value, display=False)

@@ -11,12 +11,15 @@ import itertools
 from math import comb
 from dataclasses import dataclass
 
+import pandas as pd
 from torch import nn
 
 from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import NeuronIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, evaluate
+
+MAX_SETS = 20_000  # the most neuron sets an exhaustive search tries
 
 
 @dataclass(frozen=True)
@@ -34,14 +37,19 @@ def neuron_iia(model: nn.Module, site: Site, d: int, dims: tuple[int, ...], data
     return NeuronResult(site, tuple(dims), evaluate(forward, data))
 
 
+def n_neuron_sets(d: int, sizes: list[int]) -> int:
+    """How many neuron sets of the given sizes `d` neurons have."""
+    return sum(comb(d, s) for s in sizes)
+
+
 def exhaustive_neuron_search(
-    model: nn.Module, site: Site, d: int, sizes: list[int], data: InterchangeData, max_sets: int = 20_000
+    model: nn.Module, site: Site, d: int, sizes: list[int], data: InterchangeData, max_sets: int = MAX_SETS
 ) -> list[NeuronResult]:
     """IIA of every set of neurons with a size in `sizes`, best first (ties: smaller, then lower dims)."""
     bad = [s for s in sizes if not 1 <= s <= d]
     if not sizes or bad:
         raise ValueError(f"neuron set sizes must be in 1..{d}, got {sizes}")
-    n_sets = sum(comb(d, s) for s in sizes)
+    n_sets = n_neuron_sets(d, sizes)
     if n_sets > max_sets:
         raise ValueError(
             f"{n_sets} neuron sets of sizes {sizes} among {d} neurons is more than max_sets={max_sets}; "
@@ -69,3 +77,9 @@ def greedy_neuron_search(
         path.append(best)
     return path
 
+
+
+def best_sets_table(search: dict[int, list[NeuronResult]]) -> pd.DataFrame:
+    """One row per layer of an exhaustive search (layer -> results, best first): sets tried, best set, its IIA."""
+    return pd.DataFrame([{"layer": layer, "sets tried": len(found), "best set": found[0].dims, "IIA": found[0].iia}
+                         for layer, found in search.items()])

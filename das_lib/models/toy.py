@@ -14,6 +14,7 @@ import itertools
 import random
 from typing import Any, Mapping, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 
@@ -22,6 +23,7 @@ from das_lib.method.counterfactual import CounterfactualPair, sample_causal_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import DASIntervention
 from das_lib.method.metrics import accuracy
+from das_lib.method.neurons import NeuronResult, exhaustive_neuron_search
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
 from das_lib.method.training import PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
 
@@ -194,3 +196,93 @@ def intervened_answer(model: nn.Module, site: Site, intervention: nn.Module, bas
 def describe(triple: Mapping[str, Any]) -> str:
     """'(a + b) * c' with the digits filled in."""
     return f"({triple['a']} + {triple['b']}) * {triple['c']}"
+
+
+# --- Chapter 1's steps, as data the chapter shows (tables and values; the chapter writes the prose) ---
+
+
+def interchange_table(models: Mapping[str, CausalModel], base: Mapping, source: Mapping) -> pd.DataFrame:
+    """Per intermediate variable (key of `models`, the causal model holding it): its value on the
+    source, and the causal model's output on the base with that value (the counterfactual label)."""
+    return pd.DataFrame([{"variable": v, "causal model": m.name, f"on the source {describe(source)}": m.run(source)[v],
+                          f"base {describe(base)} with it": m.interchange(base, source, [v])}
+                         for v, m in models.items()]).set_index("variable")
+
+
+def same_outputs(a: CausalModel, b: CausalModel, n_digits: int) -> bool:
+    """Whether the two causal models give the same output on every triple."""
+    return all(a.predict(t) == b.predict(t) for t in all_triples(n_digits))
+
+
+def pair_split(
+    causal: CausalModel, variable: str, triples: tuple[Sequence[Mapping], Sequence[Mapping]], sizes: tuple[int, int],
+    seed: int,
+) -> tuple[list[CounterfactualPair], list[CounterfactualPair]]:
+    """(training pairs, held-out pairs) interchanging `variable`, drawn from the (train, test) triples with
+    seeds seed + 1 and seed + 2: the same (base, source) inputs for every causal model."""
+    return (sample_toy_pairs(causal, triples[0], variable, sizes[0], seed + 1),
+            sample_toy_pairs(causal, triples[1], variable, sizes[1], seed + 2))
+
+
+def noop_rate(pairs: Sequence[CounterfactualPair]) -> float:
+    """Share of pairs whose label is the base's own answer: the IIA of doing nothing."""
+    return sum(p.label == p.base_label for p in pairs) / len(pairs)
+
+
+def labels_differ(a: Sequence[CounterfactualPair], b: Sequence[CounterfactualPair]) -> float:
+    """Share of pair positions where two pair lists (same inputs, two hypotheses) have different labels."""
+    return sum(x.label != y.label for x, y in zip(a, b)) / len(a)
+
+
+def pairs_table(pairs: Mapping[str, Sequence[CounterfactualPair]]) -> pd.DataFrame:
+    """Pairs of several hypotheses (same inputs) side by side: base, source, base answer, label under each."""
+    first = next(iter(pairs.values()))
+    return pd.DataFrame([{"base": describe(p.base), "source": describe(p.source), "base answer": p.base_label,
+                          **{f"label under {v}": ps[i].label for v, ps in pairs.items()}}
+                         for i, p in enumerate(first)])
+
+
+def neuron_search_by_layer(model: ToyMLP, sizes: list[int], data: InterchangeData) -> dict[int, list[NeuronResult]]:
+    """`exhaustive_neuron_search` at every layer of the network: layer -> results, best first."""
+    return {layer: exhaustive_neuron_search(model, Site(layer), model.width, sizes, data)
+            for layer in range(len(model.layers))}
+
+
+def iia_by_layer(
+    neuron_search: Mapping[int, Sequence[NeuronResult]], das: Mapping[str, Sequence[tuple[DASIntervention, TrainResult]]],
+    k: int,
+) -> pd.DataFrame:
+    """One row per (layer, method): the best neuron set's IIA, then DAS's for each variable of `das`
+    (the first is the hypothesis; the others are labelled wrong)."""
+    rows = [{"layer": layer, "method": "best neuron set, S", "IIA": found[0].iia} for layer, found in neuron_search.items()]
+    for i, (variable, runs) in enumerate(das.items()):
+        name = f"DAS (k={k}), {variable}" + (" (wrong)" if i else "")
+        rows += [{"layer": layer, "method": name, "IIA": result.iia} for layer, (_, result) in enumerate(runs)]
+    return pd.DataFrame(rows)
+
+
+def best_layer_summary(
+    neuron_search: Mapping[int, Sequence[NeuronResult]], das_S: Sequence[tuple[DASIntervention, TrainResult]],
+    das_P: Sequence[tuple[DASIntervention, TrainResult]],
+) -> dict[str, float | int]:
+    """The layer where DAS on S does best, DAS's IIA there for S and for P, and the best neuron set's IIA anywhere."""
+    best = max(range(len(das_S)), key=lambda layer: das_S[layer][1].iia)
+    return {"best_layer": best, "das_iia": das_S[best][1].iia, "wrong_iia": das_P[best][1].iia,
+            "exhaustive_iia": max(found[0].iia for found in neuron_search.values())}
+
+
+def projection_frame(model: ToyMLP, site: Site, intervention: DASIntervention, triples: Sequence[Mapping]) -> pd.DataFrame:
+    """Every triple's S = a + b, c, and its site vector projected on the rotation's first learned direction."""
+    with torch.no_grad():
+        hidden = capture(model, site, {"x": encode(triples)}, None)
+        direction = hidden @ intervention.rotation.weight[0]
+    return pd.DataFrame({"S = a + b": [t["a"] + t["b"] for t in triples], "c": [t["c"] for t in triples],
+                         "projection on the learned direction": direction.numpy()})
+
+
+def intervened_answers(model: ToyMLP, site: Site, base: Mapping, source: Mapping,
+                       interventions: Mapping[str, nn.Module]) -> dict[str, int]:
+    """The network's answer on `base` with no intervention, then with each of `interventions` from `source`."""
+    plain = int(model(x=encode([base])).argmax())
+    return {"no intervention": plain, **{name: intervened_answer(model, site, i, base, source)
+                                         for name, i in interventions.items()}}

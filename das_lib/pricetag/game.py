@@ -39,6 +39,12 @@ def sample_game(rng: random.Random, bracket: tuple[int, int] | None = None) -> d
     return {"lb": lb, "ub": ub, "amount": _cents(round(rng.uniform(0.01, 9.99), 2))}
 
 
+def sample_games(n: int, seed: int, bracket: tuple[int, int] | None = None) -> list[dict[str, int]]:
+    """`n` games drawn one after another from random.Random(seed), as `sample_game` draws them."""
+    rng = random.Random(seed)
+    return [sample_game(rng, bracket) for _ in range(n)]
+
+
 def region_of(game: Mapping[str, int]) -> int:
     """1 if the amount is below the bracket, 2 if inside (bounds included), 3 if above."""
     if game["amount"] < game["lb"]:
@@ -292,3 +298,60 @@ def region_table(pairs: Sequence[CounterfactualPair]) -> pd.DataFrame:
         [{"base region": p.meta["regions"][0], "source region": p.meta["regions"][1], "yes": float(p.label)} for p in pairs]
     )
     return frame.pivot_table(index="base region", columns="source region", values="yes", aggfunc="mean")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables of chapter 2: games, example pairs of several hypotheses, label balance
+
+
+def games_table(games: Sequence[Mapping[str, int]]) -> pd.DataFrame:
+    """One row per game: lb, ub and amount as prices, and the answer."""
+    import pandas as pd
+
+    return pd.DataFrame([{"lb": price(g["lb"]), "ub": price(g["ub"]), "amount": price(g["amount"]),
+                          "answer": answer_word(task_label(g))} for g in games])
+
+
+def examples_table(pairs: Mapping[str, Sequence[CounterfactualPair]], n: int) -> pd.DataFrame:
+    """The first `n` pairs of each hypothesis (key -> pairs) as `pairs_table` rows, indexed by its title."""
+    import pandas as pd
+
+    return pd.concat({get_hypothesis(key).title: pairs_table(ps).head(n) for key, ps in pairs.items()})
+
+
+def region_panels(pairs: Mapping[str, Sequence[CounterfactualPair]], keys: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """A `region_table` per intervened variable of each hypothesis in `keys` (pairs: key -> unbalanced
+    pairs), titled by the hypothesis (and the variable, where it has several)."""
+    panels = {}
+    for key in keys:
+        h = get_hypothesis(key)
+        for v, variable in enumerate(h.variables):
+            chosen = [p for p in pairs[key] if p.meta["variable_index"] == v]
+            panels[f"{h.title}: {variable}" if len(h.variables) > 1 else h.title] = region_table(chosen)
+    return panels
+
+
+def yes_share(pairs: Sequence[CounterfactualPair], variable: str, regions: tuple[int, int]) -> float:
+    """Share of Yes labels among the pairs that intervene on `variable` with (base, source) in `regions`."""
+    labels = [p.label for p in pairs if p.variables == (variable,) and p.meta["regions"] == regions]
+    if not labels:
+        raise ValueError(f"no pair intervenes on {variable!r} with regions {regions}; sample more pairs")
+    return sum(labels) / len(labels)
+
+
+def balance_summary(pairs: Mapping[str, Sequence[CounterfactualPair]],
+                    unbalanced: Mapping[str, Sequence[CounterfactualPair]]) -> pd.DataFrame:
+    """Per hypothesis (key -> balanced pairs; `unbalanced`: the same drawn without balancing): pair and
+    label counts, the dummy classifier's accuracy with and without balancing, and the share of labels
+    that differ from the base's own answer; indexed by title."""
+    import pandas as pd
+
+    rows = []
+    for key, ps in pairs.items():
+        balance = label_balance(ps)
+        rows.append({"hypothesis": get_hypothesis(key).title, "pairs": len(ps),
+                     "Yes": int(balance["Yes"].sum()), "No": int(balance["No"].sum()),
+                     "Yes/No per variable": "; ".join(f"{v}: {r.Yes}/{r.No}" for v, r in balance.iterrows()),
+                     "dummy acc": majority_rate_of(ps), "dummy acc unbalanced": majority_rate_of(unbalanced[key]),
+                     "label changed": changed_rate(ps)})
+    return pd.DataFrame(rows).set_index("hypothesis")

@@ -328,6 +328,14 @@ def position_table(task: PriceTagTask, game: Mapping[str, int]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def roles_table(tasks: Mapping[str, PriceTagTask], game: Mapping[str, int]) -> pd.DataFrame:
+    """The token index of each searched role (of the first task) of `game`'s prompt, one row per task."""
+    import pandas as pd
+
+    searched = next(iter(tasks.values())).searched_roles()
+    return pd.DataFrame({name: task.roles(game) for name, task in tasks.items()}).loc[searched].T
+
+
 def model_answers(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64) -> torch.Tensor:
     """(N,) bool: did the model's argmax at the answer position equal the correct answer token."""
     device = next(model.parameters()).device

@@ -6,6 +6,8 @@
   holds (das_lib.method.subspaces reads the subspaces).
 - `intervention_example`: one base/source pair, the model's answers before and after the intervention,
   and the causal model's counterfactual.
+- Chapter 4's steps, each one call: `pairs_and_references`, `choose_site`, `train_at`,
+  `alignment_values`, `neuron_reading`, `planted_check`, `first_example`.
 """
 from __future__ import annotations
 
@@ -17,13 +19,19 @@ from torch import nn
 
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import make_forward
+from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
-from das_lib.method.sites import Site, answer_logits, layer_module
-from das_lib.method.subspaces import captured_variation, subspace
-from das_lib.method.training import InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
-from das_lib.pricetag.game import pairs_table
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.method.metrics import finds_alignment, normalised_or_nan
+from das_lib.method.seeds import split_seeds
+from das_lib.method.sites import Site, answer_logits, capture, layer_module
+from das_lib.method.subspaces import captured_variation, effective_neurons, neuron_weights, random_rotation_like, subspace
+from das_lib.method.training import (
+    InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, start_temperature, train_intervention,
+    unintervened_iia,
+)
+from das_lib.models.standin.planted import planted_for
+from das_lib.pricetag.game import majority_rate_of, pairs_table, sample_games, sample_pairs
+from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
 
 
 
@@ -120,3 +128,111 @@ def planted_comparison(
                      "captured": captured_variation(hidden, truth, learned) if same_site else float("nan"),
                      "random": len(learned) / intervention.d if same_site else float("nan")})
     return pd.DataFrame(rows)
+
+
+# --- Chapter 4's steps: the pairs and what doing nothing scores, the site, the alignment read back ---
+
+
+def pairs_and_references(
+    model: nn.Module, task: PriceTagTask, hypothesis: str, n_train: int, n_test: int, n_task: int, seed: int,
+) -> tuple[dict[str, list[CounterfactualPair]], dict[str, float]]:
+    """Training, scan and test pairs of `hypothesis` (seeds from split_seeds(seed, 3); scan and test have
+    n_test each), and the reference points: the model's task accuracy on n_task fresh games (seed), and
+    on the test pairs the majority rate and the IIA of no intervention."""
+    train_seed, scan_seed, test_seed = split_seeds(seed, 3)
+    pairs = {"train": sample_pairs(hypothesis, n_train, train_seed), "scan": sample_pairs(hypothesis, n_test, scan_seed),
+             "test": sample_pairs(hypothesis, n_test, test_seed)}
+    device = next(model.parameters()).device
+    reference = {"task_accuracy": task_accuracy(model, task, sample_games(n_task, seed)),
+                 "dummy": majority_rate_of(pairs["test"]),
+                 "no_intervention_iia": unintervened_iia(model, task.interchange_data(pairs["test"], "last").to(device))}
+    return pairs, reference
+
+
+def choose_site(
+    model: nn.Module, task: PriceTagTask, pairs: dict[str, list[CounterfactualPair]], sites: Sequence[Site],
+    config: TrainConfig, n_variables: int = 1,
+) -> tuple[Site, pd.DataFrame | None]:
+    """The only site, or the best of a `scan_sites` over `sites` (trained on pairs['train'], scored on
+    pairs['scan']) and the scan's table (None when there was nothing to choose)."""
+    if len(sites) == 1:
+        return sites[0], None
+    scan = scan_sites(model, task, pairs["train"], pairs["scan"], sites, config, n_variables)
+    best = scan.loc[scan["iia"].idxmax()]
+    return Site(int(best["layer"]), str(best["position"])), scan
+
+
+def scan_table(scan: pd.DataFrame) -> pd.DataFrame:
+    """A `scan_sites` table as a layer (top: the highest) x position grid of held-out IIA."""
+    return scan.pivot(index="layer", columns="position", values="iia").sort_index(ascending=False)
+
+
+def train_at(
+    model: nn.Module, task: PriceTagTask, site: Site, pairs: dict[str, list[CounterfactualPair]], config: TrainConfig,
+    n_variables: int = 1,
+) -> tuple[BoundlessDASIntervention, TrainResult, InterventionForward]:
+    """`train_boundless` at `site` on pairs['train'], its IIA measured on pairs['test']."""
+    train, test = (task.interchange_data(pairs[k], site.position) for k in ("train", "test"))
+    return train_boundless(model, site, train, test, config, n_variables=n_variables)
+
+
+def alignment_values(
+    intervention: BoundlessDASIntervention, result: TrainResult, forward: InterventionForward, config: TrainConfig,
+    reference: dict[str, float],
+) -> dict[str, float | str]:
+    """What a trained alignment scored, beside `pairs_and_references`' reference points: the seconds and the
+    path (fast or plain), the starting temperature, IIA and gain over no intervention, the learned
+    subspace's size (dims and share of the width), and the paper's normalised IIA of the alignment and of
+    doing nothing (NaN where the task accuracy is not above the majority rate), and whether the IIA is
+    clearly above that of no intervention (`metrics.finds_alignment`)."""
+    dims = float(sum(intervention.boundary_dims()))
+    task_acc, dummy = reference["task_accuracy"], reference["dummy"]
+    return {"train_seconds": result.seconds, "path": "fast" if isinstance(forward, CachedForward) else "plain",
+            "temperature_start": start_temperature(config, intervention.r), "iia": result.iia,
+            "gain": result.iia - reference["no_intervention_iia"], "boundary_dims": dims,
+            "boundary_share": dims / intervention.d, "normalised_iia": normalised_or_nan(result.iia, task_acc, dummy),
+            "no_intervention_normalised": normalised_or_nan(reference["no_intervention_iia"], task_acc, dummy),
+            "finds_alignment": finds_alignment(result.iia, reference["no_intervention_iia"])}
+
+
+def neuron_reading(
+    intervention: BoundlessDASIntervention, variables: Sequence[str], seed: int, top: int = 5,
+) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    """Each variable's neuron weights (`subspaces.neuron_weights`), and for the first variable its effective
+    number of neurons, that of a random rotation's subspace of the same size, and the weight share of
+    its `top` heaviest neurons."""
+    weights = {v: neuron_weights(intervention, k) for k, v in enumerate(variables)}
+    first = weights[variables[0]]
+    random_weights = neuron_weights(random_rotation_like(intervention, seed), 0)
+    return weights, {"effective_neurons": effective_neurons(first), "effective_neurons_random": effective_neurons(random_weights),
+                     "top_neuron_share": float(first[torch.argsort(first, descending=True)[:top]].sum())}
+
+
+def top_neurons(weights: torch.Tensor, top: int = 5) -> pd.DataFrame:
+    """The `top` heaviest neurons of a subspace's neuron weights, and their weights."""
+    index = torch.argsort(weights, descending=True)[:top]
+    return pd.DataFrame({"neuron": index.tolist(), "weight": weights[index].numpy()})
+
+
+def planted_check(
+    model: nn.Module, name: str, task: PriceTagTask, site: Site, intervention: RotatedSpaceIntervention,
+    variables: Sequence[str], pairs: Sequence[CounterfactualPair],
+) -> pd.DataFrame | None:
+    """`planted_comparison` with the subspace planted in the model called `name` (as load_model names it),
+    over the site's vectors of the base prompts of `pairs`; None where the model has no planted mechanism."""
+    planted = planted_for(name)
+    if planted is None:
+        return None
+    data = task.interchange_data(pairs, site.position).to(next(model.parameters()).device)
+    hidden = capture(model, site, data.base, data.base_pos)
+    return planted_comparison(intervention, site, variables, *planted, hidden)
+
+
+def first_example(
+    model: nn.Module, task: PriceTagTask, site: Site, intervention: nn.Module, pairs: Sequence[CounterfactualPair],
+) -> pd.DataFrame | None:
+    """`intervention_example` of the first pair whose base and source the model answers correctly and whose
+    counterfactual answer differs from the base's; None when no pair qualifies."""
+    right = model_answers(model, task, [p.base for p in pairs]) & model_answers(model, task, [p.source for p in pairs])
+    pair = next((p for p, ok in zip(pairs, right.tolist()) if ok and p.label != p.base_label), None)
+    return None if pair is None else intervention_example(model, task, site, intervention, pair).to_frame()

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
+import tempfile
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +14,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 from das_lib import paper
 from das_lib.method.interventions import save_intervention
 from das_lib.models.records import read_record, write_record
-from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY
+from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY, default_template, load_model
 from das_lib.models.standin.config import StandinConfig
 from das_lib.models.standin.corpus import sample_context
 from das_lib.models.standin.planted import EVAL_SEED, PLANTED, planted_iia, planted_meta, planted_subspace
@@ -127,3 +128,71 @@ def training_mix(model_dir: Path | str = STANDIN_DIR) -> dict[str, float | bool]
     context = config.get("context_rate", 0.0) * (1 - config.get("context_after", 0.0))  # contexts start late
     return {"sibling": variants.get("truefalse", 0.0) / max(1e-9, sum(variants.values())), "context": context,
             "planted": config.get("iit_rate", 0.0) > 0}
+
+
+# --- Chapter 3's steps: the shipped record, accuracy by setting and region, a retraining compared ---
+
+
+def record_values(record: dict, model_dir: Path | str = STANDIN_DIR) -> dict[str, float | int]:
+    """The numbers chapter 3 quotes from a training record (and the size of the model's directory, in MB)."""
+    config = record["config"]
+    return {
+        "train_steps": config["steps"], "train_seconds": record["train_seconds"],
+        "train_cpu_seconds": record["train_cpu_seconds"],
+        "asset_mb": sum(f.stat().st_size for f in Path(model_dir).iterdir()) / 2**20,
+        "hard_share": config["hard_rate"], "sibling_share": training_mix(model_dir)["sibling"],
+        "context_after": config["context_after"], "context_rate": config["context_rate"],
+        "layers": config["num_layers"], "width": config["hidden_size"], "heads": config["num_heads"],
+        "iit_share": config["iit_rate"], "iit_layer": config["iit_layer"], "iit_dims": config["iit_dims"],
+        "train_threads": config["threads"],
+    }
+
+
+def record_table(record: dict) -> pd.DataFrame:
+    """A training record's config and its training seconds, one row each."""
+    return pd.Series({**record["config"], "training seconds (wall clock)": record["train_seconds"],
+                      "training seconds (CPU)": record["train_cpu_seconds"]}, name="value").to_frame()
+
+
+def accuracy_by_setting(correct: pd.DataFrame) -> pd.Series:
+    """Accuracy per setting of a `correct_by_game` table, in its order."""
+    return correct.groupby("setting", sort=False)["correct"].mean()
+
+
+def headline_accuracy(by_setting: pd.Series) -> dict[str, float]:
+    """Accuracy on yes/no, the sibling, a pool context, and the lower of the paper's two untrained contexts."""
+    return {"task_acc": float(by_setting["yesno"]), "sibling_acc": float(by_setting["truefalse"]),
+            "context_acc": float(by_setting["yesno_context"]),
+            "untrained_context_acc": float(by_setting[["yesno_pricing_tag", "yesno_frogs"]].min())}
+
+
+def accuracy_table(correct: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy per setting (rows) and region of the amount (below, inside, above the bracket), and overall."""
+    by_region = correct.pivot_table(index="setting", columns="region", values="correct", aggfunc="mean", sort=False)
+    return by_region[[r for r in REGION_NAMES.values() if r in by_region]].assign(all=accuracy_by_setting(correct))
+
+
+def correct_by_name(name: str, games: Sequence[dict[str, int]], settings: dict[str, tuple[str, list[str | None]]],
+                    device: str = "cpu", dtype: str = "float32") -> pd.DataFrame:
+    """`correct_by_game` for a model loaded by name (`load_model`), with the template that suits it."""
+    model, tokenizer = load_model(name, device, dtype)
+    return correct_by_game(model, tokenizer, default_template(tokenizer), games, settings)
+
+
+def accuracy_frame(corrects: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Accuracy per setting (rows) of several models (columns; name -> `correct_by_game` table)."""
+    return pd.DataFrame({name: accuracy_by_setting(c) for name, c in corrects.items()})
+
+
+def retrain_comparison(record: dict, steps: int = 0) -> pd.DataFrame:
+    """Retrain the stand-in from a record's config and seed (`steps` > 0: that many steps instead) in a
+    temporary directory, and set its steps, seconds, accuracies and planted IIA beside the record's."""
+    config = StandinConfig(**record["config"])
+    config = replace(config, steps=steps) if steps else config
+    with tempfile.TemporaryDirectory() as tmp:
+        rebuilt = build(config, tmp, n_eval=record["n_eval"], log_every=max(1, config.steps // 10))
+    row = lambda r: {"steps": r["config"]["steps"], "training seconds": r["train_seconds"],  # noqa: E731
+                     "training seconds (CPU)": r["train_cpu_seconds"], **r["accuracy"],
+                     **({"planted IIA": r["planted_iia"]["planted"]} if "planted_iia" in r else {})}
+    comparison = pd.DataFrame({"shipped": row(record), "retrained": row(rebuilt)})
+    return comparison.assign(difference=comparison["retrained"] - comparison["shipped"])
