@@ -4,6 +4,7 @@
 - `scan_sites`: short trainings at a few sites, to choose where to look.
 - `planted_comparison`: how much of what varies in a subspace planted in the model the learned one
   holds (das_lib.method.subspaces reads the subspaces).
+- `rank_comparison`: full rotation against low rank at one site, from the same pairs and seed.
 - `intervention_example`: one base/source pair, the model's answers before and after the intervention,
   and the causal model's counterfactual.
 """
@@ -21,9 +22,12 @@ from das_lib.method.fastpath import make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
 from das_lib.method.sites import Site, answer_logits, layer_module
 from das_lib.method.subspaces import captured_variation, subspace
-from das_lib.method.training import InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
-from das_lib.pricetag.game import pairs_table
+from das_lib.method.seeds import split_seeds
+from das_lib.method.training import (InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, train_intervention,
+                                     unintervened_iia)
+from das_lib.pricetag.game import HYPOTHESES, pairs_table, sample_pairs
 from das_lib.pricetag.task import PriceTagTask
+from das_lib.runs.scaling import rotation_footprint
 
 
 
@@ -120,3 +124,24 @@ def planted_comparison(
                      "captured": captured_variation(hidden, truth, learned) if same_site else float("nan"),
                      "random": len(learned) / intervention.d if same_site else float("nan")})
     return pd.DataFrame(rows)
+
+
+def rank_comparison(
+    model: nn.Module, task: PriceTagTask, site: Site, hypothesis: str, ranks: Sequence[int | None],
+    config: TrainConfig, n_train: int, n_test: int,
+) -> tuple[pd.DataFrame, float]:
+    """Boundless DAS at one site for each rank (None: the full rotation), from the same pairs, seed and
+    schedule (chapter 4's seed split of `config.seed`): one row per rank (r, trainable values, IIA, learned
+    subspace size, training seconds), and the IIA of no intervention on the same test pairs."""
+    train_seed, _, test_seed = split_seeds(config.seed, 3)
+    train = task.interchange_data(sample_pairs(hypothesis, n_train, train_seed), site.position)
+    test = task.interchange_data(sample_pairs(hypothesis, n_test, test_seed), site.position)
+    n_variables, d = len(HYPOTHESES[hypothesis].variables), model.config.hidden_size
+    rows = {}
+    for r in ranks:
+        intervention, result, _ = train_boundless(model, site, train, test, config, rank=r, n_variables=n_variables)
+        rows["full rotation" if r is None else f"low rank (r = {r})"] = {
+            "r": intervention.r, "trainable values": rotation_footprint(d, r, n_variables)["parameters"],
+            "IIA": result.iia, "learned dims": float(sum(intervention.boundary_dims())), "seconds": result.seconds}
+    device = next(layer_module(model, site).parameters()).device
+    return pd.DataFrame.from_dict(rows, orient="index"), unintervened_iia(model, test.to(device))
