@@ -110,19 +110,23 @@ def site_copy(nb: dict) -> tuple[dict, list[str]]:
     return nb, removed
 
 
+def _glued_data(output: dict) -> dict:
+    """An output's data by plain mime type: myst_nb's glue(..., display=False) prefixes every type."""
+    prefix = output.get("metadata", {}).get("scrapbook", {}).get("mime_prefix", "")
+    return {mime[len(prefix):] if mime.startswith(prefix) else mime: value for mime, value in output.get("data", {}).items()}
+
+
 def headline_figure(nb: dict) -> bytes | None:
     """The PNG of the landing page's figure: the output glued as HEADLINE's key, else the chapter's first figure."""
     images = []
     for cell in nb.get("cells", []):
         for output in cell.get("outputs", []):
-            png = output.get("data", {}).get("image/png")
+            png = _glued_data(output).get("image/png")
             if png is None:
                 continue
-            # myst_nb.glue stores the key under the output's scrapbook metadata
             if output.get("metadata", {}).get("scrapbook", {}).get("name") == HEADLINE[1]:
                 return base64.b64decode("".join(png) if isinstance(png, list) else png)
             images.append(png)
-    # Until chapter 5 glues its heatmap as HEADLINE's key, its first figure is the IIA heatmap.
     return base64.b64decode("".join(images[0]) if isinstance(images[0], list) else images[0]) if images else None
 
 
@@ -249,7 +253,7 @@ def glued(executed: Path) -> dict[str, dict[str, str]]:
                 name = output.get("metadata", {}).get("scrapbook", {}).get("name")
                 if name is None:
                     continue
-                data = output.get("data", {})
+                data = _glued_data(output)
                 text = data.get("text/plain", "")
                 chapter[name] = "<figure>" if "image/png" in data else "".join(text) if isinstance(text, list) else text
     return values
