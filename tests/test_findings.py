@@ -34,9 +34,10 @@ def test_side_by_side_puts_models_and_the_paper_in_columns():
 
 
 def test_for_page_shows_no_nan():
-    table = pd.DataFrame({"r": [0.98765, float("nan")], "setting": ["a", None]})
+    table = pd.DataFrame({"r": [0.98765, float("nan")], "setting": ["a", None], "paper": [0.9, 0.85], "n": [3, 4]})
     shown = findings.for_page(table)
-    assert shown["r"].tolist() == [0.988, findings.MISSING] and shown["setting"].tolist() == ["a", findings.MISSING]
+    assert shown["r"].tolist() == ["0.988", findings.MISSING] and shown["setting"].tolist() == ["a", findings.MISSING]
+    assert shown["paper"].tolist() == ["0.90", "0.85"] and shown["n"].tolist() == [3, 4]
     assert not shown.isna().any().any()
 
 

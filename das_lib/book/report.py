@@ -61,9 +61,17 @@ MISSING = "n/a"  # what a table on a page shows where a value does not exist
 
 
 def for_page(table: pd.DataFrame, digits: int = 3, missing: str = MISSING) -> pd.DataFrame:
-    """`table` rounded to `digits`, with `missing` wherever a value does not exist (NaN or None)."""
-    rounded = table.round(digits)
-    return rounded.astype(object).where(rounded.notna(), missing)
+    """`table` as text: each float column with at most `digits` decimals (as few as its values need, so
+    the paper's 0.90 stays 0.90), and `missing` wherever a value does not exist (NaN or None)."""
+    out = table.astype(object).where(table.notna(), missing)
+    for column in table.columns:
+        values = table[column]
+        if not pd.api.types.is_float_dtype(values):
+            continue
+        known = values.dropna().round(digits)
+        places = next((k for k in range(digits + 1) if (known.round(k) == known).all()), digits)
+        out[column] = [missing if pd.isna(v) else f"{v:.{places}f}" for v in values]
+    return out
 
 
 def boundary_table(frame: pd.DataFrame) -> pd.DataFrame:
