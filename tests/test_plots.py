@@ -56,3 +56,12 @@ def test_drawing_keeps_rcparams_set_meanwhile(monkeypatch) -> None:
     assert plt.rcParams["font.size"] == size
     plt.rcParams["interactive"] = False
     plt.close(fig)
+
+
+def test_iia_bars_draw_one_bar_per_run_and_the_baseline() -> None:
+    fig = plots.iia_bars({"full rotation": 0.9, "low rank (r = 8)": 0.85}, 0.6)
+    ax = fig.axes[0]
+    assert [round(p.get_height(), 2) for p in ax.patches] == [0.9, 0.85]
+    assert ax.lines[0].get_ydata()[0] == 0.6
+    assert fig.get_size_inches()[0] <= plots.WIDTH_IN
+    plt.close(fig)

@@ -106,3 +106,23 @@ def test_imports_point_one_way():
                 if layer in LAYERS and LAYERS.index(layer) > own:
                     wrong.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not wrong, wrong
+
+
+def _code_cells(path: Path) -> list[dict]:
+    return [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+
+
+def test_chapters_only_tell_the_story():
+    """Issue 10's limits: the book's code cells total <= 600 lines, no cell but the parameters one over
+    15 lines, and the cell that validates the parameters is hidden on the site."""
+    lines = {p.name: sum(len("".join(c["source"]).splitlines()) for c in _code_cells(p)) for p in NOTEBOOKS}
+    assert sum(lines.values()) <= 600, f"chapter code is {sum(lines.values())} lines (> 600): {lines}"
+    for path in NOTEBOOKS:
+        code = _code_cells(path)
+        for i, cell in enumerate(code):
+            tags = cell.get("metadata", {}).get("tags", [])
+            n = len("".join(cell["source"]).splitlines())
+            assert "parameters" in tags or n <= 15, f"{path.name}: code cell {i} has {n} lines (> 15)"
+        check = next(i for i, c in enumerate(code) if "parameters" in c.get("metadata", {}).get("tags", [])) + 1
+        tags = code[check].get("metadata", {}).get("tags", [])
+        assert {"remove-cell", "remove-input"} & set(tags), f"{path.name}: the parameter check must be hidden on the site"

@@ -17,7 +17,7 @@ from das_lib.method.interventions import BoundlessDASIntervention, load_interven
 from das_lib.method.metrics import pearson
 from das_lib.method.seeds import setting_seed
 from das_lib.method.sites import Site
-from das_lib.method.training import PlainForward, evaluate
+from das_lib.method.training import PlainForward, evaluate, unintervened_iia
 from das_lib.models.standin import build_tokenizer
 from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label
 from das_lib.pricetag.task import PriceTagTask, task_accuracy
@@ -264,14 +264,12 @@ def test_table_columns_on_a_synthetic_store(tok, llama, store):
     assert list(groups["new inputs"])[2:] == ["bracket 5.49-8.49 (seen)", "bracket 2.51-5.51 (unseen)"]
     trained = groups["irrelevant context"]["trained: Left and Right Boundary"]
     assert trained.loc[1, "last"] == recorded[("left_right", 1, "last")]
-    assert list(rt.side_by_side(table).columns[-6:]) == ["max IIA", "paper max IIA", "r", "paper r", "variance x100", "paper variance x100"]
-
-
-def test_comparisons():  # the chapter words them: 1 "higher than", -1 "lower than", 0 "about the same as"
-    assert rt.comparison(0.90, 0.80) == 1
-    assert rt.comparison(0.70, 0.80) == -1
-    assert rt.comparison(0.81, 0.80) == 0
-    assert np.isnan(rt.comparison(float("nan"), 0.8))  # "not comparable with"
+    side = rt.side_by_side(table)
+    assert list(side.columns[-8:]) == ["no intervention", "max IIA", "gain", "paper max IIA", "r", "paper r",
+                                       "variance x100", "paper variance x100"]
+    assert (side["gain"] == side["max IIA"] - side["no intervention"]).all()
+    # the IIA of leaving the model alone on the sibling's pairs, by hand
+    assert table.loc["sibling", "no intervention"] == unintervened_iia(llama, data)
 
 
 def test_reading_the_table():
@@ -280,21 +278,16 @@ def test_reading_the_table():
         "setting": ["a", "b", "c", "incorrect-only inputs"], "r": [0.96, 0.5, nan, nan], "paper r": [0.97, 0.9, 0.9, 0.84],
         "max IIA": [0.9, 0.6, nan, nan], "paper max IIA": [0.9, 0.9, 0.9, 0.71], "variance x100": [1.0, 3.0, nan, nan],
         "paper variance x100": [1.5, 1.0, 1.0, 0.36], "pairs": [8, 8, 8, 0], "screened": [0, 0, 0, 96],
-        "task acc": [1.0, 1.0, 1.0, nan], "dummy": [0.5] * 4,
+        "task acc": [1.0, 1.0, 1.0, nan], "dummy": [0.5] * 4, "no intervention": [0.6, 0.55, 0.5, nan],
     }, index=["context_1", "context_2", "sibling", "incorrect_only"])
-    assert rt.agreement(table) == {"close": ["a"], "apart": ["b"], "not comparable": ["c", "incorrect-only inputs"]}
-    signs = rt.comparison_table(table)
-    assert signs.loc["a"].tolist() == [0, 0, -1]  # about the same, about the same, lower
-    assert signs.loc["b"].tolist() == [-1, -1, 1]
     numbers = rt.headline_numbers(table)
     assert numbers["corr_context"] == pytest.approx(0.73) and numbers["paper_corr_context"] == pytest.approx(0.935)
     assert np.isnan(numbers["corr_fixed_unseen"])  # a setting not in the table still has its name
     # what the chapter says of an answer filter: its pairs and how many were screened, or that it was not evaluated
     assert (numbers["pairs_incorrect_only"], numbers["screened_incorrect_only"]) == (0, 96)
     assert np.isnan(numbers["pairs_correct_only"])
-    said = rt.comparisons(table)
-    assert said["cmp_corr_context_2"] == -1 and said["cmp_var_context_2"] == 1
-    assert np.isnan(said["cmp_corr_fixed_unseen"]) and np.isnan(said["cmp_corr_sibling"])
+    assert numbers["gain_context_1"] == pytest.approx(0.3) and numbers["none_context_2"] == 0.55
+    assert np.isnan(numbers["gain_incorrect_only"])  # no pairs: no IIA, no gain
 
 
 def test_paper_rows_agree_with_the_sweeps_numbers():

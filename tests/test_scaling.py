@@ -36,3 +36,26 @@ def test_llama_parameter_count_matches_a_built_model():
 def test_paper_layers():
     assert scaling.paper_layers(32) == [0, 5, 10, 15, 20, 25, 30]
     assert scaling.paper_layers(4) == [0]
+
+
+def test_footprint_checks_agree_with_the_formula():
+    checks = scaling.footprint_checks([(16, None), (16, 4)])
+    assert checks["formula agrees"].all() and checks["r"].tolist() == [16, 4]
+    assert checks.loc[0, "buffers"] == 16 * 16 and checks.loc[1, "buffers"] == 0
+
+
+def test_grid_estimate_of_alpacas_grid():
+    e = scaling.grid_estimate(**scaling.ALPACA_7B, n_positions=13, rank=8, minutes_per_cell=23)
+    assert e["layers"] == [0, 5, 10, 15, 20, 25, 30] and e["grid_cells"] == 91 and e["grid_rank"] == 8
+    assert e["grid_gpu_hours"] == pytest.approx(4 * 91 * 23 / 60)
+    full = scaling.rotation_footprint(4096)
+    assert e["grid_full_gib"] == pytest.approx(91 * (full["parameters"] + full["buffers"]) * 4 / 2**30)
+    assert 6.7 < e["model_params_b"] < 6.8
+
+
+def test_footprint_summary_at_alpacas_width():
+    s = scaling.footprint_summary(4096, 8)
+    full, low = scaling.rotation_footprint(4096), scaling.rotation_footprint(4096, 8)
+    assert s["full_parameters_m"] == full["parameters"] / 1e6 and s["low_parameters_k"] == low["parameters"] / 1e3
+    assert s["full_resident_mib"] == full["resident"] * 4 / 2**20
+    assert s["backward_block_mib"] == 8192**2 * 4 / 2**20 and s["resident_ratio"] == full["resident"] / low["resident"]

@@ -271,3 +271,20 @@ def accuracy_bars(corrects: dict[str, pd.DataFrame], majority: float) -> plt.Fig
         ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
         fig.tight_layout()
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters 5-7
+
+
+def iia_bars(iia: dict[str, float], no_intervention: float) -> plt.Figure:
+    """One bar per run (its held-out IIA), with the IIA of no intervention as a dashed line."""
+    with _style():
+        fig, ax = plt.subplots(figsize=(WIDTH_IN * 0.7, 3.2))
+        ax.bar(list(iia), list(iia.values()), color=[f"C{i}" for i in range(len(iia))])
+        ax.axhline(no_intervention, color="grey", linestyle="--", linewidth=1, label="no intervention")
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("held-out IIA")
+        ax.legend(loc="lower right")
+        fig.tight_layout()
+    return fig

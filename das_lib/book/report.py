@@ -6,13 +6,15 @@ equal the base's own answer), so the findings tables carry the gain, IIA - no-in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
 from das_lib import paper
+from das_lib.models.standin import planted_for
 from das_lib.pricetag.game import HYPOTHESES
-from das_lib.runs.sweep import summary
+from das_lib.runs.scaling import rotation_footprint
+from das_lib.runs.sweep import boundary_shrank, summary
 
 
 def sweep_command(store: str, model: str, dtype: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
@@ -52,25 +54,6 @@ def side_by_side(tables: Mapping[str, pd.DataFrame], paper_name: str = "Alpaca 7
     return out
 
 
-def findings(table: pd.DataFrame) -> dict[str, float | str]:
-    """The numbers a chapter pastes from a `hypothesis_table`: for each hypothesis key h `max_iia_h`, `gain_h`,
-    `best_site_h` and `std_h` (over the seeds at the best site); and the hypothesis of largest gain,
-    `winner` (its title), `winner_key`, `winner_site`, `best_gain`."""
-    out: dict[str, float | str] = {}
-    for h, row in table.iterrows():
-        out.update({f"max_iia_{h}": float(row["max IIA"]), f"gain_{h}": float(row["gain"]),
-                    f"best_site_{h}": str(row["best site"]), f"std_{h}": float(row["std over seeds"])})
-    winner = str(table["gain"].idxmax())
-    out.update({"winner": HYPOTHESES[winner].title, "winner_key": winner,
-                "winner_site": str(table.loc[winner, "best site"]), "best_gain": float(table.loc[winner, "gain"])})
-    return out
-
-
-def without_nan(table: pd.DataFrame, missing: str = "n/a") -> pd.DataFrame:
-    """The table as a page shows it: a missing number (NaN: not measured, or no paper value) reads `missing`."""
-    return table.astype(object).where(table.notna(), missing)
-
-
 # --- Chapters 1-4: glue a chapter's values in one call ---
 
 
@@ -80,3 +63,100 @@ def glue_values(prefix: str, values: Mapping[str, object]) -> None:
 
     for key, value in values.items():
         glue(f"{prefix}{key}", value, display=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapters 5-7: tables as a page shows them (no NaN), the boundary table, and chapter 7's costs
+
+MISSING = "n/a"  # what a table on a page shows where a value does not exist
+
+
+def for_page(table: pd.DataFrame, digits: int = 3, missing: str = MISSING) -> pd.DataFrame:
+    """`table` as text: each float column with at most `digits` decimals (as few as its values need, so
+    the paper's 0.90 stays 0.90), and `missing` wherever a value does not exist (NaN or None)."""
+    out = table.astype(object).where(table.notna(), missing)
+    for column in table.columns:
+        values = table[column]
+        if not pd.api.types.is_float_dtype(values):
+            continue
+        known = values.dropna().round(digits)
+        places = next((k for k in range(digits + 1) if (known.round(k) == known).all()), digits)
+        out[column] = [missing if pd.isna(v) else f"{v:.{places}f}" for v in values]
+    return out
+
+
+def boundary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per hypothesis and whether the learned boundary shrank (`sweep.boundary_shrank`), over the grid of
+    the first (lowest) seed, as `hypothesis_table` reads it: cells, mean and max IIA, max gain over no
+    intervention, mean learned subspace size."""
+    frame = frame[frame["seed"] == frame["seed"].min()]
+    ends = frame.assign(shrank=boundary_shrank(frame["boundary_dims"], frame["boundary_dims_start"]),
+                        gain=frame["iia"] - frame["unintervened"])
+    return ends.groupby(["hypothesis", "shrank"], sort=False).agg(
+        cells=("iia", "size"), mean_iia=("iia", "mean"), max_iia=("iia", "max"), max_gain=("gain", "max"),
+        mean_dims=("boundary_dims", "mean"))
+
+
+FOOTPRINT_LABELS = {"parameters": "trainable values stored", "free": "of which free (moved by training)",
+                    "buffers": "buffers", "gradients": "gradients", "adam": "Adam moments",
+                    "weight": "rotation materialised per step", "resident": "resident while training"}
+
+
+def footprint_table(d: int, r: int, bytes_per_value: int = 4) -> pd.DataFrame:
+    """`scaling.rotation_footprint` of the full rotation and of rank r at width d side by side, each count
+    with its size in MiB (float32 by default); the free values are a count, not more memory, so no size."""
+    def cell(kind: str, n: int) -> str:
+        return f"{n:,}" if kind == "free" else f"{n:,} ({n * bytes_per_value / 2**20:,.2f} MiB)"
+    footprints = {"full rotation (r = d)": rotation_footprint(d), f"low rank (r = {r})": rotation_footprint(d, r)}
+    return pd.DataFrame({name: {FOOTPRINT_LABELS[k]: cell(k, n) for k, n in f.items() if k in FOOTPRINT_LABELS}
+                         for name, f in footprints.items()})
+
+
+def estimate_table(estimate: Mapping[str, Any]) -> pd.DataFrame:
+    """`scaling.grid_estimate` as the rows a reader reads (every row an estimate, not a measurement)."""
+    e = estimate
+    rows = {"model parameters": f"{e['model_params']:,}",
+            "model weights in bfloat16": f"{e['model_gib_bf16']:.1f} GiB",
+            "layers searched": str(e["layers"]), "cells per hypothesis": str(e["grid_cells"]),
+            "saved alignments per hypothesis, full rotation": f"{e['grid_full_gib']:.1f} GiB",
+            f"saved alignments per hypothesis, r = {e['grid_rank']}": f"{e['grid_low_mib']:.1f} MiB",
+            f"GPU time, {e['hypotheses']} hypotheses x {e['grid_cells']} cells x {e['minutes_per_cell']} min":
+                f"{e['grid_gpu_hours']:.0f} h"}
+    return pd.Series(rows, name="estimate").to_frame()
+
+
+def baselines(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per hypothesis of a sweep's frame: the dummy's IIA (always the majority label) and the IIA of no
+    intervention, on its test pairs."""
+    return frame.groupby("hypothesis", sort=False)[["dummy", "unintervened"]].first().rename(
+        columns={"dummy": "dummy (majority label)", "unintervened": "IIA with no intervention"})
+
+
+# The columns of `findings_table`: the raw IIA, what doing nothing scores, the gain, then the paper's.
+FINDINGS_COLUMNS = ["best site", "max IIA", "unintervened", "gain", "paper (Alpaca 7B)", "normalised",
+                    "mean over seeds", "std over seeds", "seeds"]
+
+
+def findings_table(table: pd.DataFrame) -> pd.DataFrame:
+    """A `hypothesis_table` as a chapter shows it: by hypothesis title, FINDINGS_COLUMNS."""
+    return table.rename(index={k: HYPOTHESES[k].title for k in table.index})[FINDINGS_COLUMNS]
+
+
+def findings_values(table: pd.DataFrame) -> dict[str, float | str]:
+    """The numbers of a `hypothesis_table` a chapter's prose names: per hypothesis key h, `max_iia_h`, `gain_h`,
+    `std_iia_h`, `paper_iia_h` and `best_site_h`; and `winner` (the title of the hypothesis of largest gain),
+    `winner_key` (its key), `winner_site` and `best_gain`."""
+    out: dict[str, float | str] = {}
+    for h, row in table.iterrows():
+        out |= {f"max_iia_{h}": float(row["max IIA"]), f"gain_{h}": float(row["gain"]),
+                f"std_iia_{h}": float(row["std over seeds"]), f"paper_iia_{h}": float(row["paper (Alpaca 7B)"]),
+                f"best_site_{h}": str(row["best site"])}
+    winner = table["gain"].idxmax()
+    return out | {"winner": HYPOTHESES[winner].title, "winner_key": str(winner), "winner_site": str(table.loc[winner, "best site"]),
+                  "best_gain": float(table.loc[winner, "gain"])}
+
+
+def planted_site(model: str) -> str | None:
+    """Where the model's mechanism was planted ("L1 last"), or None for a model nobody planted one in."""
+    planted = planted_for(model)
+    return None if planted is None else f"L{planted[1]['site']['layer']} {planted[1]['site']['position']}"

@@ -4,6 +4,7 @@
 - `scan_sites`: short trainings at a few sites, to choose where to look.
 - `planted_comparison`: how much of what varies in a subspace planted in the model the learned one
   holds (das_lib.method.subspaces reads the subspaces).
+- `rank_comparison`: full rotation against low rank at one site, from the same pairs and seed.
 - `intervention_example`: one base/source pair, the model's answers before and after the intervention,
   and the causal model's counterfactual.
 - Chapter 4's steps, each one call: `pairs_and_references`, `choose_site`, `train_at`,
@@ -30,8 +31,9 @@ from das_lib.method.training import (
     unintervened_iia,
 )
 from das_lib.models.standin.planted import planted_for
-from das_lib.pricetag.game import majority_rate_of, pairs_table, sample_games, sample_pairs
+from das_lib.pricetag.game import HYPOTHESES, majority_rate_of, pairs_table, sample_games, sample_pairs
 from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
+from das_lib.runs.scaling import rotation_footprint
 
 
 
@@ -236,3 +238,24 @@ def first_example(
     right = model_answers(model, task, [p.base for p in pairs]) & model_answers(model, task, [p.source for p in pairs])
     pair = next((p for p, ok in zip(pairs, right.tolist()) if ok and p.label != p.base_label), None)
     return None if pair is None else intervention_example(model, task, site, intervention, pair).to_frame()
+
+
+def rank_comparison(
+    model: nn.Module, task: PriceTagTask, site: Site, hypothesis: str, ranks: Sequence[int | None],
+    config: TrainConfig, n_train: int, n_test: int,
+) -> tuple[pd.DataFrame, float]:
+    """Boundless DAS at one site for each rank (None: the full rotation), from the same pairs, seed and
+    schedule (chapter 4's seed split of `config.seed`): one row per rank (r, trainable values, IIA, learned
+    subspace size, training seconds), and the IIA of no intervention on the same test pairs."""
+    train_seed, _, test_seed = split_seeds(config.seed, 3)
+    train = task.interchange_data(sample_pairs(hypothesis, n_train, train_seed), site.position)
+    test = task.interchange_data(sample_pairs(hypothesis, n_test, test_seed), site.position)
+    n_variables, d = len(HYPOTHESES[hypothesis].variables), model.config.hidden_size
+    rows = {}
+    for r in ranks:
+        intervention, result, _ = train_boundless(model, site, train, test, config, rank=r, n_variables=n_variables)
+        rows["full rotation" if r is None else f"low rank (r = {r})"] = {
+            "r": intervention.r, "trainable values": rotation_footprint(d, r, n_variables)["parameters"],
+            "IIA": result.iia, "learned dims": float(sum(intervention.boundary_dims())), "seconds": result.seconds}
+    device = next(layer_module(model, site).parameters()).device
+    return pd.DataFrame.from_dict(rows, orient="index"), unintervened_iia(model, test.to(device))

@@ -28,7 +28,7 @@ from das_lib.method.fastpath import shared_cache, shared_caches
 from das_lib.method.interventions import load_intervention
 from das_lib.method.seeds import screening_seed, setting_seed
 from das_lib.method.sites import Site, layer_module
-from das_lib.method.training import PlainForward, evaluate
+from das_lib.method.training import PlainForward, evaluate, unintervened_iia
 from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
 from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
 from das_lib.runs.grids import COLUMNS, grid_stats, iia_grid
@@ -298,7 +298,8 @@ def evaluate_settings(
     Every setting shares `seed`: the pairs of two settings differ only in what the setting changes (pairs
     come from seeds.setting_seed(seed), never from a sweep's own training or test seeds).
     Task accuracy is measured on `n_task` games drawn as the paper does (with the setting's bracket);
-    for the answer-filtered settings, on the games of the kept pairs.
+    for the answer-filtered settings, on the games of the kept pairs. "no intervention" is the IIA of
+    leaving the model alone on the setting's pairs (the baseline every IIA of the row is read against).
     """
     if n_pairs < 2 or n_pairs % 2:
         raise ValueError(f"n_pairs must be an even number >= 2 (pairs are balanced Yes/No), got {n_pairs}")
@@ -321,10 +322,13 @@ def evaluate_settings(
                 accuracy = accuracy_cache[key]
             else:
                 accuracy = task_accuracy(model, task, [p.base for p in pairs] + [p.source for p in pairs])
-            row.update({"dummy": majority_rate_of(pairs), "task acc": accuracy,
+            device = next(model.parameters()).device
+            none = unintervened_iia(model, task.interchange_data(pairs, positions[0]).to(device))
+            row.update({"dummy": majority_rate_of(pairs), "task acc": accuracy, "no intervention": none,
                         **grid_stats(iia_grid(grid_rows, positions=positions), reference)})
         else:
-            row.update({"dummy": float("nan"), "task acc": float("nan"), **dict.fromkeys(COLUMNS, float("nan"))})
+            row.update({"dummy": float("nan"), "task acc": float("nan"), "no intervention": float("nan"),
+                        **dict.fromkeys(COLUMNS, float("nan"))})
         theirs = paper.ROBUSTNESS.get(s.paper) if s.paper else None
         row.update({f"paper {c}": (theirs[i] if theirs else float("nan")) for i, c in enumerate(COLUMNS)})
         rows.append(row)

@@ -15,6 +15,9 @@ materialises the r x d weight.
 """
 from __future__ import annotations
 
+from typing import Any, Sequence
+
+import pandas as pd
 import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
@@ -99,3 +102,43 @@ def llama_parameter_count(hidden_size: int, num_layers: int, intermediate_size: 
 def paper_layers(num_layers: int, every: int = 5) -> list[int]:
     """The layers the paper searched: 0, 5, 10, ... below num_layers (7 layers for LLaMA 7B's 32)."""
     return list(range(0, num_layers, every))
+
+
+def footprint_checks(sizes: Sequence[tuple[int, int | None]], seed: int = 0) -> pd.DataFrame:
+    """For each (d, r) (r None: the full rotation), the counts `measure_footprint` takes from a real
+    intervention, and whether `rotation_footprint`'s formula gives the same."""
+    rows = []
+    for d, r in sizes:
+        measured = measure_footprint(d, r, seed=seed)
+        rows.append({"d": d, "r": r or d, **{k: measured[k] for k in FOOTPRINT_KINDS},
+                     "formula agrees": rotation_footprint(d, r) == measured})
+    return pd.DataFrame(rows)
+
+
+def grid_estimate(hidden_size: int, num_layers: int, intermediate_size: int, vocab_size: int, num_heads: int,
+                  n_positions: int, rank: int, minutes_per_cell: float, hypotheses: int = 4) -> dict[str, Any]:
+    """What the paper's grid (layers 0, 5, ... x n_positions, one alignment per cell and hypothesis) costs for
+    a Llama of this shape: the model's size, the saved alignments (full and rank r, float32, with the
+    full rotation's buffer) and the GPU time at `minutes_per_cell` a cell. Arithmetic, not measurement."""
+    n_params = llama_parameter_count(hidden_size, num_layers, intermediate_size, vocab_size, num_heads)
+    layers = paper_layers(num_layers)
+    cells = len(layers) * n_positions
+    saved = {name: (f["parameters"] + f["buffers"]) * 4 for name, f in
+             (("full", rotation_footprint(hidden_size)), ("low", rotation_footprint(hidden_size, rank)))}
+    return {"model_params": n_params, "model_params_b": n_params / 1e9, "model_gib_bf16": n_params * 2 / 2**30,
+            "layers": layers, "grid_layers": len(layers), "grid_cells": cells, "grid_rank": rank,
+            "grid_full_gib": cells * saved["full"] / 2**30, "grid_low_mib": cells * saved["low"] / 2**20,
+            "hypotheses": hypotheses, "minutes_per_cell": minutes_per_cell,
+            "grid_gpu_hours": hypotheses * cells * minutes_per_cell / 60}
+
+
+def footprint_summary(d: int, r: int) -> dict[str, float]:
+    """The footprint numbers chapter 7 names, for the full rotation and rank r at width d: millions of
+    values (parameters, free, buffers), MiB resident in float32, their ratio, and the MiB of the 2d x 2d
+    block matrix through which torch differentiates the matrix exponential."""
+    full, low = rotation_footprint(d), rotation_footprint(d, r)
+    mib = lambda n: n * 4 / 2**20  # noqa: E731  (float32: 4 bytes a value)
+    return {"d": d, "rank": r, "full_parameters_m": full["parameters"] / 1e6, "full_free_m": full["free"] / 1e6,
+            "full_buffers_m": full["buffers"] / 1e6, "full_resident_mib": mib(full["resident"]),
+            "low_parameters_k": low["parameters"] / 1e3, "low_resident_mib": mib(low["resident"]),
+            "resident_ratio": full["resident"] / low["resident"], "backward_block_mib": mib((2 * d) ** 2)}
