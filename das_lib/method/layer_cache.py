@@ -1,0 +1,191 @@
+"""What the fast path caches of one dataset at a site's layer, and the one forward pass that builds it.
+
+For a site at layer l and intervened positions >= P, a `LayerCache` holds the base run's layer-l
+outputs at positions P..T-1, the source run's vectors at the site, and the keys and values of
+positions < P in the layers above (or, for the "site" strategy of `das_lib.method.cache_plan`, the
+site's prefix states to recompute them from). `build` makes the caches of several layers from one
+pass over the data; `column_view` serves one position of a cache built at several.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from das_lib.method.data import InterchangeData
+from das_lib.method.llama_layers import Attention, keys_values
+from das_lib.method.sites import Captured, capture_layers, find_layers, main_output
+
+
+@dataclass
+class LayerCache:
+    """Cached tensors of one dataset; row i belongs to the example whose key is mapped to i."""
+
+    index: dict[bytes, int]
+    prefix_len: int  # P: positions < P are only read through the cached keys and values
+    suffix: torch.Tensor  # (N, T - P, d) base layer-l outputs at positions P..T-1
+    source: torch.Tensor  # (N, d) or (N, k*d) source vectors at the site
+    keys: list[torch.Tensor]  # per layer above the site: (N, kv_heads, P or T, head_dim), positions >= P unused; empty for "site"
+    values: list[torch.Tensor]
+    cos: torch.Tensor  # (N or 1, T - P, head_dim) rotary embedding of the suffix positions
+    sin: torch.Tensor
+    key_mask: torch.Tensor | None  # (N, T) bool, None when nothing is padded
+    inputs_index: dict[bytes, int]  # the same rows keyed by inputs only (see `column_view`)
+    base_pos: torch.Tensor  # (N,) or (N, k) the positions the cache was built for
+    source_pos: torch.Tensor
+    # strategy "site": the site's layer outputs (N, P, d) at positions < P and their rotary tables,
+    # from which each step recomputes the keys and values above the site (None for "full")
+    prefix_hidden: torch.Tensor | None = None
+    prefix_cos: torch.Tensor | None = None
+    prefix_sin: torch.Tensor | None = None
+
+    def nbytes(self) -> int:
+        """Memory the cached tensors take."""
+        tensors = [self.suffix, self.source, self.cos, self.sin, *self.keys, *self.values]
+        tensors += [t for t in (self.prefix_hidden, self.prefix_cos, self.prefix_sin) if t is not None]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def row_keys(data: InterchangeData, positions: bool = True) -> list[bytes]:
+    """One exact key per example: the bytes of its base and source inputs (and positions)."""
+    n = len(data)
+    parts = [data.base[k] for k in sorted(data.base)] + [data.source[k] for k in sorted(data.source)]
+    parts += [data.base_pos, data.source_pos] if positions else []
+    flat = torch.cat([p.reshape(n, -1).to(torch.int64).cpu() for p in parts], dim=1).numpy()
+    return [row.tobytes() for row in flat]
+
+
+def longer_prefix(cache: LayerCache) -> LayerCache:
+    """`cache` with every position before the intervened one moved into the prefix, when that position is
+    the same in every row and the keys and values of those positions are cached: exact, since in a
+    causal model the intervention cannot change them, and each step then runs fewer positions."""
+    first = int(cache.base_pos.min())
+    shift = first - cache.prefix_len
+    if (shift <= 0 or cache.prefix_hidden is not None or not cache.keys or not bool((cache.base_pos == first).all())
+            or any(k.shape[2] < first for k in cache.keys)):
+        return cache
+    return replace(cache, prefix_len=first, suffix=cache.suffix[:, shift:], cos=cache.cos[:, shift:], sin=cache.sin[:, shift:])
+
+
+def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
+    return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+
+
+@torch.no_grad()
+def build(model: nn.Module, shape: Attention, data: InterchangeData, sites: Sequence[int], chunk_size: int = 64,
+          all_keys: bool = False, keep_prefix_states: bool = False) -> tuple[dict[int, LayerCache], torch.Tensor]:
+    """Run the model once over `data` and keep what the fast step needs at each layer of `sites`, with
+    the model's own last-layer output at the answer (to check the fast path against).
+
+    One pass serves every layer: the prefix keys and values of a layer are those of the plain base
+    run whichever site lies below it, so the caches of several layers share them (no copies). With
+    `all_keys` the keys and values of every position are kept, so that `column_view` can serve a
+    later position with a longer prefix (a position before the intervened one never changes). With
+    `keep_prefix_states` (strategy "site", one layer) the site's prefix states are kept instead of
+    the keys and values above it."""
+    layers_all = find_layers(model)
+    sites = sorted(set(sites))
+    if keep_prefix_states and len(sites) > 1:
+        raise ValueError("strategy 'site' caches one layer at a time")
+    first_upper = sites[0] + 1
+    prefix = int(data.base_pos.min())
+    suffix: dict[int, list[torch.Tensor]] = {l: [] for l in sites}
+    source: dict[int, list[torch.Tensor]] = {l: [] for l in sites}
+    chunks: dict[str, list] = {"cos": [], "sin": [], "ref": [], "prefix": [], "prefix_cos": [], "prefix_sin": []}
+    keys: list[list[torch.Tensor]] = [[] for _ in range(first_upper, len(layers_all))]
+    values: list[list[torch.Tensor]] = [[] for _ in range(first_upper, len(layers_all))]
+    explicit_positions = "position_ids" in data.base
+    for start in range(0, len(data), chunk_size):
+        batch = data.select(slice(start, start + chunk_size))
+        ids = batch.base["input_ids"]
+        positions = batch.base.get("position_ids")
+        if positions is None:
+            positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        mask = batch.base.get("attention_mask")
+        keep = None if mask is None else mask.bool()[..., None]
+        cos_sin: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def hook(module: nn.Module, args: Any, output: Any, j: int) -> None:
+            h = main_output(output)
+            if keep is not None:  # padded rows never reach a real token; zeros keep them finite
+                h = torch.where(keep, h, torch.zeros((), dtype=h.dtype, device=h.device))
+            if not cos_sin:
+                cos_sin.append(model.model.rotary_emb(h, positions))
+            cos, sin = cos_sin[0]
+            rows = slice(None) if explicit_positions else slice(0, 1)
+            if j == sites[0]:
+                chunks["cos"].append(cos[rows, prefix:])
+                chunks["sin"].append(sin[rows, prefix:])
+                if keep_prefix_states:
+                    chunks["prefix"].append(h[:, :prefix])
+                    chunks["prefix_cos"].append(cos[rows, :prefix])
+                    chunks["prefix_sin"].append(sin[rows, :prefix])
+            if j in suffix:
+                suffix[j].append(h[:, prefix:])
+            if j + 1 < len(layers_all) and j + 1 >= first_upper and not keep_prefix_states:
+                upper = layers_all[j + 1]
+                end = h.shape[1] if all_keys else prefix
+                x = upper.input_layernorm(h[:, :end])
+                k, v = keys_values(upper.self_attn, shape, x, cos[:, :end], sin[:, :end])
+                keys[j + 1 - first_upper].append(k)
+                values[j + 1 - first_upper].append(v)
+            if j == len(layers_all) - 1:
+                chunks["ref"].append(h[:, -1])
+                raise Captured
+
+        handles = [
+            layers_all[j].register_forward_hook(lambda m, a, o, j=j: hook(m, a, o, j))
+            for j in range(sites[0], len(layers_all))
+        ]
+        try:
+            model(**batch.base)
+        except Captured:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        for l, vectors in capture_layers(model, sites, batch.source, batch.source_pos).items():
+            source[l].append(vectors)
+        if not explicit_positions:  # one rotary table serves every row
+            for name in ("cos", "sin", "prefix_cos", "prefix_sin"):
+                chunks[name] = chunks[name][:1]
+    mask = data.base.get("attention_mask")
+    if keep_prefix_states:  # strategy "site": no keys and values kept, the prefix states instead
+        keys_all, values_all = [], []
+    else:
+        keys_all, values_all = [_cat(k) for k in keys], [_cat(v) for v in values]
+    common = dict(
+        index={key: i for i, key in enumerate(row_keys(data))}, prefix_len=prefix,
+        cos=_cat(chunks["cos"]), sin=_cat(chunks["sin"]),
+        key_mask=None if mask is None or bool(mask.all()) else mask.bool(),
+        inputs_index={key: i for i, key in enumerate(row_keys(data, positions=False))},
+        base_pos=data.base_pos, source_pos=data.source_pos,
+        prefix_hidden=_cat(chunks["prefix"]) if keep_prefix_states else None,
+        prefix_cos=_cat(chunks["prefix_cos"]) if keep_prefix_states else None,
+        prefix_sin=_cat(chunks["prefix_sin"]) if keep_prefix_states else None,
+    )
+    caches = {l: LayerCache(suffix=_cat(suffix[l]), source=_cat(source[l]), keys=keys_all[l + 1 - first_upper :],
+                            values=values_all[l + 1 - first_upper :], **common) for l in sites}
+    return caches, _cat(chunks["ref"])
+
+
+def column_view(caches: Sequence[LayerCache], data: InterchangeData, column: int) -> LayerCache | None:
+    """A view (no copy) of the cache that holds `data`, at position column `column` of a cache built with
+    k positions per example ((N, k) positions); None when no cache holds these examples at those positions."""
+    keys = row_keys(data, positions=False)
+    for cache in caches:
+        rows = [cache.inputs_index.get(k) for k in keys]
+        if None in rows or cache.base_pos.dim() != 2 or not 0 <= column < cache.base_pos.shape[1]:
+            continue
+        rows_t = torch.tensor(rows, dtype=torch.long, device=cache.base_pos.device)
+        if not (torch.equal(cache.base_pos[rows_t, column], data.base_pos.to(rows_t.device))
+                and torch.equal(cache.source_pos[rows_t, column], data.source_pos.to(rows_t.device))):
+            continue
+        k = cache.base_pos.shape[1]
+        source = cache.source.view(len(cache.source), k, -1)[:, column]
+        view = replace(cache, index=dict(zip(row_keys(data), rows)), source=source, inputs_index={},
+                       base_pos=cache.base_pos[:, column], source_pos=cache.source_pos[:, column])
+        return longer_prefix(view)
+    return None
