@@ -36,7 +36,7 @@ from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.metrics import accuracy
 from das_lib.method.sites import Site
-from das_lib.method.training import PlainForward, TrainConfig, evaluate, lr_factor, temperature_at, train_intervention
+from das_lib.method.training import PlainForward, TrainConfig, lr_factor, temperature_at, train_intervention
 
 try:
     import pyvene as pv

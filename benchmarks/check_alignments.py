@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from das_lib.method.interventions import (  # noqa: E402
     BoundlessDASIntervention, RotatedSpaceIntervention, load_intervention, save_intervention)
-from das_lib.runs.sweep import ALIGNMENT  # noqa: E402
+from das_lib.runs.jobs import ALIGNMENT  # noqa: E402
 
 
 def moved_rotation(width: int, tol: float, lr: float = 1e-3) -> int:

@@ -13,7 +13,6 @@ import torch  # noqa: E402
 
 from das_lib.book import params, plots, report  # noqa: E402
 from das_lib.method import neurons  # noqa: E402
-from das_lib.method.interventions import BoundlessDASIntervention  # noqa: E402
 from das_lib.method.sites import Site  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
 from das_lib.models import standin, toy  # noqa: E402
@@ -95,7 +94,7 @@ def test_interchange_table_and_same_outputs():
 def test_pair_split_shares_inputs_across_hypotheses_and_counts(toy_run):
     split, pairs, _ = toy_run
     (train_S, test_S), (train_P, test_P) = pairs["S"], pairs["P"]
-    assert (len(train_S), len(test_S)) == (200, 60)
+    assert (len(train_S), len(test_S)) == (len(train_P), len(test_P)) == (200, 60)
     assert [p.base for p in test_S] == [p.base for p in test_P]
     held_out = {tuple(t.values()) for t in split[1]}
     assert all(tuple(p.base.values()) in held_out for p in test_S)

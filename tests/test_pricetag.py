@@ -13,7 +13,6 @@ from das_lib.pricetag.game import (
     parse_bracket,
     region_of,
     render_prompt,
-    sample_bracket,
     sample_game,
     sample_in_region,
     sample_pairs,

@@ -1,7 +1,6 @@
 """Sweeps: one record per finished cell, resumed and never reused across configs, the same on Dask."""
 import shutil
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,8 +11,7 @@ from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, evaluate
 from das_lib.models.load import STANDIN_DIR
 from das_lib.pricetag.task import PriceTagTask
-from das_lib.runs import sweep as sweep_module
-from das_lib.runs.store import Store
+from das_lib.runs import jobs
 from das_lib.runs.spec import Cell, SweepSpec, model_identity
 from das_lib.runs.sweep import Sweep, alignments, summary
 
@@ -89,7 +87,7 @@ def test_extra_seeds_train_the_best_site_of_each_hypothesis(finished):
 
 def test_a_killed_sweep_loses_only_the_cell_in_flight(finished, tiny, tmp_path, monkeypatch):
     sweep = Sweep(finished.spec, tmp_path / "store")
-    real, calls = sweep_module.train_intervention, []
+    real, calls = jobs.train_intervention, []
 
     def killed_on_third_cell(*args, **kwargs):
         calls.append(1)
@@ -97,11 +95,11 @@ def test_a_killed_sweep_loses_only_the_cell_in_flight(finished, tiny, tmp_path, 
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sweep_module, "train_intervention", killed_on_third_cell)
+    monkeypatch.setattr(jobs, "train_intervention", killed_on_third_cell)
     with pytest.raises(KeyboardInterrupt):
         sweep.run(progress=False)
     assert len([r for r in sweep.store.records() if r["config"]["kind"] == "alignment"]) == 2
-    monkeypatch.setattr(sweep_module, "train_intervention", real)
+    monkeypatch.setattr(jobs, "train_intervention", real)
     assert sweep.run(progress=False) == {"ran": 4, "reused": 2}
     assert results(sweep) == results(finished)  # resumed cells give the numbers of an uninterrupted run
 
@@ -132,7 +130,7 @@ def test_a_worker_with_other_model_files_refuses_to_run(finished, tmp_path):
     config = finished.config(Cell("left", 0, "last", 0))
     config["model"] = {**config["model"], "files": {"model.safetensors": "0" * 16}}
     with pytest.raises(ValueError, match="other files"):
-        sweep_module.run_job(config, str(tmp_path), finished.device)
+        jobs.run_job(config, str(tmp_path), finished.device)
 
 
 def test_shared_layer_cache_equals_the_plain_path_at_every_position(finished):
@@ -142,7 +140,7 @@ def test_shared_layer_cache_equals_the_plain_path_at_every_position(finished):
     shared = runner.shared_forward(key, data, 0)
     assert shared is not None and data.train.base_pos.shape[1] == len(finished.roles)
     torch.manual_seed(0)
-    intervention = sweep_module.BoundlessDASIntervention(32, n_variables=2)
+    intervention = jobs.BoundlessDASIntervention(32, n_variables=2)
     intervention.temperature = 1.0
     for j, role in enumerate(data.roles):
         train, test = data.train.column(j), data.test.column(j)

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, processors
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from das_lib.pricetag.game import ALPACA_TEMPLATE, INSTRUCTIONS, sample_game, sample_pairs, task_label
-from das_lib.pricetag.task import AMOUNT_ROLES, BRACKET_ROLES, PriceTagTask, model_answers, task_accuracy
+from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
 
 GAME = {"lb": 549, "ub": 849, "amount": 712}
 STANDIN_DIR = Path(__file__).resolve().parent.parent / "das_lib" / "assets" / "standin"
