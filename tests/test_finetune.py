@@ -8,7 +8,7 @@ from transformers import LlamaForCausalLM
 
 from das_lib.models import finetune
 from das_lib.models.load import SMOLLM2_PRICETAG_DIR, adapter_base, load_config, load_model, model_source
-from das_lib.models.standin.record import config_from_args
+from das_lib.models.game_training import config_from_args
 from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask, task_accuracy
 

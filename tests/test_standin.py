@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from das_lib import paper
 from das_lib.models import standin
+from das_lib.models.game_training import sample_training_game
 from das_lib.models.load import default_template
 from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask
@@ -128,7 +129,7 @@ def test_shipped_model_realises_its_planted_mechanism(shipped):
 def test_hard_games_sit_near_a_bound_and_labels_are_balanced():
     cfg = standin.StandinConfig()
     rng = random.Random(1)
-    games = [standin.sample_training_game(rng, cfg) for _ in range(4000)]
+    games = [sample_training_game(rng, cfg) for _ in range(4000)]
     yes = sum(pricetag.task_label(g) for g in games) / len(games)
     assert 0.4 < yes < 0.6
     near = sum(min(abs(g["amount"] - g["lb"]), abs(g["amount"] - g["ub"])) <= cfg.hard_cents for g in games)

@@ -25,9 +25,9 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import PreTrainedTokenizerBase
 
 from das_lib.models import standin
+from das_lib.models.game_training import GameTraining, config_from_args, lr_at, sample_training_game
 from das_lib.models.load import SMOLLM2_PRICETAG_DIR, load_model
 from das_lib.models.records import read_record, write_record
-from das_lib.models.standin.record import config_from_args
 from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask
 
@@ -38,11 +38,11 @@ EVAL_SEED = standin.EVAL_SEED  # fresh games: training draws from random.Random(
 
 
 @dataclass
-class FinetuneConfig:
-    """Everything that determines the fine-tuned model: base model, adapter shape and optimisation."""
+class FinetuneConfig(GameTraining):
+    """Everything that determines the fine-tuned model: base model, adapter shape and optimisation (and
+    `GameTraining`'s)."""
 
     base: str = "smollm2"  # a name `load_model` understands
-    seed: int = 0
     steps: int = 320
     batch_size: int = 16
     lr: float = 1e-3
@@ -51,9 +51,6 @@ class FinetuneConfig:
     lora_r: int = 8
     lora_alpha: int = 16
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    hard_rate: float = 0.5  # share of games whose amount lies within `hard_cents` of a bound
-    hard_cents: int = 40
-    threads: int = 2  # the two cores of the machine the book targets
 
 
 def lora_config(cfg: FinetuneConfig) -> LoraConfig:
@@ -64,7 +61,7 @@ def lora_config(cfg: FinetuneConfig) -> LoraConfig:
 
 def sample_games(rng: random.Random, cfg: FinetuneConfig) -> list[dict[str, int]]:
     """One step's games, Yes/No balanced, half of them close to a bound (as for the stand-in)."""
-    return [standin.sample_training_game(rng, cfg) for _ in range(cfg.batch_size)]
+    return [sample_training_game(rng, cfg) for _ in range(cfg.batch_size)]
 
 
 def train(cfg: FinetuneConfig, log_every: int = 25) -> tuple[PeftModel, PreTrainedTokenizerBase, dict]:
@@ -91,7 +88,7 @@ def _train(cfg: FinetuneConfig, log_every: int) -> tuple[PeftModel, PreTrainedTo
     start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
         for g in optimizer.param_groups:
-            g["lr"] = standin.lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         games = sample_games(rng, cfg)
         answers = torch.tensor([task.answer_id(pricetag.task_label(g)) for g in games])
         logits = model(**task.encode(games), logits_to_keep=1).logits[:, -1]  # only the answer token is trained

@@ -12,9 +12,9 @@ from das_lib.models.standin.planted import (
     EVAL_SEED, PLANTED, PlantedMechanism, load_planted, planted_for, planted_iia, planted_meta, planted_subspace,
 )
 from das_lib.models.standin.record import (
-    REGION_NAMES, TARGETS, TRAINING_RECORD, accuracy_by_setting, accuracy_frame, accuracy_table, build, config_from_args,
+    REGION_NAMES, TARGETS, TRAINING_RECORD, accuracy_by_setting, accuracy_frame, accuracy_table, build,
     correct_by_game, correct_by_name, eval_settings, headline_accuracy, load_record, measure, record_table, record_values,
     retrain_comparison, save, training_mix, untrained_settings,
 )
 from das_lib.models.standin.tokenizer import build_tokenizer, tokenizer_corpus
-from das_lib.models.standin.train import encode_batch, lr_at, sample_batch, sample_example, sample_training_game, train
+from das_lib.models.standin.train import encode_batch, sample_batch, sample_example, train

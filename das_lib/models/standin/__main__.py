@@ -3,8 +3,10 @@ import json
 import sys
 
 from das_lib.models.load import STANDIN_DIR
-from das_lib.models.standin.record import build, config_from_args
+from das_lib.models.game_training import config_from_args
+from das_lib.models.standin.config import StandinConfig
+from das_lib.models.standin.record import build
 
 out = sys.argv[1] if len(sys.argv) > 1 else STANDIN_DIR
-result = build(config_from_args(sys.argv[2:]), out)
+result = build(config_from_args(sys.argv[2:], StandinConfig), out)
 print(json.dumps({k: result[k] for k in ("train_seconds", "train_cpu_seconds", "accuracy")}, indent=1))

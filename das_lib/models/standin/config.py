@@ -5,12 +5,13 @@ from dataclasses import dataclass, field
 
 from transformers import LlamaConfig, PreTrainedTokenizerFast
 
+from das_lib.models.game_training import GameTraining
+
 
 @dataclass
-class StandinConfig:
-    """Everything that determines the stand-in: architecture, data mix and optimisation."""
+class StandinConfig(GameTraining):
+    """Everything that determines the stand-in: architecture, data mix and optimisation (and `GameTraining`'s)."""
 
-    seed: int = 0
     vocab_size: int = 512
     hidden_size: int = 64
     intermediate_size: int = 256
@@ -24,8 +25,6 @@ class StandinConfig:
     variant_mix: dict[str, float] = field(default_factory=lambda: {"yesno": 0.6, "truefalse": 0.4})
     context_rate: float = 0.3  # share of steps with an irrelevant context in front of the instruction
     context_after: float = 0.3  # no contexts in this first share of the steps
-    hard_rate: float = 0.5  # share of examples whose amount lies within `hard_cents` of a bound
-    hard_cents: int = 40
     context_chunks: int = 4  # a context step is computed in this many chunks of similar length
     # Interchange intervention training (Geiger et al. 2022): a share of every batch are counterfactual
     # pairs of the Left and Right Boundary model whose L and R are swapped inside a fixed random
@@ -35,7 +34,6 @@ class StandinConfig:
     iit_layer: int = 1
     iit_position: str = "last"
     iit_dims: int = 4  # dimensions of the planted subspace of each variable
-    threads: int = 2  # the two cores of the machine the book targets
 
 
 def model_config(cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import random
 import tempfile
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 import torch
@@ -106,18 +106,6 @@ def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every
     if planted is not None:
         save_intervention(planted, Path(out_dir) / PLANTED, planted_meta(cfg))
     return record
-
-
-def config_from_args(args: Sequence[str], cls: type = StandinConfig) -> Any:
-    """A config dataclass (`cls`, the stand-in's by default) from 'key=value' strings, e.g. ['steps=500', 'lr=0.001']."""
-    defaults, changes = cls(), {}
-    settable = [k for k, v in asdict(defaults).items() if not isinstance(v, (dict, list, tuple))]
-    for arg in args:
-        key, _, value = arg.partition("=")
-        if key not in settable or not value:
-            raise ValueError(f"cannot set {arg!r}: use key=value with a key among {settable}")
-        changes[key] = type(getattr(defaults, key))(value)
-    return cls(**changes)
 
 
 def training_mix(model_dir: Path | str = STANDIN_DIR) -> dict[str, float | bool]:

@@ -17,22 +17,12 @@ from typing import Callable, Sequence
 import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
+from das_lib.models.game_training import lr_at, sample_training_game
 from das_lib.models.standin.config import StandinConfig, model_config
 from das_lib.models.standin.corpus import sample_context
 from das_lib.models.standin.planted import PlantedMechanism
 from das_lib.models.standin.tokenizer import build_tokenizer
 from das_lib.pricetag import game as pricetag
-
-
-def sample_training_game(rng: random.Random, cfg: StandinConfig) -> dict[str, int]:
-    """A game with Yes/No balanced; half of them with the amount close to a bound (the hard cases)."""
-    lb, ub = pricetag.sample_bracket(rng)
-    if rng.random() < cfg.hard_rate:
-        bound = rng.choice((lb, ub))
-        amount = min(999, max(1, bound + rng.randint(-cfg.hard_cents, cfg.hard_cents)))
-        return {"lb": lb, "ub": ub, "amount": amount}
-    region = rng.choice((1, 2, 2, 3))  # half inside: Yes as often as No
-    return pricetag.sample_in_region(rng, region, (lb, ub))
 
 
 def sample_example(rng: random.Random, cfg: StandinConfig, with_context: bool) -> tuple[str, str]:
@@ -66,14 +56,6 @@ def encode_batch(tokenizer: PreTrainedTokenizerFast, examples: Sequence[tuple[st
     return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}, answers
 
 
-def lr_at(step: int, cfg: StandinConfig) -> float:
-    """Linear warm-up, then cosine decay to 5% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def train(
     cfg: StandinConfig, log_every: int = 100, evaluate: Callable[[LlamaForCausalLM, PreTrainedTokenizerFast], None] | None = None
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast, dict]:
@@ -104,7 +86,7 @@ def _train(cfg: StandinConfig, log_every: int, evaluate: Callable | None) -> tup
     start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(cfg.steps):
         for g in optimizer.param_groups:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         optimizer.zero_grad(set_to_none=True)
         loss_sum, correct, iit_correct = 0.0, 0, 0
         for chunk in sample_batch(rng, cfg, step):  # gradient accumulation over chunks of similar length
