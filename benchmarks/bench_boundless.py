@@ -36,7 +36,7 @@ from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.metrics import accuracy
 from das_lib.method.sites import Site
-from das_lib.method.training import PlainForward, TrainConfig, lr_factor, temperature_at, train_intervention
+from das_lib.method.training import PlainForward, TrainConfig, lr_factor, next_batch, temperature_at, train_intervention
 
 try:
     import pyvene as pv
@@ -110,10 +110,7 @@ class Pyvene:
         order, cursor = torch.randperm(len(data), generator=generator), 0
         start = time.perf_counter()
         for step in range(config.steps):
-            if cursor + config.batch_size > len(data):
-                order, cursor = torch.randperm(len(data), generator=generator), 0
-            batch = data.select(order[cursor : cursor + config.batch_size])
-            cursor += config.batch_size
+            batch, order, cursor = next_batch(data, order, cursor, config.batch_size, generator)
             for g, lr in zip(optimizer.param_groups, base_lrs):
                 g["lr"] = lr * lr_factor(step, config)
             self.intervenable.set_temperature(torch.tensor(temperature_at(step, config)))

@@ -195,6 +195,15 @@ def _load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
     return state
 
 
+def next_batch(data: InterchangeData, order: torch.Tensor, cursor: int, batch_size: int,
+               generator: torch.Generator) -> tuple[InterchangeData, torch.Tensor, int]:
+    """The next batch of a seeded random order over `data`, drawn anew when less than a batch is left:
+    (batch, order, cursor). The order and cursor are the loop's state, saved in checkpoints."""
+    if cursor + batch_size > len(data):
+        order, cursor = torch.randperm(len(data), generator=generator), 0
+    return data.select(order[cursor : cursor + batch_size]), order, cursor + batch_size
+
+
 def train_intervention(
     forward: InterventionForward,
     intervention: nn.Module,
@@ -233,10 +242,7 @@ def train_intervention(
         result.curves, seconds_before, result.resumed_from = state["curves"], state["seconds"], first_step
     start = time.perf_counter()
     for step in tqdm(range(first_step, config.steps), desc="training", disable=not progress, leave=False):
-        if cursor + config.batch_size > len(data):
-            order, cursor = torch.randperm(len(data), generator=generator), 0
-        batch = data.select(order[cursor : cursor + config.batch_size])
-        cursor += config.batch_size
+        batch, order, cursor = next_batch(data, order, cursor, config.batch_size, generator)
         for g, lr in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, config)
         if boundless:
