@@ -5,11 +5,13 @@ vocabulary, since the vocabulary is not what is tested here), bf16 weights, a fe
 CPU-sized, yet every matrix has the width of the real model.
 """
 import random
+from pathlib import Path
 
 import pytest
 import torch
 from torch.nn import functional as F
 
+import das_lib
 from das_lib.models import shape7b
 from das_lib.method.fastpath import CachedForward
 from das_lib.method.interventions import BoundlessDASIntervention
@@ -99,3 +101,10 @@ def test_llama_tokenizer_drives_the_alpaca_task():
     assert len(task.searched_roles()) == 11
     roles = task.roles(games[0])
     assert roles["last"] == 78 and roles["resp_colon"] == 77 and roles["amount_int"] == 68
+
+
+def test_the_tokenizer_and_the_7b_shaped_model_go_under_the_repository_root():
+    # the layout move once left these paths one folder too deep, inside the package (das_lib/.cache)
+    root = Path(das_lib.__file__).resolve().parents[1]
+    assert shape7b.REPO_ROOT == root and (root / "pyproject.toml").exists()
+    assert shape7b.TOKENIZER_DIR == root / ".cache" / "llama-tokenizer"

