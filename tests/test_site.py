@@ -185,3 +185,20 @@ def test_glued_reads_every_key_of_an_executed_chapter(tmp_path: Path) -> None:
          "data": {"image/png": _png(), "text/plain": "<Figure>"}}]}]}
     (tmp_path / "08_finetuned.ipynb").write_text(json.dumps(nb))
     assert book.glued(tmp_path) == {"08_finetuned": {"iia": "0.969", "fig": "<figure>"}}
+
+
+def test_chapters_run_side_by_side_get_one_thread_unless_their_parameters_say(tmp_path: Path) -> None:
+    nb = {"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]}, "execution_count": None, "outputs": [],
+                     "source": "threads: int = 2  # torch threads\nsteps: int = 5"}],
+          "metadata": {"kernelspec": {"name": "python3", "language": "python", "display_name": "Python 3"}},
+          "nbformat": 4, "nbformat_minor": 5}
+    (tmp_path / "params").mkdir()
+    chapter = tmp_path / "08_x.ipynb"
+    chapter.write_text(json.dumps(nb))
+    assert book.parameters(chapter, "default") == {}
+    assert book.parameters(chapter, "default", one_thread=True) == {"threads": 1}
+    (tmp_path / "params" / "08_x.smoke.yml").write_text("threads: 2\nsteps: 1\n")
+    assert book.parameters(chapter, "smoke", one_thread=True) == {"threads": 2, "steps": 1}
+    nb["cells"][0]["source"] = "steps: int = 5"
+    chapter.write_text(json.dumps(nb))
+    assert book.parameters(chapter, "default", one_thread=True) == {}  # no such parameter: nothing injected

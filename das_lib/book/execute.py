@@ -10,8 +10,8 @@ executed copy, the same folder nbval later uses, so relative paths in parameters
     python -m das_lib.book check --from _build/smoke                       # nbval reruns them
     python -m das_lib.book glued _build/smoke                              # every glued value, as JSON
 
-Chapters run two at a time by default (`--jobs`): each sets its own torch threads, mostly one, so two
-kernels use two cores. A chapter that reads another's results (AFTER) waits for it.
+Chapters run two at a time by default (`--jobs`), each on one torch thread (a chapter with a `threads`
+parameter gets 1 unless its parameter set says otherwise), so two kernels use two cores. A chapter that reads another's results (AFTER) waits for it.
 
 The site gets a cleaned copy of each executed notebook (`site_copy`): stderr (progress bars, library
 warnings) and nbval markers are dropped there only, so a chapter run by hand, and the copies nbval
@@ -63,27 +63,38 @@ def chapters(root: Path = ROOT, only: Sequence[str] | None = None) -> list[Path]
     return [nb for nb in notebooks if nb.stem in only]
 
 
-def parameters(notebook: Path, kind: str) -> dict:
-    """The parameter set `kind` of a chapter: {} for its own defaults, else book/params/<stem>.<kind>.yml."""
-    if kind == "default":
-        return {}
-    path = notebook.parent / "params" / f"{notebook.stem}.{kind}.yml"
-    if not path.exists():
-        raise FileNotFoundError(f"chapter {notebook.name} has no parameter set {kind!r}: expected {path}")
-    return yaml.safe_load(path.read_text()) or {}
+def parameters(notebook: Path, kind: str, one_thread: bool = False) -> dict:
+    """The parameter set `kind` of a chapter: {} for its own defaults, else book/params/<stem>.<kind>.yml;
+    with `one_thread`, also `threads: 1` where the chapter has that parameter and the set does not give it."""
+    import papermill as pm
+
+    params = {}
+    if kind != "default":
+        path = notebook.parent / "params" / f"{notebook.stem}.{kind}.yml"
+        if not path.exists():
+            raise FileNotFoundError(f"chapter {notebook.name} has no parameter set {kind!r}: expected {path}")
+        params = yaml.safe_load(path.read_text()) or {}
+    if one_thread and "threads" not in params and "threads" in pm.inspect_notebook(str(notebook)):
+        params["threads"] = 1
+    return params
 
 
-def execute(notebook: Path, out_dir: Path, kind: str) -> float:
-    """Inject the parameter set (papermill --prepare-only), then execute the copy in `out_dir`; seconds taken."""
+def execute(notebook: Path, out_dir: Path, kind: str, one_thread: bool = False) -> float:
+    """Inject the parameter set (papermill --prepare-only), then execute the copy in `out_dir`; seconds taken.
+
+    With `one_thread` (chapters run side by side) a chapter's `threads` parameter is set to 1 unless the
+    parameter set gives it: two kernels of two threads each on two cores wait on each other's threads
+    at every operation (chapter 8's steps ran about three times slower than on one thread)."""
     import papermill as pm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / notebook.name
+    params = parameters(notebook, kind, one_thread)
     # A saved notebook keeps every progress-bar update as a line of text (no live terminal to redraw
     # it), so the kernel's bars update at most every 30 s; a chapter run by hand keeps live bars.
     os.environ.setdefault("TQDM_MININTERVAL", "30")
     start = time.perf_counter()
-    pm.execute_notebook(str(notebook), str(target), parameters=parameters(notebook, kind), prepare_only=True)
+    pm.execute_notebook(str(notebook), str(target), parameters=params, prepare_only=True)
     pm.execute_notebook(str(target), str(target), cwd=str(out_dir), progress_bar=False, kernel_name="python3")
     return time.perf_counter() - start
 
@@ -208,7 +219,7 @@ def run_all(out_dir: Path, kind: str, root: Path = ROOT, jobs: int = 2, only: Se
     """Execute every chapter into `out_dir`, `jobs` at a time, printing the time of each."""
     def job(nb: Path) -> float:
         print(f"[book] {nb.name} ({kind} parameters) ...", flush=True)
-        seconds = execute(nb, out_dir, kind)
+        seconds = execute(nb, out_dir, kind, one_thread=jobs > 1)
         print(f"[book] {nb.name}: {seconds:.1f} s", flush=True)
         return seconds
 
