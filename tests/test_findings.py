@@ -64,6 +64,8 @@ def test_boundary_table_splits_by_whether_the_boundary_shrank():
     assert table.loc[("left", True), "max_gain"] == pytest.approx(0.3)  # the best site (0.9) shrank
     assert table.loc[("left", False), "max_iia"] == pytest.approx(0.6)
     assert table["cells"].sum() == 3
+    values = findings.boundary_values(f)
+    assert values == {"boundary_cells": 3, "boundary_cells_shrank": 1, "width_start": 4.0, "width_end": pytest.approx(7 / 3)}
 
 
 def test_footprint_and_estimate_tables_read_the_counts():

@@ -97,6 +97,15 @@ def boundary_table(frame: pd.DataFrame) -> pd.DataFrame:
         mean_dims=("boundary_dims", "mean"))
 
 
+def boundary_values(frame: pd.DataFrame) -> dict[str, float]:
+    """The numbers of `boundary_table` a chapter's prose states: over the first seed's grid, how many cells
+    there are, how many ended with a boundary that shrank, and the mean width at the start and the end."""
+    frame = frame[frame["seed"] == frame["seed"].min()]
+    shrank = boundary_shrank(frame["boundary_dims"], frame["boundary_dims_start"])
+    return {"boundary_cells": int(len(frame)), "boundary_cells_shrank": int(shrank.sum()),
+            "width_start": float(frame["boundary_dims_start"].mean()), "width_end": float(frame["boundary_dims"].mean())}
+
+
 FOOTPRINT_LABELS = {"parameters": "trainable values stored", "free": "of which free (moved by training)",
                     "buffers": "buffers", "gradients": "gradients", "adam": "Adam moments",
                     "weight": "rotation materialised per step", "resident": "resident while training"}
