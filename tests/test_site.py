@@ -5,6 +5,7 @@ import base64
 import importlib.util
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -202,3 +203,20 @@ def test_chapters_run_side_by_side_get_one_thread_unless_their_parameters_say(tm
     nb["cells"][0]["source"] = "steps: int = 5"
     chapter.write_text(json.dumps(nb))
     assert book.parameters(chapter, "default", one_thread=True) == {}  # no such parameter: nothing injected
+
+
+def test_kernels_run_side_by_side_get_one_omp_thread(tmp_path: Path, monkeypatch) -> None:
+    seen = {}
+
+    def job(nb: Path) -> float:
+        seen[nb.name] = os.environ.get("OMP_NUM_THREADS")
+        return 0.0
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    book.in_parallel([tmp_path / "a.ipynb"], job, jobs=1)
+    assert seen == {"a.ipynb": None}
+    book.in_parallel([tmp_path / "a.ipynb", tmp_path / "b.ipynb"], job, jobs=2)
+    assert seen == {"a.ipynb": "1", "b.ipynb": "1"}
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")  # a setting of the user's is kept
+    book.in_parallel([tmp_path / "a.ipynb"], job, jobs=2)
+    assert seen["a.ipynb"] == "4"

@@ -10,8 +10,9 @@ executed copy, the same folder nbval later uses, so relative paths in parameters
     python -m das_lib.book check --from _build/smoke                       # nbval reruns them
     python -m das_lib.book glued _build/smoke                              # every glued value, as JSON
 
-Chapters run two at a time by default (`--jobs`), each on one torch thread (a chapter with a `threads`
-parameter gets 1 unless its parameter set says otherwise), so two kernels use two cores. A chapter that reads another's results (AFTER) waits for it.
+Chapters run two at a time by default (`--jobs`), each on one torch thread (OMP_NUM_THREADS=1, and a
+chapter with a `threads` parameter gets 1 unless its parameter set says otherwise), so two kernels use
+two cores without waiting on each other. A chapter that reads another's results (AFTER) waits for it.
 
 The site gets a cleaned copy of each executed notebook (`site_copy`): stderr (progress bars, library
 warnings) and nbval markers are dropped there only, so a chapter run by hand, and the copies nbval
@@ -192,7 +193,13 @@ def stage(out: Path, kind: str = "default", root: Path = ROOT, executed: Path | 
 
 def in_parallel(notebooks: list[Path], job: Callable[[Path], float], jobs: int) -> dict[str, float]:
     """Run `job` on every notebook, `jobs` at a time, RUN_FIRST first and each AFTER once its chapter is
-    done; returns the seconds of each. The first failure is raised once the others have finished."""
+    done; returns the seconds of each. The first failure is raised once the others have finished.
+
+    With more than one at a time, every kernel started meanwhile gets OMP_NUM_THREADS=1 (unless it is
+    set already): torch would give each kernel a thread per core, and two kernels of two threads on two
+    cores wait on each other's threads at every operation (chapter 6 took 1167 s so, 185 s on one thread)."""
+    if jobs > 1:
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
     order = sorted(notebooks, key=lambda nb: nb.name not in RUN_FIRST)
     done = {nb.name: threading.Event() for nb in order}
     seconds: dict[str, float] = {}
