@@ -85,14 +85,18 @@ def for_page(table: pd.DataFrame, digits: int = 3, missing: str = MISSING) -> pd
     return out
 
 
-def boundary_table(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per hypothesis and whether the learned boundary shrank (`sweep.boundary_shrank`), over the grid of
-    the first (lowest) seed, as `hypothesis_table` reads it: cells, mean and max IIA, max gain over no
-    intervention, mean learned subspace size."""
+def _grid_ends(frame: pd.DataFrame) -> pd.DataFrame:
+    """The grid of the first (lowest) seed, as `hypothesis_table` reads it, with whether each cell's
+    boundary shrank (`sweep.boundary_shrank`) and its gain over no intervention."""
     frame = frame[frame["seed"] == frame["seed"].min()]
-    ends = frame.assign(shrank=boundary_shrank(frame["boundary_dims"], frame["boundary_dims_start"]),
+    return frame.assign(shrank=boundary_shrank(frame["boundary_dims"], frame["boundary_dims_start"]),
                         gain=frame["iia"] - frame["unintervened"])
-    return ends.groupby(["hypothesis", "shrank"], sort=False).agg(
+
+
+def boundary_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per hypothesis and whether the learned boundary shrank, over the first seed's grid: cells, mean and
+    max IIA, max gain over no intervention, mean learned subspace size."""
+    return _grid_ends(frame).groupby(["hypothesis", "shrank"], sort=False).agg(
         cells=("iia", "size"), mean_iia=("iia", "mean"), max_iia=("iia", "max"), max_gain=("gain", "max"),
         mean_dims=("boundary_dims", "mean"))
 
@@ -100,10 +104,9 @@ def boundary_table(frame: pd.DataFrame) -> pd.DataFrame:
 def boundary_values(frame: pd.DataFrame) -> dict[str, float]:
     """The numbers of `boundary_table` a chapter's prose states: over the first seed's grid, how many cells
     there are, how many ended with a boundary that shrank, and the mean width at the start and the end."""
-    frame = frame[frame["seed"] == frame["seed"].min()]
-    shrank = boundary_shrank(frame["boundary_dims"], frame["boundary_dims_start"])
-    return {"boundary_cells": int(len(frame)), "boundary_cells_shrank": int(shrank.sum()),
-            "width_start": float(frame["boundary_dims_start"].mean()), "width_end": float(frame["boundary_dims"].mean())}
+    ends = _grid_ends(frame)
+    return {"boundary_cells": int(len(ends)), "boundary_cells_shrank": int(ends["shrank"].sum()),
+            "width_start": float(ends["boundary_dims_start"].mean()), "width_end": float(ends["boundary_dims"].mean())}
 
 
 FOOTPRINT_LABELS = {"parameters": "trainable values stored", "free": "of which free (moved by training)",
