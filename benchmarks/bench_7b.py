@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -34,7 +35,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from das_lib.models import shape7b  # noqa: E402
 from das_lib.method.fastpath import CachedForward  # noqa: E402
-from das_lib.method.interventions import BoundlessDASIntervention  # noqa: E402
+from das_lib.method.interventions import ORTHOGONAL_MAPS, BoundlessDASIntervention  # noqa: E402
 from das_lib.method.sites import Site  # noqa: E402
 from das_lib.method.data import InterchangeData  # noqa: E402
 from das_lib.method.training import PlainForward  # noqa: E402
@@ -56,6 +57,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=None, help="rank of the low-rank Boundless DAS (default 8; 4 with --tiny)")
     p.add_argument("--budget-gib", type=float, default=40.0, help="memory budget of the fast path's cache (GiB)")
     p.add_argument("--strategy", default="auto", help="fast path cache strategy: auto, full, site or batch")
+    p.add_argument("--maps", nargs="+", default=list(ORTHOGONAL_MAPS), choices=list(ORTHOGONAL_MAPS),
+                   help="orthogonal maps timed on the fast path, side by side (the plain path runs the first)")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
     tiny_defaults = dict(device="cpu", layers=[0, 1, 2], examples=8, batch_size=4, steps=2, rank=4)
@@ -108,13 +111,15 @@ def time_steps(step, batches, warmup: int, device: torch.device) -> float:
 
 
 def training_step(forward, intervention, optimizer):
-    """One Boundless DAS step: intervened answer logits, loss (task + boundary), backward, Adam."""
+    """One Boundless DAS step as das_lib.method.training.train_intervention takes it: intervened answer
+    logits, loss (task + boundary), backward, Adam, and the map's retraction (the "qr" map's)."""
     def step(batch: InterchangeData) -> None:
         logits = forward(batch)
         loss = F.cross_entropy(logits.float(), batch.labels) + intervention.clamped_boundaries().sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        intervention.rotation.retract()
     return step
 
 
@@ -124,7 +129,7 @@ def floor_step(fast: CachedForward, model):
 
     def step(batch: InterchangeData) -> None:
         store = fast._build(batch)[0][fast.site.layer]  # prefix keys and values given: built outside the timing
-        rows = torch.arange(len(batch), device=store.suffix.device)
+        rows = np.arange(len(batch))  # the cache's rows, on the host
         hidden = store.suffix.clone().requires_grad_(True)
         _sync(store.suffix.device)
         start = time.perf_counter()
@@ -137,7 +142,7 @@ def floor_step(fast: CachedForward, model):
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    """Every cell of the benchmark: one row per (layer, position, full or low rank)."""
+    """Every cell of the benchmark: one row per (layer, position, full or low rank, orthogonal map)."""
     device = torch.device(args.device)
     config = shape7b.alpaca_7b_config(4, **TINY) if args.tiny else shape7b.alpaca_7b_config(32)
     start = time.perf_counter()
@@ -155,40 +160,55 @@ def run(args: argparse.Namespace) -> list[dict]:
             perm = torch.Generator().manual_seed(1)
             batches = [data.select(torch.randperm(len(data), generator=perm)[: args.batch_size].to(device))
                        for _ in range(n_batches)]
+            site = Site(layer, position_name)
+            _reset_peak(device)
+            t0 = time.perf_counter()
+            cache = CachedForward(model, site, None, [data], max_cache_bytes=int(args.budget_gib * 2**30),
+                                  strategy=args.strategy)  # checks itself against the model (check_result)
+            _sync(device)
+            cached = {"cache_s": time.perf_counter() - t0, "strategy": cache.plans[0].strategy,
+                      "cache_gib": sum(s.nbytes() for s in cache.stores) / 2**30,
+                      **{f"check_{k}": v for k, v in cache.check_result.items()}}
+            floor = floor_step(cache, model)
+            time_steps(floor, batches, args.warmup, device)
+            floor_steps_per_s = 1 / statistics.median(floor.seconds[args.warmup:])
             for kind, rank in (("full", None), (f"r={args.rank}", args.rank)):
-                torch.manual_seed(0)
-                intervention = BoundlessDASIntervention(config.hidden_size, rank).to(device)
-                site = Site(layer, position_name)
-                row = {"layer": layer, "position": position_name, "rotation": kind}
-                _reset_peak(device)
-                t0 = time.perf_counter()
-                fast = CachedForward(model, site, intervention, [data], max_cache_bytes=int(args.budget_gib * 2**30),
-                                     strategy=args.strategy)
-                _sync(device)
-                row["cache_s"] = time.perf_counter() - t0
-                row["strategy"] = fast.plans[0].strategy
-                row["cache_gib"] = sum(s.nbytes() for s in fast.stores) / 2**30
-                plain = PlainForward(model, site, intervention)
-                with torch.no_grad():
-                    row["max_logit_diff"] = (fast(batches[0]).float() - plain(batches[0]).float()).abs().max().item()
-                for name, forward in (("fast", fast), ("plain", plain)):
-                    optimizer = torch.optim.Adam(intervention.parameters(), lr=1e-9)  # tiny lr: the same weights each step
-                    _reset_peak(device)
-                    seconds = time_steps(training_step(forward, intervention, optimizer), batches, args.warmup, device)
-                    row[f"{name}_steps_per_s"] = 1 / seconds
-                    row[f"{name}_peak_gib"] = _peak_gib(device)
-                floor = floor_step(fast, model)
-                time_steps(floor, batches, args.warmup, device)
-                row["floor_steps_per_s"] = 1 / statistics.median(floor.seconds[args.warmup:])
-                row["fast_vs_plain"] = row["fast_steps_per_s"] / row["plain_steps_per_s"]
-                row["fast_time_vs_floor"] = row["floor_steps_per_s"] / row["fast_steps_per_s"]
-                rows.append(row)
-                print(format_row(row), flush=True)
+                for m in args.maps:
+                    torch.manual_seed(0)
+                    intervention = BoundlessDASIntervention(config.hidden_size, rank, orthogonal_map=m, device=device)
+                    row = {"layer": layer, "position": position_name, "rotation": kind, "map": m, **cached,
+                           "floor_steps_per_s": floor_steps_per_s}
+                    fast = cache.with_intervention(intervention)
+                    paths = [("fast", fast)]
+                    if m == args.maps[0]:  # the plain path's step differs by the map's cost only: timed once
+                        plain = PlainForward(model, site, intervention)
+                        with torch.no_grad():
+                            row["max_logit_diff"] = (fast(batches[0]).float() - plain(batches[0]).float()).abs().max().item()
+                        paths.append(("plain", plain))
+                    for name, forward in paths:
+                        optimizer = torch.optim.Adam(intervention.parameters(), lr=1e-9)  # tiny lr: the same weights each step
+                        _reset_peak(device)
+                        seconds = time_steps(training_step(forward, intervention, optimizer), batches, args.warmup, device)
+                        row[f"{name}_steps_per_s"] = 1 / seconds
+                        row[f"{name}_peak_gib"] = _peak_gib(device)
+                    if "plain_steps_per_s" in row:
+                        row["fast_vs_plain"] = row["fast_steps_per_s"] / row["plain_steps_per_s"]
+                    row["fast_time_vs_floor"] = row["floor_steps_per_s"] / row["fast_steps_per_s"]
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+                    save(args, rows, complete=False)  # a run stopped at its time limit keeps the rows it made
     return rows
 
 
-COLUMNS = ["layer", "position", "rotation", "strategy", "cache_gib", "cache_s", "fast_steps_per_s", "plain_steps_per_s",
-           "fast_vs_plain", "floor_steps_per_s", "fast_time_vs_floor", "fast_peak_gib", "plain_peak_gib", "max_logit_diff"]
+def save(args: argparse.Namespace, rows: list[dict], complete: bool = True, **extra: object) -> None:
+    """Write the rows (and `extra`) to --json, if given."""
+    if args.json:
+        Path(args.json).write_text(json.dumps({"args": vars(args), **extra, "rows": rows, "complete": complete}, indent=2))
+
+
+COLUMNS = ["layer", "position", "rotation", "map", "strategy", "cache_gib", "cache_s", "fast_steps_per_s", "plain_steps_per_s",
+           "fast_vs_plain", "floor_steps_per_s", "fast_time_vs_floor", "fast_peak_gib", "plain_peak_gib", "max_logit_diff",
+           "check_error", "check_model_noise"]
 
 
 def format_row(row: dict) -> str:
@@ -200,17 +220,20 @@ def format_row(row: dict) -> str:
     return "  ".join(cells)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    """Run the benchmark, print its table, optionally write it as JSON."""
-    args = parse(argv)
+def timed_run(args: argparse.Namespace, run_rows, **extra: object) -> list[dict]:
+    """`run_rows(args)` (refused without a GPU where one is asked for), its time printed, its rows saved."""
     if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or use --tiny (CPU)")
     start = time.perf_counter()
-    rows = run(args)
+    rows = run_rows(args)
     print(f"done in {time.perf_counter() - start:.0f} s")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    save(args, rows, **extra)
     return rows
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the benchmark, print its table, optionally write it as JSON."""
+    return timed_run(parse(argv), run)
 
 
 if __name__ == "__main__":

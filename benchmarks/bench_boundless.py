@@ -36,7 +36,7 @@ from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.metrics import accuracy
 from das_lib.method.sites import Site
-from das_lib.method.training import PlainForward, TrainConfig, lr_factor, next_batch, temperature_at, train_intervention
+from das_lib.method.training import PlainForward, TrainConfig, lr_factor, next_batch, random_order, temperature_at, train_intervention
 
 try:
     import pyvene as pv
@@ -107,7 +107,7 @@ class Pyvene:
         optimizer = torch.optim.Adam([{"params": rotation, "lr": config.lr},
                                       {"params": [self.iv.intervention_boundaries], "lr": config.boundary_lr}])
         base_lrs = [g["lr"] for g in optimizer.param_groups]
-        order, cursor = torch.randperm(len(data), generator=generator), 0
+        order, cursor = random_order(len(data), generator), 0
         start = time.perf_counter()
         for step in range(config.steps):
             batch, order, cursor = next_batch(data, order, cursor, config.batch_size, generator)

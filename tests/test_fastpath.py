@@ -1,4 +1,5 @@
 """The fast path (das_lib.method.fastpath) must give the plain path's logits, loss, gradients and IIA."""
+import copy
 import warnings
 from dataclasses import replace
 
@@ -11,7 +12,11 @@ from transformers import (
 )
 
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, FastPathMismatch, make_forward, shared_caches
+from das_lib.method import llama_layers
+from das_lib.method.fastpath import (
+    CHECK_FACTOR, CHECK_FLOOR, CachedForward, FastPathMismatch, FastPathUnavailable, PlainPathWarning, caches_or_plain,
+    check_tolerance, make_forward, shared_caches,
+)
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, evaluate, train_intervention
@@ -144,9 +149,12 @@ def test_caches_of_several_layers_from_one_pass_equal_the_plain_path(llama, padd
         assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_f, grads_p))
 
 
-def test_caches_of_several_layers_that_do_not_fit_are_refused(llama):
+def test_caches_of_several_layers_that_do_not_fit_are_refused_saying_why(llama):
     data = make_data(torch.full((N,), T - 2))
-    assert shared_caches(llama, [0, 1], [data], max_cache_bytes=1024) == {0: None, 1: None}
+    with pytest.raises(FastPathUnavailable, match="over the fast path's budget of 0.0 MiB"):
+        shared_caches(llama, [0, 1], [data], max_cache_bytes=1024)
+    with pytest.warns(PlainPathWarning, match="using the plain path .*budget"):  # told, not silent
+        assert caches_or_plain(llama, [0, 1], [data], max_cache_bytes=1024) == {0: None, 1: None}
 
 
 def test_training_is_the_same_on_both_paths(llama):
@@ -214,7 +222,11 @@ def test_missing_layer_or_position_is_refused_with_the_range(llama):
     data = make_data(torch.full((4,), T - 1))
     with pytest.raises(IndexError, match=r"layers 0\.\.2"):
         make_forward(llama, Site(7, "x"), DASIntervention(D, 4), [data])
-    beyond = make_data(torch.full((4,), T + 3))
+    with pytest.raises(IndexError, match=rf"positions 0\.\.{T - 1}"):  # where the data is made, on the CPU
+        make_data(torch.full((4,), T + 3))
+    beyond = make_data(torch.full((4,), T - 1))
+    beyond.base_pos, beyond.source_pos = beyond.base_pos + 4, beyond.source_pos + 4
+    beyond.positions_checked = False  # as for data made on a GPU: checked where it is used
     with pytest.raises(IndexError, match=rf"positions 0\.\.{T - 1}"):
         PlainForward(llama, Site(1, "x"), DASIntervention(D, 4))(beyond)
     with pytest.raises(IndexError, match=rf"positions 0\.\.{T - 1}"):
@@ -230,3 +242,79 @@ def test_right_padding_is_refused(llama):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert isinstance(make_forward(llama, Site(1, "x"), DASIntervention(D, 4), [data]), PlainForward)
+
+
+# ---- the self-check at depth: 32 layers in bfloat16 ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def deep_bf16() -> tuple[LlamaForCausalLM, InterchangeData, dict]:
+    """A 32-layer narrow Llama in bfloat16 whose attention depends on position (queries and keys scaled up,
+    as in a trained model: at the default initialisation attention is nearly uniform and a wrong rotary
+    offset changes almost nothing), 8 padded prompts intervened three tokens before the end, and the fast
+    path's caches of them at every layer (one pass; a refusal at any layer raises FastPathMismatch)."""
+    from das_lib.models.shape7b import alpaca_7b_config, random_model
+    model = random_model(alpaca_7b_config(32, hidden_size=64, num_attention_heads=4, num_key_value_heads=4,
+                                          intermediate_size=128, vocab_size=256), torch.bfloat16)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    g = torch.Generator().manual_seed(0)
+    n, length = 8, 31
+    ids = torch.randint(3, 256, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[:3, :4] = 0
+    pos = torch.full((n,), length - 3)
+    data = InterchangeData({"input_ids": ids, "attention_mask": mask}, {"input_ids": ids.flip(0), "attention_mask": mask.flip(0)},
+                           pos, pos.clone(), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long))
+    return model, data, shared_caches(model, list(range(32)), [data])
+
+
+def eager_attention(q, k, v, attn_mask=None, scale=None, enable_gqa=False):
+    """Attention computed as transformers' eager implementation does (bfloat16 products, softmax in float32):
+    the same function as SDPA, rounded in another order."""
+    weights = (q @ k.transpose(-1, -2)) * scale
+    if attn_mask is not None:
+        weights = weights.masked_fill(~attn_mask, float("-inf"))
+    return torch.softmax(weights, dim=-1, dtype=torch.float32).to(q.dtype) @ v
+
+
+def test_the_bf16_self_check_passes_the_exact_fast_path_at_every_layer_of_32(deep_bf16):
+    _, _, caches = deep_bf16
+    assert sorted(caches) == list(range(32))
+    for layer, cache in caches.items():
+        result = cache.check_result
+        assert result["error"] <= result["tolerance"] and result["model_noise"] > 0, (layer, result)
+
+
+def test_the_bf16_self_check_passes_a_fast_path_that_only_rounds_differently(deep_bf16, monkeypatch):
+    _, data, caches = deep_bf16
+    monkeypatch.setattr(llama_layers.F, "scaled_dot_product_attention", eager_attention)  # only the fast path's layers
+    for layer in range(0, 32, 3):
+        cache = copy.copy(caches[layer])
+        cache._check(cache.stores[0], data, cache.check_reference, noise=cache.check_result["model_noise"])
+        assert 0 < cache.check_result["error"] <= cache.check_result["tolerance"], (layer, cache.check_result)
+
+
+@pytest.mark.parametrize("layer", [0, 8, 16])
+@pytest.mark.parametrize("mismatch", ["shifted position", "rotary offset", "missing layer"])
+def test_the_bf16_self_check_refuses_a_real_mismatch(deep_bf16, layer, mismatch):
+    _, data, caches = deep_bf16
+    cache = copy.copy(caches[layer])
+    store = cache.stores[0]
+    if mismatch == "shifted position":  # each position gets its neighbour's state
+        store = replace(store, suffix=torch.roll(store.suffix, 1, dims=1))
+    elif mismatch == "rotary offset":  # the suffix rotated as one position later
+        store = replace(store, cos=torch.roll(store.cos, 1, dims=1), sin=torch.roll(store.sin, 1, dims=1))
+    else:  # the last layer above the site skipped
+        cache.upper = cache.upper[:-1]
+        store = replace(store, keys=store.keys[:-1], values=store.values[:-1])
+    with pytest.raises(FastPathMismatch, match="relative error"):
+        cache._check(store, data, cache.check_reference, noise=cache.check_result["model_noise"])
+
+
+def test_the_check_tolerance_is_a_small_multiple_of_the_models_own_disagreement():
+    assert check_tolerance(0.02, torch.bfloat16) == pytest.approx(CHECK_FACTOR * 0.02)
+    assert check_tolerance(0.0, torch.bfloat16) == CHECK_FLOOR[torch.bfloat16]  # never below the dtype's rounding
+    assert check_tolerance(1e-7, torch.float32) == CHECK_FLOOR[torch.float32]
+    assert 2 <= CHECK_FACTOR <= 4  # above: a rotary offset at layer 16 passes; below: the other rounding order fails

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
+import torch
+
 from das_lib.method.sites import Site
 from das_lib.models.load import DTYPES, load_config, resolve_device
 from das_lib.pricetag.task import PriceTagTask
@@ -234,3 +236,10 @@ def check_sites(task: PriceTagTask, model: str, layer: int, position: str, scan_
     check(scan, {"scan_layers": SubsetOf(range(n_layers)), "scan_positions": SubsetOf(task.searched_roles())})
     layers = [layer] if layer != -1 else scan["scan_layers"]
     return [Site(l, p) for l in layers for p in ([position] if position else scan["scan_positions"])]  # noqa: E741
+
+
+def cpu_threads(device: str, n: int = 1) -> None:
+    """Give torch `n` threads when the chapter runs on the CPU (the book's chapters share the cores); a GPU
+    run keeps torch's own setting for its host-side work."""
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(n)

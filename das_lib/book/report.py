@@ -18,13 +18,13 @@ from das_lib.runs.sweep import boundary_shrank, summary
 
 
 def sweep_command(store: str, model: str, dtype: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
-                  positions: Sequence[str] | None) -> str:
+                  positions: Sequence[str] | None, device: str = "cpu") -> str:
     """The papermill command (run from the repository root) that makes the sweep chapter train these
     alignments into `store` (given as an absolute path: a chapter resolves it from its own folder)."""
     grid = {"hypotheses": list(hypotheses), "layers": list(layers or []), "positions": list(positions or [])}
     yaml = "{" + ", ".join(f"{k}: [{', '.join(map(str, v))}]" for k, v in grid.items()) + "}"
     return (f"papermill book/05_sweep.ipynb /tmp/05_sweep.ipynb -p store {Path(store).resolve()} -p model {model} "
-            f"-p dtype {dtype} -y '{yaml}'")
+            f"-p dtype {dtype} -p device {device} -y '{yaml}'")
 
 
 def hypothesis_table(frame: pd.DataFrame, task_acc: float) -> pd.DataFrame:

@@ -1,9 +1,22 @@
 """Interchange examples as tensors: what training, evaluation and the fast path read."""
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import copy
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
+import numpy as np
 import torch
+
+
+def rows_on(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Row numbers kept on the host, as an index tensor on `device`. To a GPU they are copied from pinned
+    memory without waiting: a plain copy from the host would wait until the GPU has run all it was given."""
+    index = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    if device.type == "cuda":
+        return index.pin_memory().to(device, non_blocking=True)
+    return index.to(device)
 
 
 @dataclass
@@ -12,6 +25,13 @@ class InterchangeData:
 
     `roles` names the position columns (one name for (N,) positions, k names for (N, k)), so that a
     forward can check that a site's position is the one the data was encoded at; None: unnamed.
+
+    Every dataset made by the constructor (or `dataclasses.replace`, which may change any tensor) gets a
+    new `origin`; `select` and `to` keep their parent's, with `ids`, the rows of the parent's examples
+    they hold. A cache of a dataset can so find a batch drawn from it by its ids, on the host, without
+    reading the batch's tensors back from the device (see das_lib.method.fastpath). Likewise positions
+    are checked against the inputs' length once, where the dataset is made on the CPU
+    (`positions_checked`), and not again for every batch on a GPU.
     """
 
     base: dict[str, torch.Tensor]
@@ -22,8 +42,13 @@ class InterchangeData:
     labels: torch.Tensor  # (N,) class or token id of the counterfactual output
     base_labels: torch.Tensor | None = None  # (N,) the model's expected factual answer on the base
     roles: tuple[str, ...] | None = None
+    origin: str = field(init=False, repr=False, compare=False)
+    ids: np.ndarray | None = field(init=False, repr=False, compare=False)  # (N,) rows in `origin`; None: 0..N-1
+    positions_checked: bool = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        self.origin, self.ids = uuid.uuid4().hex, None
+        self.positions_checked = self._check_positions()
         n = len(self.labels)
         for name, t in [*self.base.items(), *self.source.items(), ("variable", self.variable)]:
             if len(t) != n:
@@ -36,20 +61,48 @@ class InterchangeData:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def select(self, idx: torch.Tensor | slice) -> "InterchangeData":
-        """The examples at `idx`."""
-        pick = lambda t: None if t is None else t[idx]  # noqa: E731
-        return InterchangeData(
-            {k: v[idx] for k, v in self.base.items()},
-            {k: v[idx] for k, v in self.source.items()},
-            pick(self.base_pos), pick(self.source_pos), self.variable[idx], self.labels[idx], pick(self.base_labels),
-            self.roles,
-        )
+    def _check_positions(self) -> bool:
+        """Refuse positions outside their inputs where reading them is free (on the CPU); True if checked."""
+        for pos, inputs in ((self.base_pos, self.base), (self.source_pos, self.source)):
+            if pos is None or pos.numel() == 0:
+                continue
+            if pos.device.type != "cpu" or "input_ids" not in inputs:
+                return False
+            length = inputs["input_ids"].shape[1]
+            if int(pos.min()) < 0 or int(pos.max()) >= length:
+                raise IndexError(f"token position {int(pos.min())}..{int(pos.max())} does not exist: "
+                                 f"these inputs have positions 0..{length - 1}")
+        return True
+
+    def row_ids(self) -> np.ndarray:
+        """(N,) int64 array on the host: the rows of these examples in the dataset named by `origin`."""
+        return np.arange(len(self)) if self.ids is None else self.ids
+
+    def _derived(self, ids: np.ndarray | None, apply: Callable[[torch.Tensor], torch.Tensor]) -> "InterchangeData":
+        """This dataset with `apply` done to every tensor (rows picked, or moved): of the same origin, with
+        `ids`, and not checked again (it is valid by construction, and checking reads the device)."""
+        new = copy.copy(self)
+        new.base, new.source = {k: apply(v) for k, v in self.base.items()}, {k: apply(v) for k, v in self.source.items()}
+        for name in ("base_pos", "source_pos", "variable", "labels", "base_labels"):
+            value = getattr(self, name)
+            setattr(new, name, None if value is None else apply(value))
+        new.ids = ids
+        return new
+
+    def select(self, idx: np.ndarray | torch.Tensor | slice) -> "InterchangeData":
+        """The examples at `idx`: a slice, or row numbers, best as a host (numpy) array: the rows' ids are
+        computed on the host, and a device tensor of row numbers would have to be read back for them."""
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        if isinstance(idx, slice):
+            return self._derived(self.row_ids()[idx], lambda t: t[idx])
+        index = rows_on(idx, self.labels.device)  # once for every tensor of the dataset
+        return self._derived(self.row_ids()[idx], lambda t: t.index_select(0, index.to(t.device)))
 
     def shuffled(self, seed: int) -> "InterchangeData":
         """The same examples with their labels permuted among them: a labelling no high-level variable
         explains, for the control that shows an alignment cannot fit just any labels."""
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed), device="cpu")
         return replace(self, labels=self.labels[perm])
 
     def column(self, j: int) -> "InterchangeData":
@@ -59,13 +112,7 @@ class InterchangeData:
 
     def to(self, device: str | torch.device) -> "InterchangeData":
         """A copy on `device`."""
-        mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return InterchangeData(
-            {k: v.to(device) for k, v in self.base.items()},
-            {k: v.to(device) for k, v in self.source.items()},
-            mv(self.base_pos), mv(self.source_pos), self.variable.to(device), self.labels.to(device), mv(self.base_labels),
-            self.roles,
-        )
+        return self._derived(self.ids, lambda t: t.to(device))
 
     def check_position(self, position: str | None) -> None:
         """Refuse a site whose position is not the one (named) role these examples are encoded at."""

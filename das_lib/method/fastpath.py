@@ -31,22 +31,66 @@ import copy
 import warnings
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from das_lib.method import layer_cache, llama_layers
 from das_lib.method.cache_plan import CachePlan, CacheShape, check_strategy, plan_cache
-from das_lib.method.data import InterchangeData
+from das_lib.method.data import InterchangeData, rows_on
 from das_lib.method.layer_cache import LayerCache
 from das_lib.method.llama_layers import Attention
-from das_lib.method.sites import Site, find_layers, layer_module, select_positions, write_positions
+from das_lib.method.sites import Site, capture, find_layers, layer_module, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-class FastPathMismatch(RuntimeError):
+class FastPathUnavailable(RuntimeError):
+    """The fast path cannot run here; the message says why."""
+
+
+class FastPathMismatch(FastPathUnavailable):
     """The fast path did not reproduce the model's own forward pass on a cached dataset."""
+
+
+# The self-check's criterion. The fast path computes the same function as the model in another order,
+# so in a low-precision dtype it differs from the model's own forward pass by rounding, which grows with
+# the depth above the site. The scale of that rounding is measured on the model itself: its answer
+# states under two attention implementations (SDPA and eager), which the fast path may exceed by at
+# most CHECK_FACTOR; CHECK_FLOOR keeps the bound above the dtype's rounding where the two agree exactly.
+# Errors are relative L2 norms per row (the largest over the checked rows), so that one outlying
+# coordinate of a 4096-wide bfloat16 state does not decide, while a shifted position, a wrong rotary
+# offset or a missing layer (errors of order 1e-1 to 1) are refused (tests/test_fastpath.py).
+CHECK_FACTOR = 3.0
+CHECK_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    """The largest over rows of |ours - reference| / |reference| (L2 norms of the last axis, in float32)."""
+    ours, reference = ours.float(), reference.float()
+    return ((ours - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-30)).max().item()
+
+
+def self_disagreement(model: nn.Module, data: InterchangeData, reference: torch.Tensor) -> float:
+    """How far the model's own last-layer answer states on `data`'s bases move when its attention runs
+    in another implementation (eager instead of SDPA, or back): its rounding at this dtype and depth."""
+    current = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    other = "eager" if current != "eager" else "sdpa"
+    last = Site(len(find_layers(model)) - 1)
+    positions = torch.full((len(data),), data.base["input_ids"].shape[1] - 1, dtype=torch.long, device="cpu")
+    model.set_attn_implementation(other)
+    try:
+        with torch.no_grad():
+            theirs = capture(model, last, data.base, positions)
+    finally:
+        model.set_attn_implementation(current)
+    return relative_error(theirs, reference)
+
+
+def check_tolerance(noise: float, dtype: torch.dtype) -> float:
+    """The largest relative error the self-check accepts, given the model's own disagreement `noise`."""
+    return max(CHECK_FACTOR * noise, CHECK_FLOOR.get(dtype, CHECK_FLOOR[torch.bfloat16]))
 
 
 def fast_path_problem(model: nn.Module, site: Site, data: Iterable[InterchangeData] = ()) -> str | None:
@@ -116,6 +160,7 @@ class CachedForward:
         self.stores: list[LayerCache] = []
         self.plans: list[CachePlan] = []  # one per prepared dataset, in order
         self.checked = False
+        self.check_result: dict[str, float] | None = None  # the last self-check: error, model_noise, tolerance
         for d in data:
             self.prepare(d)
 
@@ -175,20 +220,36 @@ class CachedForward:
         return layer_cache.build(self.model, self.attention, data, layers or [self.site.layer], self.chunk_size,
                                  all_keys=all_keys, keep_prefix_states=keep_prefix_states)
 
-    def _check(self, store: LayerCache, data: InterchangeData, reference: torch.Tensor, n: int = 8) -> None:
-        """Refuse the cache unless the fast path, unintervened, reproduces the model's own last layer."""
-        rows = torch.arange(min(n, len(data)))
+    def _check(self, store: LayerCache, data: InterchangeData, reference: torch.Tensor, n: int = 8,
+               noise: float | None = None) -> None:
+        """Refuse the cache unless the fast path, unintervened, reproduces the model's own last layer (see
+        `check_tolerance`; `noise`: the model's own disagreement on these rows, when already measured); the
+        result is kept in `self.check_result`."""
+        rows = np.arange(min(n, len(data)))
         with torch.no_grad():
-            ours = self._upper_layers(store, rows, store.suffix.index_select(0, rows))
-        ref = reference[rows]
-        err = (ours.float() - ref.float()).abs().max().item()
-        tol = (1e-4 if ref.dtype == torch.float32 else 3e-2) * (1.0 + ref.float().abs().max().item())
+            ours = self._upper_layers(store, rows, store.suffix[: len(rows)])
+        ref = reference[: len(rows)]
+        reference = ref
+        err = relative_error(ours, ref)
+        if noise is None:
+            noise = self_disagreement(self.model, data.select(rows), ref)
+        tol = check_tolerance(noise, ref.dtype)
+        self.check_result = {"error": err, "model_noise": noise, "tolerance": tol}
+        self.check_reference = reference  # the model's own answer states of the checked rows
         if not err <= tol:
             raise FastPathMismatch(
-                f"the fast path differs from {type(self.model).__name__}'s own forward pass by {err:.3g} "
-                f"(tolerance {tol:.3g}) at site {self.site}; this model is not supported: use PlainForward"
+                f"the fast path differs from {type(self.model).__name__}'s own forward pass by a relative error of "
+                f"{err:.3g} at site {self.site} (tolerance {tol:.3g}: {CHECK_FACTOR} x the model's own disagreement "
+                f"between two attention implementations, {noise:.3g}, and at least {CHECK_FLOOR[ref.dtype]:.0e} in "
+                f"{ref.dtype}); this model is not supported: use PlainForward"
             )
         self.checked = True
+
+    def with_intervention(self, intervention: nn.Module) -> "CachedForward":
+        """The same caches (no copy) serving another intervention at the same site."""
+        view = copy.copy(self)
+        view.intervention = intervention
+        return view
 
     def for_position(
         self, column: int, data: Iterable[InterchangeData], site: Site, intervention: nn.Module
@@ -202,9 +263,8 @@ class CachedForward:
         """
         if site.layer != self.site.layer:
             raise ValueError(f"site {site} is not at the cached layer {self.site.layer}")
-        view = copy.copy(self)
-        view.site, view.intervention = site, intervention
-        view.stores = []
+        view = self.with_intervention(intervention)
+        view.site, view.stores = site, []
         for d in data:
             store = layer_cache.column_view(self.stores, d, column)
             if store is None:
@@ -215,73 +275,98 @@ class CachedForward:
             view.stores.append(store)
         return view
 
-    def _find(self, batch: InterchangeData) -> tuple[LayerCache, torch.Tensor]:
-        """The cached dataset holding every example of `batch`, and their rows in it."""
+    def _find(self, batch: InterchangeData) -> tuple[LayerCache, np.ndarray]:
+        """The cached dataset holding every example of `batch`, and their rows in it (on the host).
+
+        A batch drawn from a cached dataset is found by its ids on the host (the training step's case: no
+        read-back from the device); any other batch by the bytes of its inputs and positions."""
+        for store in self.stores:
+            rows = store.rows_of(batch)
+            if rows is not None:
+                return store, rows
         keys = layer_cache.row_keys(batch)
         for store in self.stores:
-            rows = [store.index.get(k) for k in keys]
-            if None not in rows:
-                return store, torch.tensor(rows, dtype=torch.long, device=store.suffix.device)
+            found = [store.index.get(k) for k in keys]
+            if None not in found:
+                return store, np.asarray(found, dtype=np.int64)
         stores, reference = self._build(batch)
         store = stores[self.site.layer]
         if not self.checked:
             self._check(store, batch, reference)
-        return store, torch.arange(len(batch), device=store.suffix.device)
+        return store, np.arange(len(batch))
 
     # ---- the fast step ------------------------------------------------------------------------
-    def _upper_layers(self, store: LayerCache, rows: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Run the layers above the site on the suffix positions; the last layer output (B, d) at the answer."""
+    def _upper_layers(self, store: LayerCache, rows_host: np.ndarray, hidden: torch.Tensor,
+                      rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the layers above the site on the suffix positions of the cache's rows `rows_host` (`rows`: the
+        same on the cache's device, when the caller has them); the last layer output (B, d) at the answer."""
+        rows = rows_on(rows_host, store.suffix.device) if rows is None else rows
+        padded = store.padded(rows_host)  # on the host: the masks are decided without reading the device
         key_mask = None if store.key_mask is None else store.key_mask.index_select(0, rows)
         prefix = store.prefix_len
         if store.prefix_hidden is not None:  # strategy "site": recompute the prefix's keys and values
             prefix_keys, prefix_values = llama_layers.prefix_keys_values(
                 self.upper, self.attention, store.prefix_hidden.index_select(0, rows),
                 llama_layers.pick_rows(store.prefix_cos, rows), llama_layers.pick_rows(store.prefix_sin, rows),
-                None if key_mask is None else key_mask[:, :prefix])
+                None if key_mask is None else key_mask[:, :prefix], padded)
         else:
             prefix_keys = [k[:, :, :prefix].index_select(0, rows) for k in store.keys]  # positions >= P: see longer_prefix
             prefix_values = [v[:, :, :prefix].index_select(0, rows) for v in store.values]
         cos, sin = llama_layers.pick_rows(store.cos, rows), llama_layers.pick_rows(store.sin, rows)
-        return llama_layers.upper_layers(self.upper, self.attention, hidden, prefix_keys, prefix_values, cos, sin, key_mask)
+        return llama_layers.upper_layers(self.upper, self.attention, hidden, prefix_keys, prefix_values, cos, sin,
+                                         key_mask, padded)
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
         if self.intervention is None:
             raise ValueError("this cache was built without an intervention: get a forward from for_position(...)")
-        store, rows = self._find(batch)
-        local = batch.base_pos.to(rows.device) - store.prefix_len  # intervened positions within the suffix
+        store, rows_host = self._find(batch)
+        rows = rows_on(rows_host, store.suffix.device)
+        # intervened positions within the suffix; their range was checked when the dataset was cached
+        local = batch.base_pos.to(rows.device) - store.prefix_len
         suffix = store.suffix.index_select(0, rows)
-        new = self.intervention(select_positions(suffix, local), store.source.index_select(0, rows), batch.variable)
-        hidden = self._upper_layers(store, rows, write_positions(suffix, local, new))
+        new = self.intervention(select_positions(suffix, local, check=False), store.source.index_select(0, rows),
+                                batch.variable)
+        hidden = self._upper_layers(store, rows_host, write_positions(suffix, local, new, check=False), rows)
         return self.model.get_output_embeddings()(self.model.model.norm(hidden))
 
 
 def shared_cache(
     model: nn.Module, layer: int, data: Iterable[InterchangeData], max_cache_bytes: int = 4 * 2**30
-) -> CachedForward | None:
+) -> CachedForward:
     """One cache of `data` (encoded at every position of a grid) at `layer`, for `for_position` to serve
-    each position from; None where the fast path cannot run or not even the site's states fit the budget
-    (when the full cache does not fit, the plan of `CachedForward` picks what to keep)."""
+    each position from (when the full cache does not fit, the plan of `CachedForward` picks what to keep).
+    Raises FastPathUnavailable, saying why, where the fast path cannot run or not even the site's states
+    fit the budget."""
     data = list(data)
-    full = shared_caches(model, [layer], data, max_cache_bytes)[layer]
-    if full is not None or fast_path_problem(model, Site(layer), data) is not None:
-        return full
     try:
-        cache = CachedForward(model, Site(layer), None, data, max_cache_bytes=max_cache_bytes)
+        return shared_caches(model, [layer], data, max_cache_bytes)[layer]
     except FastPathMismatch:
-        return None
-    return cache if len(cache.stores) == len(data) else None
+        raise
+    except FastPathUnavailable:  # over the budget, or unsupported: the plan below keeps less, or refuses likewise
+        pass
+    problem = fast_path_problem(model, Site(layer), data)
+    if problem is not None:
+        raise FastPathUnavailable(problem)
+    with warnings.catch_warnings():  # the plan's own note on batch caching: said below, once, as a reason
+        warnings.simplefilter("ignore")
+        cache = CachedForward(model, Site(layer), None, data, max_cache_bytes=max_cache_bytes)
+    if len(cache.stores) != len(data):
+        raise FastPathUnavailable(f"not even the site's states of these {sum(map(len, data))} examples fit the "
+                                  f"fast path's memory budget of {max_cache_bytes / 2**20:.1f} MiB")
+    return cache
 
 
 def shared_caches(
     model: nn.Module, layers: Sequence[int], data: Iterable[InterchangeData], max_cache_bytes: int = 4 * 2**30
-) -> dict[int, CachedForward | None]:
+) -> dict[int, CachedForward]:
     """`shared_cache` at each of `layers`, from one forward pass over each dataset (the layers share the
-    prefix keys and values); None at every layer where the fast path cannot run or the caches would
-    take more than `max_cache_bytes` together."""
+    prefix keys and values). Raises FastPathUnavailable, saying why, where the fast path cannot run at
+    one of them or the caches would take more than `max_cache_bytes` together."""
     data, layers = list(data), sorted(set(layers))
-    none: dict[int, CachedForward | None] = {l: None for l in layers}
-    if not layers or any(fast_path_problem(model, Site(l), data) is not None for l in layers):
-        return none
+    for layer in layers:
+        problem = fast_path_problem(model, Site(layer), data)
+        if problem is not None:
+            raise FastPathUnavailable(problem)
     caches = {l: CachedForward(model, Site(l), None, max_cache_bytes=max_cache_bytes) for l in layers}
     lowest = caches[layers[0]]  # its prefix keys and values cover every layer above the others' too
     # the keys and values of every position (not only the prefix's) are kept: see layer_cache.longer_prefix
@@ -289,22 +374,60 @@ def shared_caches(
     need = sum(lowest.cache_bytes(d) + (f - 1) * lowest.kv_bytes(d) for d, f in zip(data, scale)) + sum(
         caches[l].cache_bytes(d) - caches[l].kv_bytes(d) for l in layers[1:] for d in data)
     if need > max_cache_bytes:
-        return none
-    try:
-        for d in data:
-            stores, reference = lowest._build(d, layers, all_keys=True)
-            for l, cache in caches.items():
-                cache._check(stores[l], d, reference)
-                cache.stores.append(stores[l])
-    except FastPathMismatch:
-        return none
+        raise FastPathUnavailable(f"the caches of layers {layers} would take {need / 2**20:.1f} MiB together, over the "
+                                  f"fast path's budget of {max_cache_bytes / 2**20:.1f} MiB")
+    for d in data:
+        stores, reference = lowest._build(d, layers, all_keys=True)
+        noise = None  # the model's own disagreement on these rows is the same at every layer: measured once
+        for l, cache in caches.items():
+            cache._check(stores[l], d, reference, noise=noise)
+            noise = cache.check_result["model_noise"]
+            cache.stores.append(stores[l])
     return caches
+
+
+def caches_or_plain(
+    model: nn.Module, layers: Sequence[int], data: Iterable[InterchangeData], max_cache_bytes: int = 4 * 2**30
+) -> dict[int, CachedForward | None]:
+    """The shared caches of `layers` (all from one pass when they fit together, else layer by layer), and
+    None at a layer where the fast path cannot run: the caller then uses PlainForward, and is told once
+    why (`plain_path_notice`)."""
+    data = list(data)
+    try:
+        return shared_caches(model, layers, data, max_cache_bytes)
+    except FastPathUnavailable as together:
+        if len(set(layers)) == 1:
+            plain_path_notice(str(together))
+            return {layer: None for layer in layers}
+    caches: dict[int, CachedForward | None] = {}
+    for layer in sorted(set(layers)):
+        try:
+            caches[layer] = shared_cache(model, layer, data, max_cache_bytes)
+        except FastPathUnavailable as err:
+            plain_path_notice(f"layer {layer}: {err}")
+            caches[layer] = None
+    return caches
+
+
+class PlainPathWarning(UserWarning):
+    """The plain path runs where the fast path was asked for (the message says why)."""
+
+
+_TOLD: set[str] = set()
+
+
+def plain_path_notice(reason: str) -> None:
+    """Say, once per reason in a process, that the plain path runs instead of the fast one, and why."""
+    if reason not in _TOLD:
+        _TOLD.add(reason)
+        warnings.warn(f"using the plain path (exact, slower): {reason}", PlainPathWarning, stacklevel=3)
 
 
 def make_forward(
     model: nn.Module, site: Site, intervention: nn.Module, data: Iterable[InterchangeData] = (), fast: bool = True
 ) -> InterventionForward:
-    """The fast path when the model, site and data allow it (caching `data`), else the plain path."""
+    """The fast path when the model, site and data allow it (caching `data`), else the plain path (and the
+    caller is told why, once)."""
     data = list(data)
     if not fast:
         return PlainForward(model, site, intervention)
@@ -314,5 +437,5 @@ def make_forward(
             return CachedForward(model, site, intervention, data)
         except FastPathMismatch as err:
             problem = str(err)
-    warnings.warn(f"using the plain path (exact, slower): {problem}", stacklevel=2)
+    plain_path_notice(problem)
     return PlainForward(model, site, intervention)

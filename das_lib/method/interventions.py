@@ -12,7 +12,12 @@ dimensions,
 
     intervened = base + W^T (m * (W source - W base)),
 
-which for r = d equals the paper's R^T((1 - m) R base + m R source), because R^T R = I.
+which for r = d equals the paper's R^T((1 - m) R base + m R source), because R^T R = I. The
+rotation and the swap are computed in float32 whatever the model's dtype (as pyvene does), so a
+bfloat16 model never rounds or differentiates the rotation in bfloat16.
+
+How W is kept orthonormal while it is trained is the rotation's *orthogonal map* (`ORTHOGONAL_MAPS`):
+the paper's matrix exponential, the Cayley map, or a QR retraction after each optimizer step.
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ class NeuronIntervention(nn.Module):
         if not dims or not all(0 <= i < d for i in dims):
             raise ValueError(f"neuron dims must be a non-empty subset of 0..{d - 1}, got {dims}")
         self.d = d
-        self.register_buffer("dims", torch.tensor(sorted(dims), dtype=torch.long))
+        self.register_buffer("dims", torch.tensor(sorted(dims), dtype=torch.long, device="cpu"))  # moved with .to()
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments (saved with the weights)."""
@@ -46,25 +51,73 @@ class NeuronIntervention(nn.Module):
         return out
 
 
-class OrthonormalMap(nn.Module):
-    """An r x d matrix with orthonormal rows, kept exact by torch's orthogonal parametrization."""
+# How an OrthonormalMap keeps W orthonormal while it is trained (see das_lib/method/training.py for the
+# optimizer side). All three start from the same W for the same seed.
+ORTHOGONAL_MAPS = {
+    "exp": "torch's orthogonal parametrization as the paper's code and pyvene use it: the matrix exponential "
+           "of a skew-symmetric matrix for the full rotation (Householder reflections for r < d)",
+    "cayley": "torch's orthogonal parametrization with the Cayley map (I - A/2)^-1 (I + A/2): one linear "
+              "solve instead of the exponential, the same rotation to first order in A",
+    "qr": "W itself is the trained parameter: Adam steps in the ambient space and a QR retraction puts W back "
+          "on the orthonormal matrices after every step (no map in the forward or backward pass)",
+}
+DEFAULT_MAP = "exp"
 
-    def __init__(self, d: int, r: int | None = None):
+
+def check_map(orthogonal_map: str) -> str:
+    """`orthogonal_map` if it is one of ORTHOGONAL_MAPS, else a ValueError listing them."""
+    if orthogonal_map not in ORTHOGONAL_MAPS:
+        raise ValueError(f"unknown orthogonal map {orthogonal_map!r}; choose one of {list(ORTHOGONAL_MAPS)}")
+    return orthogonal_map
+
+
+def orthonormal_columns(matrix: torch.Tensor) -> torch.Tensor:
+    """The Q of the QR decomposition of `matrix` (d x r, d >= r), each column's sign chosen so that R's
+    diagonal is positive: the orthonormal matrix nearest a nearly orthonormal one, computed in its dtype."""
+    q, r = torch.linalg.qr(matrix)
+    return q * torch.where(torch.diagonal(r) < 0, -1.0, 1.0).to(q.dtype)
+
+
+class OrthonormalMap(nn.Module):
+    """An r x d matrix W with orthonormal rows, kept exact by its orthogonal map (ORTHOGONAL_MAPS).
+
+    The starting W is drawn from torch's global random stream on the CPU (then moved to `device`), so a
+    seed gives the same start on every device; orthonormalising it runs on `device`."""
+
+    def __init__(self, d: int, r: int | None = None, orthogonal_map: str = DEFAULT_MAP, device: str | torch.device | None = None):
         super().__init__()
         r = d if r is None else r
         if not 1 <= r <= d:
             raise ValueError(f"rotation rank r must be in 1..{d} for hidden size {d}, got {r}")
-        self.d, self.r = d, r
+        self.d, self.r, self.orthogonal_map = d, r, check_map(orthogonal_map)
         # The d x r matrix is the parametrized one (rotated = x @ basis), as in the paper's release and
         # pyvene: the transposed choice spans the same rotations but trains along another path (we
-        # measured different IIA from the same start). matrix_exp for the square case (as the paper);
-        # householder for r < d, without torch's default trivialization, which would keep a d x d
-        # buffer: the low-rank map holds d*r numbers only.
-        self.basis = parametrizations.orthogonal(nn.Linear(r, d, bias=False), use_trivialization=r == d)
+        # measured different IIA from the same start).
+        linear = nn.Linear(r, d, bias=False, device="cpu")
+        if device is not None:
+            linear = linear.to(device)
+        if orthogonal_map == "qr":
+            with torch.no_grad():
+                linear.weight.copy_(orthonormal_columns(linear.weight))
+            self.basis = linear
+        elif orthogonal_map == "exp" and r < d:
+            # householder for r < d, without torch's default trivialization, which would keep a d x d
+            # buffer: the low-rank map holds d*r numbers only (pyvene's low-rank rotation)
+            self.basis = parametrizations.orthogonal(linear, orthogonal_map="householder", use_trivialization=False)
+        else:
+            torch_map = "matrix_exp" if orthogonal_map == "exp" else "cayley"
+            self.basis = parametrizations.orthogonal(linear, orthogonal_map=torch_map, use_trivialization=True)
 
     @property
     def weight(self) -> torch.Tensor:
         return self.basis.weight.T  # (r, d), rows orthonormal
+
+    @torch.no_grad()
+    def retract(self) -> None:
+        """After an optimizer step of the "qr" map, put W back on the orthonormal matrices (QR retraction);
+        nothing for the parametrized maps, whose W is orthonormal by construction."""
+        if self.orthogonal_map == "qr":
+            self.basis.weight.copy_(orthonormal_columns(self.basis.weight))
 
     @torch.no_grad()
     def reorthonormalize(self) -> None:
@@ -73,23 +126,26 @@ class OrthonormalMap(nn.Module):
         Training keeps W orthonormal only up to the float32 rounding of its map (matrix_exp drifts to
         ~3e-5 at d = 4096), which a saved alignment would carry; this removes the drift."""
         basis = self.basis.weight  # (d, r): orthonormal columns
-        q, r = torch.linalg.qr(basis.double())
-        q = q * torch.sign(torch.diagonal(r))  # QR fixes each column only up to its sign: keep W's
-        self.basis.weight = q.to(basis.dtype)  # stored through the parametrization's right_inverse
+        q = orthonormal_columns(basis.double()).to(basis.dtype)  # QR fixes each column only up to its sign: keep W's
+        if self.orthogonal_map == "qr":
+            basis.copy_(q)
+        else:
+            self.basis.weight = q  # stored through the parametrization's right_inverse
 
     def orthogonality_error(self) -> float:
         """max |W W^T - I|: how far the rows are from orthonormal."""
         with torch.no_grad():
             w = self.weight.double()
-            return (w @ w.T - torch.eye(self.r, dtype=w.dtype)).abs().max().item()
+            return (w @ w.T - torch.eye(self.r, dtype=w.dtype, device=w.device)).abs().max().item()
 
 
 class RotatedSpaceIntervention(nn.Module):
     """Base class: interchange inside a learned rotated subspace selected by `mask(variable)`."""
 
-    def __init__(self, d: int, r: int | None = None, n_variables: int = 1):
+    def __init__(self, d: int, r: int | None = None, n_variables: int = 1, orthogonal_map: str = DEFAULT_MAP,
+                 device: str | torch.device | None = None):
         super().__init__()
-        self.rotation = OrthonormalMap(d, r)
+        self.rotation = OrthonormalMap(d, r, orthogonal_map, device)
         self.d, self.r, self.n_variables = d, self.rotation.r, n_variables
         if self.r < n_variables:
             raise ValueError(f"rank {self.r} cannot hold {n_variables} disjoint subspaces")
@@ -103,24 +159,25 @@ class RotatedSpaceIntervention(nn.Module):
             raise ValueError(f"intervention was built for hidden size {self.d}, got vectors of size {base.shape[-1]}")
         if variable is None:
             variable = torch.zeros(base.shape[0], dtype=torch.long, device=base.device)
-        w = self.rotation.weight.to(base.dtype)
-        m = self.mask(variable.to(base.device)).to(base.dtype)
-        return base + ((source - base) @ w.T * m) @ w
+        w = self.rotation.weight  # float32, computed once per call (once per step, or per evaluation: see training.evaluate)
+        m = self.mask(variable.to(base.device))
+        return base + (((source - base).to(w.dtype) @ w.T * m) @ w).to(base.dtype)
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments (saved with the weights)."""
-        return {"d": self.d, "r": self.r, "n_variables": self.n_variables}
+        return {"d": self.d, "r": self.r, "n_variables": self.n_variables, "orthogonal_map": self.rotation.orthogonal_map}
 
 
 class DASIntervention(RotatedSpaceIntervention):
     """DAS with a fixed subspace of k rotated dimensions per variable (disjoint blocks)."""
 
-    def __init__(self, d: int, k: int, r: int | None = None, n_variables: int = 1):
-        super().__init__(d, r, n_variables)
+    def __init__(self, d: int, k: int, r: int | None = None, n_variables: int = 1, orthogonal_map: str = DEFAULT_MAP,
+                 device: str | torch.device | None = None):
+        super().__init__(d, r, n_variables, orthogonal_map, device)
         if not 1 <= k * n_variables <= self.r:
             raise ValueError(f"k={k} x {n_variables} variables does not fit in {self.r} rotated dimensions")
         self.k = k
-        masks = torch.zeros(n_variables, self.r)
+        masks = torch.zeros(n_variables, self.r, device=device)
         for v in range(n_variables):
             masks[v, v * k : (v + 1) * k] = 1.0
         self.register_buffer("masks", masks)
@@ -142,13 +199,14 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
     """Boundless DAS: each variable owns a block of r / n_variables rotated dims and learns what
     fraction `boundary` of it to intervene on, through a sigmoid mask sharpened by `temperature`."""
 
-    def __init__(self, d: int, r: int | None = None, n_variables: int = 1, init_boundary: float = 0.5):
-        super().__init__(d, r, n_variables)
+    def __init__(self, d: int, r: int | None = None, n_variables: int = 1, init_boundary: float = 0.5,
+                 orthogonal_map: str = DEFAULT_MAP, device: str | torch.device | None = None):
+        super().__init__(d, r, n_variables, orthogonal_map, device)
         self.block = self.r // n_variables
-        self.boundaries = nn.Parameter(torch.full((n_variables,), float(init_boundary)))
+        self.boundaries = nn.Parameter(torch.full((n_variables,), float(init_boundary), device=device))
         # A buffer, not a learned parameter: annealed by the training loop, and saved, loaded and
         # checkpointed with the weights like any other state.
-        self.register_buffer("mask_temperature", torch.tensor(50.0))
+        self.register_buffer("mask_temperature", torch.tensor(50.0, device=device))
 
     @property
     def temperature(self) -> float:
@@ -184,21 +242,30 @@ INTERVENTIONS = {c.__name__: c for c in (NeuronIntervention, DASIntervention, Bo
 # old file is refused with a message instead of loading wrongly. Files without one are version 1.
 # Version 2: Boundless DAS keeps its temperature in its weights (buffer mask_temperature); version 1
 # wrote it in the JSON, and such files are converted when loaded.
-FILE_FORMAT = 2
+# Version 3: rotated interventions record their orthogonal map; older files were all trained with "exp".
+FILE_FORMAT = 3
+Converted = tuple[dict[str, Any], dict[str, torch.Tensor]]
 
 
-def _from_format_1(info: dict[str, Any], state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The state of a version-1 file as version 2 has it: the temperature moves from the JSON into the weights."""
+def _from_format_1(info: dict[str, Any], config: dict[str, Any], state: dict[str, torch.Tensor]) -> Converted:
+    """A version-1 file as version 2 has it: the temperature moves from the JSON into the weights."""
     if info["class"] == BoundlessDASIntervention.__name__:
-        state = {**state, "mask_temperature": torch.tensor(float(info.get("temperature", 50.0)))}
-    return state
+        state = {**state, "mask_temperature": torch.tensor(float(info.get("temperature", 50.0)), device="cpu")}
+    return config, state
 
 
-CONVERTERS = {1: _from_format_1}  # older format -> function turning its state into the current one
+def _from_format_2(info: dict[str, Any], config: dict[str, Any], state: dict[str, torch.Tensor]) -> Converted:
+    """A version-2 file as version 3 has it: a rotated intervention's map, which was always "exp"."""
+    if info["class"] != NeuronIntervention.__name__:
+        config = {**config, "orthogonal_map": "exp"}
+    return config, state
+
+
+CONVERTERS = {1: _from_format_1, 2: _from_format_2}  # version -> function turning it into the next version
 
 
 def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Write `path`.safetensors (weights) and `path`.json (class, sizes, site, hyperparameters)."""
+    """Write `path`.safetensors (weights) and `path`.json (class, sizes, orthogonal map, site, hyperparameters)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in intervention.state_dict().items()}
@@ -208,9 +275,10 @@ def save_intervention(intervention: nn.Module, path: str | Path, meta: dict[str,
     return path
 
 
-def load_intervention(path: str | Path, hidden_size: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
-    """Load what `save_intervention` wrote (any class, built from its saved config); refuse it if built for
-    another hidden size."""
+def load_intervention(path: str | Path, hidden_size: int | None = None,
+                      device: str | torch.device | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Load what `save_intervention` wrote (any class, built from its saved config, on `device`); refuse it if
+    built for another hidden size."""
     path = Path(path)
     json_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
     if not json_path.exists() or not weights_path.exists():
@@ -223,15 +291,18 @@ def load_intervention(path: str | Path, hidden_size: int | None = None) -> tuple
             f"(and converts {sorted(CONVERTERS)}); train it again with this version (or load it with the das_lib "
             "version that wrote it)"
         )
-    cfg = info["config"]
-    if hidden_size is not None and cfg["d"] != hidden_size:
+    config = info["config"]
+    if hidden_size is not None and config["d"] != hidden_size:
         raise ValueError(
-            f"alignment {path} was learned for hidden size {cfg['d']} but the model has hidden size "
+            f"alignment {path} was learned for hidden size {config['d']} but the model has hidden size "
             f"{hidden_size}; train an alignment for this model instead"
         )
-    module = INTERVENTIONS[info["class"]](**cfg)  # config() holds exactly the constructor's arguments
-    state = load_file(str(weights_path))
-    if version != FILE_FORMAT:
-        state = CONVERTERS[version](info, state)
+    state = load_file(str(weights_path), device=str(device or "cpu"))
+    while version != FILE_FORMAT:
+        config, state = CONVERTERS[version](info, config, state)
+        version += 1
+    cls = INTERVENTIONS[info["class"]]
+    # config() holds exactly the constructor's arguments; the module is built where its weights go
+    module = cls(**config) if cls is NeuronIntervention else cls(**config, device=device)
     module.load_state_dict(state)
-    return module, info["meta"]
+    return module.to(device) if device is not None else module, info["meta"]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +41,26 @@ class LayerCache:
     prefix_hidden: torch.Tensor | None = None
     prefix_cos: torch.Tensor | None = None
     prefix_sin: torch.Tensor | None = None
+    # Host-side bookkeeping, so that a training step reads nothing back from the device: the dataset
+    # (InterchangeData.origin) whose batches are found by their ids, the row of each of its ids (-1: not
+    # cached), and which rows have padded positions (None: none has).
+    origin: str | None = None
+    row_of_id: np.ndarray | None = None
+    padded_rows: np.ndarray | None = None
+
+    def rows_of(self, batch: InterchangeData) -> np.ndarray | None:
+        """The (B,) rows of a batch drawn from this cache's dataset, found by its ids on the host; None otherwise."""
+        if batch.origin != self.origin or self.row_of_id is None:
+            return None
+        ids = batch.row_ids()
+        if len(ids) and ids.max() >= len(self.row_of_id):
+            return None
+        rows = self.row_of_id[ids]
+        return None if (rows < 0).any() else rows
+
+    def padded(self, rows: np.ndarray) -> bool:
+        """Do any of these rows have padded positions?"""
+        return self.padded_rows is not None and bool(self.padded_rows[rows].any())
 
     def nbytes(self) -> int:
         """Memory the cached tensors take."""
@@ -55,6 +76,13 @@ def row_keys(data: InterchangeData, positions: bool = True) -> list[bytes]:
     parts += [data.base_pos, data.source_pos] if positions else []
     flat = torch.cat([p.reshape(n, -1).to(torch.int64).cpu() for p in parts], dim=1).numpy()
     return [row.tobytes() for row in flat]
+
+
+def id_table(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """A host lookup table: table[ids[i]] = rows[i], -1 for every id not given."""
+    table = np.full(int(ids.max()) + 1 if len(ids) else 0, -1, dtype=np.int64)
+    table[ids] = rows
+    return table
 
 
 def longer_prefix(cache: LayerCache) -> LayerCache:
@@ -152,6 +180,7 @@ def build(model: nn.Module, shape: Attention, data: InterchangeData, sites: Sequ
             for name in ("cos", "sin", "prefix_cos", "prefix_sin"):
                 chunks[name] = chunks[name][:1]
     mask = data.base.get("attention_mask")
+    padded_rows = None if mask is None or bool(mask.all()) else ~mask.bool().all(dim=1).cpu().numpy()
     if keep_prefix_states:  # strategy "site": no keys and values kept, the prefix states instead
         keys_all, values_all = [], []
     else:
@@ -159,7 +188,8 @@ def build(model: nn.Module, shape: Attention, data: InterchangeData, sites: Sequ
     common = dict(
         index={key: i for i, key in enumerate(row_keys(data))}, prefix_len=prefix,
         cos=_cat(chunks["cos"]), sin=_cat(chunks["sin"]),
-        key_mask=None if mask is None or bool(mask.all()) else mask.bool(),
+        key_mask=None if padded_rows is None else mask.bool(), padded_rows=padded_rows,
+        origin=data.origin, row_of_id=id_table(data.row_ids(), np.arange(len(data))),
         inputs_index={key: i for i, key in enumerate(row_keys(data, positions=False))},
         base_pos=data.base_pos, source_pos=data.source_pos,
         prefix_hidden=_cat(chunks["prefix"]) if keep_prefix_states else None,
@@ -186,6 +216,7 @@ def column_view(caches: Sequence[LayerCache], data: InterchangeData, column: int
         k = cache.base_pos.shape[1]
         source = cache.source.view(len(cache.source), k, -1)[:, column]
         view = replace(cache, index=dict(zip(row_keys(data), rows)), source=source, inputs_index={},
-                       base_pos=cache.base_pos[:, column], source_pos=cache.source_pos[:, column])
+                       base_pos=cache.base_pos[:, column], source_pos=cache.source_pos[:, column],
+                       origin=data.origin, row_of_id=id_table(data.row_ids(), np.asarray(rows, dtype=np.int64)))
         return longer_prefix(view)
     return None

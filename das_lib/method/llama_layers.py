@@ -85,16 +85,18 @@ def pick_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def prefix_keys_values(layers: Sequence[nn.Module], shape: Attention, hidden: torch.Tensor, cos: torch.Tensor,
-                       sin: torch.Tensor, key_mask: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+                       sin: torch.Tensor, key_mask: torch.Tensor | None,
+                       padded: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """The keys and values of the prefix positions in `layers`, recomputed from the site's prefix states
     `hidden` (B, P, d). No gradients: the intervention acts at positions >= P, which a causal model's
-    prefix never sees."""
+    prefix never sees. (`padded` is upper_layers'; a one-position prefix needs no mask either way.)"""
     idx = torch.arange(hidden.shape[1], device=hidden.device)
     allowed = idx[None, :] <= idx[:, None]  # causal within the prefix
     if key_mask is not None:  # as in upper_layers: padded keys hidden, a padded query sees itself
         own = idx[None, :] == idx[:, None]
         allowed = ((allowed[None] & key_mask[:, None, :]) | own[None])[:, None]
-    mask = None if bool(allowed.all()) else allowed
+    # every key is visible to every query only for a one-position prefix with no padding
+    mask = None if hidden.shape[1] == 1 else allowed  # one position: it sees itself only, padded or not
     empty = hidden.new_zeros(hidden.shape[0], 0, 0)
     keys, values = [], []
     for i, layer in enumerate(layers):
@@ -107,9 +109,11 @@ def prefix_keys_values(layers: Sequence[nn.Module], shape: Attention, hidden: to
 
 def upper_layers(layers: Sequence[nn.Module], shape: Attention, hidden: torch.Tensor, prefix_keys: list[torch.Tensor],
                  prefix_values: list[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor,
-                 key_mask: torch.Tensor | None) -> torch.Tensor:
+                 key_mask: torch.Tensor | None, padded: bool = True) -> torch.Tensor:
     """Run `layers` on the suffix states `hidden` (B, S, d) after a prefix of cached keys and values;
-    the last layer's output (B, d) at the answer (last) position."""
+    the last layer's output (B, d) at the answer (last) position. `padded` says, from the host's
+    bookkeeping, whether any row of `key_mask` hides a position: the masks are then chosen without
+    reading the device (a mask that hides nothing is dropped, as SDPA runs faster without one)."""
     if not layers:  # the site is the last layer
         return hidden[:, -1]
     n_suffix = hidden.shape[1]
@@ -122,7 +126,9 @@ def upper_layers(layers: Sequence[nn.Module], shape: Attention, hidden: torch.Te
     if key_mask is not None:
         own = k_idx[None, :] == q_idx[:, None] + prefix
         allowed = ((allowed[None] & key_mask[:, None, :]) | own[None])[:, None]
-    masks = [None if bool(a.all()) else a for a in (allowed, allowed[..., -1:, :])]
+    hides = key_mask is not None and padded
+    # the last query sees every key unless one is padded; the others see the later keys only
+    masks = [allowed if n_suffix > 1 or hides else None, allowed[..., -1:, :] if hides else None]
     for i, layer in enumerate(layers):
         last = i == len(layers) - 1
         hidden, _, _ = decoder_layer(layer, shape, hidden, prefix_keys[i], prefix_values[i], masks[last], cos, sin, last)

@@ -8,12 +8,15 @@ together (their vectors are concatenated, so the intervention acts on k*d dimens
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
+from transformers import PreTrainedModel
 
 
 # Every site is the output of a decoder block. Records still name that component, so that the hashes of
@@ -96,14 +99,16 @@ class Captured(Exception):
     """Raised inside a hook to stop the forward pass once the site's output is known."""
 
 
-def _check_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """`positions` as a (B,) or (B, k) long tensor on hidden's device, refusing tokens that do not exist."""
+def _check_positions(hidden: torch.Tensor, positions: torch.Tensor, check: bool = True) -> torch.Tensor:
+    """`positions` as a (B,) or (B, k) long tensor on hidden's device, refusing tokens that do not exist.
+    With `check=False` the range is not checked (it reads the positions back from the device): for a
+    caller that checked them once already (the fast path, when it caches a dataset)."""
     length = hidden.shape[1]
     if positions.dim() not in (1, 2) or positions.shape[0] != hidden.shape[0]:
         raise ValueError(
             f"positions must have shape (batch,) or (batch, k) with batch {hidden.shape[0]}, got {tuple(positions.shape)}"
         )
-    if positions.numel() and (positions.min() < 0 or positions.max() >= length):
+    if check and positions.numel() and (positions.min() < 0 or positions.max() >= length):
         raise IndexError(
             f"token position {int(positions.min())}..{int(positions.max())} does not exist: "
             f"these inputs have positions 0..{length - 1}"
@@ -111,21 +116,21 @@ def _check_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     return positions.to(hidden.device, torch.long)
 
 
-def select_positions(hidden: torch.Tensor, positions: torch.Tensor | None) -> torch.Tensor:
+def select_positions(hidden: torch.Tensor, positions: torch.Tensor | None, check: bool = True) -> torch.Tensor:
     """hidden[b, positions[b]] for a (B, T, d) tensor: (B, d), or (B, k*d) for k positions per row
     (the k vectors concatenated: several positions intervened together); `hidden` itself when None."""
     if positions is None:
         return hidden
-    pos = _check_positions(hidden, positions)
+    pos = _check_positions(hidden, positions, check)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if pos.dim() == 1:
         return hidden[rows, pos]
     return hidden[rows[:, None], pos].reshape(hidden.shape[0], -1)
 
 
-def write_positions(hidden: torch.Tensor, positions: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+def write_positions(hidden: torch.Tensor, positions: torch.Tensor, new: torch.Tensor, check: bool = True) -> torch.Tensor:
     """A copy of `hidden` (B, T, d) with the vectors that `select_positions` reads replaced by `new`."""
-    pos = _check_positions(hidden, positions)
+    pos = _check_positions(hidden, positions, check)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     out = hidden.clone()
     if pos.dim() == 1:
@@ -135,22 +140,24 @@ def write_positions(hidden: torch.Tensor, positions: torch.Tensor, new: torch.Te
     return out
 
 
-def capture(model: nn.Module, site: Site, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None) -> torch.Tensor:
+def capture(model: nn.Module, site: Site, inputs: dict[str, torch.Tensor], positions: torch.Tensor | None,
+            check: bool = True) -> torch.Tensor:
     """The site's vectors (B, d) on `inputs`; layers above the site are not run."""
-    return capture_layers(model, [site.layer], inputs, positions)[site.layer]
+    return capture_layers(model, [site.layer], inputs, positions, check)[site.layer]
 
 
 def capture_layers(
-    model: nn.Module, layers: Sequence[int], inputs: dict[str, torch.Tensor], positions: torch.Tensor | None
+    model: nn.Module, layers: Sequence[int], inputs: dict[str, torch.Tensor], positions: torch.Tensor | None,
+    check: bool = True,
 ) -> dict[int, torch.Tensor]:
     """The vectors (B, d) at `positions` of each of `layers`' outputs, from one forward pass that stops
-    at the highest of them."""
+    at the highest of them (`check`: refuse positions out of range; see `select_positions`)."""
     modules = {layer: layer_module(model, Site(layer)) for layer in layers}
     top = max(modules)
     store: dict[int, torch.Tensor] = {}
 
     def hook(layer: int, output: Any) -> None:
-        store[layer] = select_positions(main_output(output), positions)
+        store[layer] = select_positions(main_output(output), positions, check)
         if layer == top:
             raise Captured
 
@@ -167,9 +174,20 @@ def capture_layers(
     return store
 
 
+@functools.cache
+def _keeps_logits(model_class: type) -> bool:
+    return issubclass(model_class, PreTrainedModel) and "logits_to_keep" in inspect.signature(model_class.forward).parameters
+
+
+def _answer_only(model: nn.Module) -> dict[str, Any]:
+    """Keyword arguments that make a Hugging Face language model compute only what the answer needs: the
+    output head at the last position (not the whole vocabulary at every one) and no key/value cache."""
+    return {"logits_to_keep": 1, "use_cache": False} if _keeps_logits(type(model)) else {}
+
+
 def answer_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits (B, V) at the answer position: the last token of a language model, or a classifier's output."""
-    out = model(**inputs)
+    out = model(**inputs, **_answer_only(model))
     logits = getattr(out, "logits", out)
     return logits[:, -1] if logits.dim() == 3 else logits
 
@@ -182,14 +200,15 @@ def intervened_logits(
     source_vectors: torch.Tensor,
     intervention: Callable[..., torch.Tensor],
     variable: torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
     """Answer logits of the base run with the site replaced by `intervention(base_h, source_h, variable)`."""
 
     def edit(hidden: torch.Tensor) -> torch.Tensor:
         if base_positions is None:
             return intervention(hidden, source_vectors, variable)
-        new = intervention(select_positions(hidden, base_positions), source_vectors, variable)
-        return write_positions(hidden, base_positions, new)
+        new = intervention(select_positions(hidden, base_positions, check), source_vectors, variable)
+        return write_positions(hidden, base_positions, new, check)
 
     with edit_output(layer_module(model, site), edit):
         return answer_logits(model, base)

@@ -18,12 +18,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from das_lib import paper
 from das_lib.method.data import InterchangeData
-from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
-from das_lib.method.metrics import accuracy
+from das_lib.method.interventions import DEFAULT_MAP, ORTHOGONAL_MAPS, BoundlessDASIntervention, RotatedSpaceIntervention
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
 
 
@@ -41,11 +41,11 @@ class PlainForward:
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
         batch.check_position(self.site.position)
+        check = not batch.positions_checked  # checking on a GPU would read the positions back at every step
         with torch.no_grad():
-            source_vectors = capture(self.model, self.site, batch.source, batch.source_pos)
-        return intervened_logits(
-            self.model, self.site, batch.base, batch.base_pos, source_vectors, self.intervention, batch.variable
-        )
+            source_vectors = capture(self.model, self.site, batch.source, batch.source_pos, check)
+        return intervened_logits(self.model, self.site, batch.base, batch.base_pos, source_vectors, self.intervention,
+                                 batch.variable, check)
 
 
 @dataclass
@@ -65,6 +65,9 @@ class TrainConfig:
     boundary_loss_weight: float = 1.0
     eval_every: int = 0  # 0: evaluate only at the end
     seed: int = 0
+    # How the rotation is kept orthogonal while it trains (das_lib.method.interventions.ORTHOGONAL_MAPS);
+    # the intervention is built with it (a rotated intervention of another map is refused).
+    orthogonal_map: str = DEFAULT_MAP
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +81,8 @@ class TrainConfig:
             problems.append(f"warmup_frac must be in [0, 1) (got {self.warmup_frac})")
         if not (self.temperature_start is None or self.temperature_start >= self.temperature_end) or not self.temperature_end > 0:
             problems.append("temperatures must satisfy temperature_start >= temperature_end > 0 (or temperature_start None)")
+        if self.orthogonal_map not in ORTHOGONAL_MAPS:
+            problems.append(f"orthogonal_map must be one of {list(ORTHOGONAL_MAPS)} (got {self.orthogonal_map!r})")
         if problems:
             raise ValueError("bad TrainConfig: " + "; ".join(problems))
 
@@ -136,18 +141,35 @@ def make_optimizer(intervention: nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.Adam(groups)
 
 
+def correct(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
+    """(N,) bool on the CPU: is the argmax of each example's intervened answer logits its counterfactual label?
+
+    The comparison stays on the data's device and is read once at the end, and the rotation of a
+    parametrized intervention is computed once for the whole evaluation, not once per batch."""
+    hits = []
+    with torch.no_grad(), parametrize.cached():
+        for start in range(0, len(data), batch_size):
+            batch = data.select(slice(start, start + batch_size))
+            logits = forward(batch)
+            hits.append(logits.argmax(-1) == batch.labels.to(logits.device))
+    if not hits:
+        raise ValueError("cannot evaluate on zero examples")
+    return torch.cat(hits).cpu()
+
+
 def evaluate(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> float:
     """IIA: how often the argmax of the intervened answer logits equals the counterfactual label."""
-    logits = []
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            logits.append(forward(data.select(slice(start, start + batch_size))).float().cpu())
-    return accuracy(torch.cat(logits), data.labels)
+    return correct(forward, data, batch_size).float().mean().item()
+
+
+def unintervened_correct(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
+    """(N,) bool: is the model's own answer on each base its counterfactual label (doing nothing, pair by pair)?"""
+    return correct(lambda batch: answer_logits(model, batch.base), data, batch_size)
 
 
 def unintervened_iia(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> float:
     """IIA of leaving the base run alone: how often the model's own answer on the base is the counterfactual label."""
-    return evaluate(lambda batch: answer_logits(model, batch.base), data, batch_size)
+    return unintervened_correct(model, data, batch_size).float().mean().item()
 
 
 def data_fingerprint(data: InterchangeData) -> str:
@@ -195,13 +217,48 @@ def _load_checkpoint(path: Path, identity: str) -> dict[str, Any]:
     return state
 
 
-def next_batch(data: InterchangeData, order: torch.Tensor, cursor: int, batch_size: int,
-               generator: torch.Generator) -> tuple[InterchangeData, torch.Tensor, int]:
+def random_order(n: int, generator: torch.Generator) -> np.ndarray:
+    """A seeded permutation of 0..n-1, drawn on the CPU whatever the data's device (the same seed draws the
+    same batches everywhere) and kept on the host, where batches are selected."""
+    return torch.randperm(n, generator=generator, device="cpu").numpy()
+
+
+def next_batch(data: InterchangeData, order: np.ndarray, cursor: int, batch_size: int,
+               generator: torch.Generator) -> tuple[InterchangeData, np.ndarray, int]:
     """The next batch of a seeded random order over `data`, drawn anew when less than a batch is left:
     (batch, order, cursor). The order and cursor are the loop's state, saved in checkpoints."""
     if cursor + batch_size > len(data):
-        order, cursor = torch.randperm(len(data), generator=generator), 0
+        order, cursor = random_order(len(data), generator), 0
     return data.select(order[cursor : cursor + batch_size]), order, cursor + batch_size
+
+
+STAT_NAMES = ("loss", "task_loss", "batch_iia", "boundary_dims", "finite")  # what a step records, in order
+
+
+def _step_stats(loss: torch.Tensor, task_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+                boundary_dims: torch.Tensor) -> torch.Tensor:
+    """The step's statistics (STAT_NAMES) as one tensor on the device: read later, with others, in one transfer."""
+    with torch.no_grad():
+        hits = (logits.argmax(-1) == labels).float().mean()
+        finite = torch.isfinite(logits).all().float()
+        return torch.stack([loss.detach().float(), task_loss.detach().float(), hits, boundary_dims.float(), finite])
+
+
+def _check_step(row: dict[str, float], config: TrainConfig) -> None:
+    """Refuse a step whose logits were not finite or whose loss exploded, saying what to change."""
+    step = row["step"]
+    if row["finite"] < 1:
+        raise FloatingPointError(
+            f"training stopped at step {step}: the intervened logits contain NaN or inf. Likely cause: "
+            "the model runs in a dtype that overflows (load it in float32), or the intervention's weights "
+            f"became NaN after too large an update (lower lr={config.lr} / boundary_lr={config.boundary_lr})"
+        )
+    if not math.isfinite(row["loss"]) or row["loss"] > 1e4:
+        raise FloatingPointError(
+            f"training stopped at step {step}: the loss exploded to {row['loss']}. Likely cause: a learning "
+            f"rate too high for this model (lr={config.lr}, boundary_lr={config.boundary_lr}) or a model "
+            "in a dtype that overflows (try float32); lower the learning rate and retrain"
+        )
 
 
 def train_intervention(
@@ -213,22 +270,32 @@ def train_intervention(
     progress: bool = True,
     checkpoint: str | Path | None = None,
     checkpoint_every: int = 50,
+    read_every: int = 16,
 ) -> TrainResult:
     """Train `intervention` so that intervened runs output the counterfactual labels.
 
     With `checkpoint`, the full training state is saved there every `checkpoint_every` steps and at
     the end, and a run finding a checkpoint of the same config, intervention and data resumes from
     it, giving the same numbers as an uninterrupted run.
+
+    A step never waits for the device: its statistics stay there and are read every `read_every` steps
+    (one transfer for all of them), and a step whose logits were not finite or whose loss exploded is
+    refused then, naming that step.
     """
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1 (got {checkpoint_every})")
+    if checkpoint_every < 1 or read_every < 1:
+        raise ValueError(f"checkpoint_every and read_every must be >= 1 (got {checkpoint_every}, {read_every})")
+    rotated = isinstance(intervention, RotatedSpaceIntervention)
+    if rotated and intervention.rotation.orthogonal_map != config.orthogonal_map:
+        raise ValueError(
+            f"the intervention keeps its rotation orthogonal with the {intervention.rotation.orthogonal_map!r} map but "
+            f"the training config asks for {config.orthogonal_map!r}; build it with orthogonal_map=config.orthogonal_map")
     set_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     optimizer = make_optimizer(intervention, config)
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     boundless = isinstance(intervention, BoundlessDASIntervention)
     result = TrainResult()
-    order = torch.randperm(len(data), generator=generator)
+    order = random_order(len(data), generator)
     cursor, first_step, seconds_before = 0, 0, 0.0
     path = None if checkpoint is None else Path(checkpoint)
     identity = None if path is None else _run_identity(intervention, data, config)
@@ -238,52 +305,63 @@ def train_intervention(
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
-        order, cursor, first_step = state["order"], state["cursor"], state["step"]
+        order, cursor, first_step = np.asarray(state["order"]), state["cursor"], state["step"]
         result.curves, seconds_before, result.resumed_from = state["curves"], state["seconds"], first_step
+    pending: list[tuple[dict[str, float], torch.Tensor]] = []  # rows whose device statistics are not read yet
+
+    def read_pending() -> None:
+        if not pending:
+            return
+        values = torch.stack([stats for _, stats in pending]).tolist()  # the one transfer
+        for (row, _), numbers in zip(pending, values):
+            row.update(zip(STAT_NAMES, numbers))
+            _check_step(row, config)
+            del row["finite"]
+            if not boundless:
+                del row["boundary_dims"]
+            result.curves.append(row)
+        pending.clear()
+
     start = time.perf_counter()
     for step in tqdm(range(first_step, config.steps), desc="training", disable=not progress, leave=False):
         batch, order, cursor = next_batch(data, order, cursor, config.batch_size, generator)
         for g, lr in zip(optimizer.param_groups, base_lrs):
             g["lr"] = lr * lr_factor(step, config)
+        row: dict[str, float] = {"step": step}
         if boundless:
-            temperature = temperature_at(step, config, intervention.r)
-            intervention.temperature = temperature
+            row["temperature"] = temperature_at(step, config, intervention.r)  # the schedule's value, not its float32 copy
+            intervention.temperature = row["temperature"]
         logits = forward(batch)
-        if not torch.isfinite(logits).all():
-            raise FloatingPointError(
-                f"training stopped at step {step}: the intervened logits contain NaN or inf. Likely cause: "
-                "the model runs in a dtype that overflows (load it in float32), or the intervention's weights "
-                f"became NaN after too large an update (lower lr={config.lr} / boundary_lr={config.boundary_lr})"
-            )
-        task_loss = nn.functional.cross_entropy(logits.float(), batch.labels)
+        labels = batch.labels.to(logits.device)
+        task_loss = nn.functional.cross_entropy(logits.float(), labels)
         loss = task_loss
+        boundary = torch.zeros((), device=logits.device)
         if boundless:
-            loss = loss + config.boundary_loss_weight * intervention.clamped_boundaries().sum()
-        if not math.isfinite(loss.item()) or loss.item() > 1e4:
-            raise FloatingPointError(
-                f"training stopped at step {step}: the loss exploded to {loss.item()}. Likely cause: a learning "
-                f"rate too high for this model (lr={config.lr}, boundary_lr={config.boundary_lr}) or a model "
-                "in a dtype that overflows (try float32); lower the learning rate and retrain"
-            )
+            boundaries = intervention.clamped_boundaries()
+            loss = loss + config.boundary_loss_weight * boundaries.sum()
+            boundary = boundaries.detach().sum() * intervention.block
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        row = {"step": step, "loss": loss.item(), "task_loss": task_loss.item(),
-               "batch_iia": accuracy(logits.detach(), batch.labels)}
-        if boundless:
-            row["temperature"] = temperature  # the schedule's value, not its float32 copy in the buffer
-            row["boundary_dims"] = float(sum(intervention.boundary_dims()))
-        if eval_data is not None and config.eval_every and (step + 1) % config.eval_every == 0:
+        if rotated:
+            intervention.rotation.retract()  # the "qr" map's step ends back on the orthonormal matrices
+        pending.append((row, _step_stats(loss, task_loss, logits, labels, boundary)))
+        last = step + 1 == config.steps
+        evaluating = eval_data is not None and config.eval_every and (step + 1) % config.eval_every == 0
+        saving = path is not None and ((step + 1) % checkpoint_every == 0 or last)
+        if last or saving or evaluating or len(pending) >= read_every:
+            read_pending()
+        if evaluating:
             row["iia"] = evaluate(forward, eval_data)
-        result.curves.append(row)
-        if path is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == config.steps):
+        if saving:
             _save_checkpoint(path, {
                 "identity": identity, "step": step + 1, "intervention": intervention.state_dict(),
                 "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                "torch_rng": torch.get_rng_state(), "order": order, "cursor": cursor, "curves": result.curves,
+                "torch_rng": torch.get_rng_state(), "order": torch.from_numpy(order), "cursor": cursor, "curves": result.curves,
                 "seconds": seconds_before + time.perf_counter() - start,
             })
-    if isinstance(intervention, RotatedSpaceIntervention):
+    read_pending()
+    if rotated:
         intervention.rotation.reorthonormalize()  # the alignment measured and saved is an exact rotation
     result.seconds = seconds_before + time.perf_counter() - start
     if eval_data is not None:

@@ -90,7 +90,7 @@ def _train(cfg: FinetuneConfig, log_every: int) -> tuple[PeftModel, PreTrainedTo
         for g in optimizer.param_groups:
             g["lr"] = lr_at(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         games = sample_games(rng, cfg)
-        answers = torch.tensor([task.answer_id(pricetag.task_label(g)) for g in games])
+        answers = torch.tensor([task.answer_id(pricetag.task_label(g)) for g in games], device="cpu")
         logits = model(**task.encode(games), logits_to_keep=1).logits[:, -1]  # only the answer token is trained
         loss = torch.nn.functional.cross_entropy(logits, answers)
         optimizer.zero_grad(set_to_none=True)

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import socket
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import try_to_load_from_cache
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
@@ -26,6 +30,7 @@ SMOLLM2_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2
 ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes: marks an adapter directory
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HUB_TIMEOUT = 3.0  # seconds to wait for the model hub before saying it cannot be reached
 
 
 def smollm2_gguf() -> Path:
@@ -70,6 +75,20 @@ def _hub_error(source: str, err: OSError) -> OSError:
         "(e.g. `huggingface-cli download ID --local-dir DIR`) and pass the directory path, or use "
         f"'standin' or 'smollm2'. Cause: {err}"
     )
+
+
+def require_hub(source: str) -> None:
+    """Fail at once, with `_hub_error`'s advice, when `source` is a hub id that is neither in the local
+    cache nor reachable (no internet, or HF_HUB_OFFLINE): transformers would retry for a long while first."""
+    if Path(source).exists() or try_to_load_from_cache(source, "config.json") is not None:
+        return
+    if hub_constants.HF_HUB_OFFLINE:
+        raise _hub_error(source, OSError("HF_HUB_OFFLINE is set and the model is not in the local cache"))
+    host = urlparse(hub_constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=HUB_TIMEOUT).close()
+    except OSError as err:
+        raise _hub_error(source, OSError(f"{host} cannot be reached ({err})")) from None
 
 
 def model_source(name: str) -> tuple[str, str | None]:
@@ -120,6 +139,7 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
     if base is not None:  # an adapter changes weights only: the tokenizer is the base model's
         return load_tokenizer(base)
     source, gguf_file = model_source(name)
+    require_hub(source)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
     except OSError as err:  # no such directory, hub id unknown, or the hub unreachable (no internet)
@@ -136,6 +156,7 @@ def load_config(name: str = "standin") -> PretrainedConfig:
     if base is not None:
         return load_config(base)
     source, gguf_file = model_source(name)
+    require_hub(source)
     try:
         return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
     except OSError as err:
@@ -145,7 +166,8 @@ def load_config(name: str = "standin") -> PretrainedConfig:
 def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """A frozen model in eval mode and its left-padding tokenizer, by name, path or hub id.
 
-    On a CUDA device, device_map='auto' spreads a big model over the visible GPUs.
+    The whole model goes on `device`, one device (the fast path calls its layers directly; a model
+    split or offloaded over devices would not run there). On a GPU the weights are read straight onto it.
     """
     device = resolve_device(device)
     base = adapter_base(name)
@@ -157,7 +179,7 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
         kwargs["gguf_file"] = gguf_file
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
-        kwargs["device_map"] = "auto" if device == "cuda" else device
+        kwargs["device_map"] = {"": device}  # every module on this one device
     tokenizer = load_tokenizer(name)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
@@ -172,10 +194,10 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
 
 
 def _load_merged(name: str, base: str, device: str, dtype: str | torch.dtype) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """An adapter merged into its base (in float32, then cast): a plain model, so the fast path applies."""
+    """An adapter merged into its base on `device` (in float32, then cast): a plain model, so the fast path applies."""
     from peft import PeftModel  # only adapters need peft
 
-    model, tokenizer = load_model(base, "cpu", "float32")
+    model, tokenizer = load_model(base, device, "float32")
     model = PeftModel.from_pretrained(model, model_source(name)[0]).merge_and_unload()
     model = model.to(device=device, dtype=_resolve_dtype(dtype)).eval()
     for p in model.parameters():

@@ -78,7 +78,7 @@ def n_classes(n_digits: int) -> int:
 
 def encode(triples: Sequence[Mapping[str, int]]) -> torch.Tensor:
     """(N, 3) long tensor of the digits a, b, c: the network's input `x`."""
-    return torch.tensor([[t[k] for k in INPUTS] for t in triples], dtype=torch.long)
+    return torch.tensor([[t[k] for k in INPUTS] for t in triples], dtype=torch.long, device="cpu")
 
 
 class ToyMLP(nn.Module):
@@ -123,7 +123,7 @@ def train_toy_model(
     model = ToyMLP(n_digits, width, n_layers)
     causal = sum_model()
     x = encode(triples)
-    y = torch.tensor([causal.predict(t) for t in triples])
+    y = torch.tensor([causal.predict(t) for t in triples], device="cpu")
     # weight decay makes the network generalise to held-out triples instead of memorising them
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     # linear decay to zero: the last steps settle instead of oscillating at a high learning rate
@@ -144,7 +144,7 @@ def network_accuracy(model: nn.Module, triples: Sequence[Mapping[str, int]], cau
     """How often the network's answer equals the causal model's output on `triples`."""
     with torch.no_grad():
         logits = answer_logits(model, {"x": encode(triples)})
-    return accuracy(logits, torch.tensor([causal.predict(t) for t in triples]))
+    return accuracy(logits, torch.tensor([causal.predict(t) for t in triples], device="cpu"))
 
 
 def sample_toy_pairs(
@@ -162,9 +162,9 @@ def interchange_data(pairs: Sequence[CounterfactualPair]) -> InterchangeData:
         source={"x": encode([p.source for p in pairs])},
         base_pos=None,
         source_pos=None,
-        variable=torch.zeros(len(pairs), dtype=torch.long),
-        labels=torch.tensor([p.label for p in pairs]),
-        base_labels=torch.tensor([p.base_label for p in pairs]),
+        variable=torch.zeros(len(pairs), dtype=torch.long, device="cpu"),
+        labels=torch.tensor([p.label for p in pairs], device="cpu"),
+        base_labels=torch.tensor([p.base_label for p in pairs], device="cpu"),
     )
 
 

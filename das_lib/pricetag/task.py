@@ -250,10 +250,10 @@ class PriceTagTask:
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        ids = torch.full((len(layouts), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(layouts), width), dtype=torch.long)
+        ids = torch.full((len(layouts), width), pad_id, dtype=torch.long, device="cpu")
+        mask = torch.zeros((len(layouts), width), dtype=torch.long, device="cpu")
         for row, l in enumerate(layouts):
-            ids[row, width - len(l.ids):] = torch.tensor(l.ids)
+            ids[row, width - len(l.ids):] = torch.tensor(l.ids, device="cpu")
             mask[row, width - len(l.ids):] = 1
         inputs = {"input_ids": ids, "attention_mask": mask}
         if min(lengths) != width:  # positions must count real tokens only, so that padding changes nothing
@@ -285,7 +285,7 @@ class PriceTagTask:
         layouts = self.layouts([p.base for p in pairs] + [p.source for p in pairs])
         inputs, offsets = self._pad(layouts, require_equal_length)
         n = len(pairs)
-        pos = torch.empty((2 * n, len(names)), dtype=torch.long)
+        pos = torch.empty((2 * n, len(names)), dtype=torch.long, device="cpu")
         for row, l in enumerate(layouts):
             for c, name in enumerate(names):
                 if name not in l.roles:
@@ -307,9 +307,9 @@ class PriceTagTask:
             source={k: v[n:] for k, v in inputs.items()},
             base_pos=pos[:n],
             source_pos=pos[n:],
-            variable=torch.tensor(variables, dtype=torch.long),
-            labels=torch.tensor([self.answer_id(p.label) for p in pairs], dtype=torch.long),
-            base_labels=torch.tensor([self.answer_id(p.base_label) for p in pairs], dtype=torch.long),
+            variable=torch.tensor(variables, dtype=torch.long, device="cpu"),
+            labels=torch.tensor([self.answer_id(p.label) for p in pairs], dtype=torch.long, device="cpu"),
+            base_labels=torch.tensor([self.answer_id(p.base_label) for p in pairs], dtype=torch.long, device="cpu"),
             roles=tuple(names),
         )
 
@@ -339,7 +339,7 @@ def roles_table(tasks: Mapping[str, PriceTagTask], game: Mapping[str, int]) -> p
 def model_answers(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64) -> torch.Tensor:
     """(N,) bool: did the model's argmax at the answer position equal the correct answer token."""
     device = next(model.parameters()).device
-    expected = torch.tensor([task.answer_id(task_label(g)) for g in games], dtype=torch.long)
+    expected = torch.tensor([task.answer_id(task_label(g)) for g in games], dtype=torch.long, device="cpu")
     predicted = []
     with torch.no_grad():
         for start in range(0, len(games), batch_size):

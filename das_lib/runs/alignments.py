@@ -51,7 +51,8 @@ def train_boundless(
     """Train a Boundless DAS alignment (full rotation, or `rank` rotated dims) at `site`; IIA on `test`."""
     set_seed(config.seed)  # the rotation's initialisation depends on the seed too
     device = next(layer_module(model, site).parameters()).device
-    intervention = BoundlessDASIntervention(model.config.hidden_size, rank, n_variables).to(device)
+    intervention = BoundlessDASIntervention(model.config.hidden_size, rank, n_variables,
+                                            orthogonal_map=config.orthogonal_map, device=device)
     train, test = train.to(device), test.to(device)
     forward = make_forward(model, site, intervention, [train, test])
     result = train_intervention(forward, intervention, train, config, eval_data=test, progress=progress)

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from torch import nn
+
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, make_forward, shared_caches
+from das_lib.method.fastpath import CachedForward, caches_or_plain
 from das_lib.method.interventions import BoundlessDASIntervention, save_intervention
 from das_lib.method.seeds import split_seeds
 from das_lib.method.sites import Site, layer_module
@@ -22,7 +24,7 @@ from das_lib.models.load import load_model
 from das_lib.pricetag.game import get_hypothesis, majority_rate_of, sample_game, sample_pairs
 from das_lib.pricetag.task import PriceTagTask, task_accuracy
 from das_lib.runs.cache import LastOne
-from das_lib.runs.spec import model_identity
+from das_lib.runs.spec import run_identity
 from das_lib.runs.store import Store
 
 ALIGNMENT = "alignment"  # file stem of a cell's alignment in its record folder (.safetensors + .json)
@@ -42,9 +44,11 @@ class _HypothesisData:
 class Runner:
     """Runs the jobs of one model in one process, keeping what cells share: model, data, layer caches."""
 
-    def __init__(self, name: str, dtype: str, device: str):
-        self.model, self.tokenizer = load_model(name, device, dtype)
-        self.identity = {**model_identity(name), "dtype": dtype}
+    def __init__(self, name: str, dtype: str, device: str, loaded: tuple[nn.Module, Any] | None = None):
+        # `loaded`: the (model, tokenizer) that load_model(name, device, dtype) gave the caller already,
+        # used as it is: a second copy of a large model would not fit beside it on one GPU
+        self.model, self.tokenizer = loaded if loaded is not None else load_model(name, device, dtype)
+        self.identity = run_identity(name, dtype, device)
         self.device = next(self.model.parameters()).device
         self.data = LastOne()  # one hypothesis's data at a time: cells run grouped by hypothesis
         self.shared = LastOne()  # one hypothesis's fast-path caches: layer -> CachedForward, or None
@@ -80,10 +84,7 @@ class Runner:
         return self.shared.value[layer]
 
     def _caches(self, data: _HypothesisData, layer: int, layers: Sequence[int]) -> dict[int, CachedForward | None]:
-        caches = shared_caches(self.model, layers, [data.train, data.test])
-        if caches[layer] is None and len(caches) > 1:  # all layers together may not fit where one does
-            caches = shared_caches(self.model, [layer], [data.train, data.test])
-        return caches
+        return caches_or_plain(self.model, layers, [data.train, data.test])
 
     def alignment(self, config: dict[str, Any], folder: Path, layers: Sequence[int] = ()) -> dict[str, Any]:
         """Train the cell's Boundless DAS alignment, save it in `folder`, and return the results
@@ -98,13 +99,13 @@ class Runner:
         d = self.model.config.hidden_size
         n_variables = len(get_hypothesis(config["hypothesis"]).variables)
         device = next(layer_module(self.model, site).parameters()).device
-        intervention = BoundlessDASIntervention(d, config["method"]["rank"], n_variables).to(device)
+        intervention = BoundlessDASIntervention(d, config["method"]["rank"], n_variables,
+                                                orthogonal_map=train_config.orthogonal_map, device=device)
         start_dims = intervention.boundary_dims()
         if shared is not None:
             forward, path = shared.for_position(j, [train, test], site, intervention), "fast (shared cache)"
-        else:
-            forward = make_forward(self.model, site, intervention, [train, test])
-            path = "plain" if isinstance(forward, PlainForward) else "fast"
+        else:  # caches_or_plain said why, once
+            forward, path = PlainForward(self.model, site, intervention), "plain"
         result = train_intervention(forward, intervention, train, train_config, eval_data=test, progress=False)
         save_intervention(intervention, folder / ALIGNMENT, meta={"config": config})
         return {
@@ -124,9 +125,10 @@ class Runner:
 _RUNNER = LastOne()  # one model in memory per process: the runner of the last (model, dtype, device)
 
 
-def runner_for(model: str, dtype: str, device: str) -> Runner:
-    """The runner of (model, dtype, device) in this process, loading the model unless it is the one held."""
-    return _RUNNER.get((model, dtype, device), lambda: Runner(model, dtype, device))
+def runner_for(model: str, dtype: str, device: str, loaded: tuple[nn.Module, Any] | None = None) -> Runner:
+    """The runner of (model, dtype, device) in this process, loading the model unless it is the one held
+    (or `loaded`, the caller's own copy of it)."""
+    return _RUNNER.get((model, dtype, device), lambda: Runner(model, dtype, device, loaded))
 
 
 def layers_of(configs: Sequence[dict[str, Any]], config: dict[str, Any]) -> list[int]:

@@ -16,7 +16,7 @@ from das_lib.method.training import TrainConfig
 from das_lib.pricetag.game import HYPOTHESES
 from das_lib.runs import robustness
 from das_lib.runs.store import Store
-from das_lib.runs.spec import SweepSpec, model_identity
+from das_lib.runs.spec import SweepSpec, run_identity
 from das_lib.runs.sweep import Sweep
 
 
@@ -118,16 +118,17 @@ def alignment_summary(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("hypothesis")
 
 
-def standard_match(model: str, dtype: str, template: str) -> dict[str, Any]:
-    """What a sweep record's config must hold to be reused here: this model's files and dtype, and the
-    standard task (the yes/no instruction without context) in `template`."""
-    return {"model": {**model_identity(model), "dtype": dtype},
+def standard_match(model: str, dtype: str, template: str, device: str = "cpu") -> dict[str, Any]:
+    """What a sweep record's config must hold to be reused here: this model's files, dtype and kind of
+    device, and the standard task (the yes/no instruction without context) in `template`."""
+    return {"model": run_identity(model, dtype, device),
             "task": {"template": template, "variant": "yesno", "context": None}}
 
 
 def train_missing(
     store: Store, model: str, template: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
     positions: Sequence[str] | None, steps: int, n_train: int, n_test: int, seed: int, dtype: str, device: str,
+    loaded: tuple[Any, Any] | None = None,
 ) -> dict[str, int]:
     """Train (with das_lib.runs.sweep) every alignment of this grid the store lacks, on the standard task in
     `template`; returns how many ran and how many were reused."""
@@ -136,28 +137,31 @@ def train_missing(
         positions=None if positions is None else tuple(positions), seeds=(seed,), train=TrainConfig(steps=steps),
         n_train=n_train, n_test=n_test, data_seed=seed, template=template, dtype=dtype,
     )
-    return Sweep(spec, store, device).run(progress=False)
+    return Sweep(spec, store, device, loaded).run(progress=False)
 
 
 def reuse_alignments(
     store: str, model: str, dtype: str, template: str, hypotheses: Sequence[str],
     layers: Sequence[int] | None = None, positions: Sequence[str] | None = None,
     train: Mapping[str, Any] | None = None, device: str = "cpu", command: str = HOW_TO_MAKE,
+    loaded: tuple[Any, Any] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, int]]:
     """The alignments to reuse (`alignment_table` of the standard task) and where they came from: how many
     were trained here ("trained") and how many the store already held ("reused").
 
     With `train` (keyword arguments of `train_missing`: steps, n_train, n_test, seed) the alignments the
     store lacks are trained first; without, a missing one raises MissingAlignments with `command`,
-    what makes it (the chapter gives the papermill command line).
+    what makes it (the chapter gives the papermill command line). `loaded`: the caller's (model, tokenizer),
+    trained on instead of loading a second copy.
     """
     root = Store(store)
-    match = standard_match(model, dtype, template)
+    match = standard_match(model, dtype, template, device)
     table = alignment_table(root, match, hypotheses, layers, positions)
     needed = needed_grid(table, layers, positions)
     counts = {"trained": 0, "reused": len(table)}
     if train is not None and (not all(needed) or missing_cells(table, hypotheses, *needed)):
-        ran = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device, **train)
+        ran = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device,
+                            loaded=loaded, **train)
         counts = {"trained": ran["ran"], "reused": ran["reused"]}
         table = alignment_table(root, match, hypotheses, layers, positions)
         needed = needed_grid(table, layers, positions)

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib import paper
 from das_lib.method.counterfactual import CounterfactualPair
-from das_lib.method.fastpath import shared_cache, shared_caches
+from das_lib.method.fastpath import caches_or_plain
 from das_lib.method.interventions import load_intervention
 from das_lib.method.seeds import screening_seed, setting_seed
 from das_lib.method.sites import Site, layer_module
@@ -196,11 +196,9 @@ def evaluate_grid(
     data = task.interchange_data(pairs, positions).to(device)
     rows = []
     layers = sorted(int(l) for l in alignments["layer"].unique())
-    caches = shared_caches(model, layers, [data]) if fast else dict.fromkeys(layers)  # one forward pass for all layers
+    caches = caches_or_plain(model, layers, [data]) if fast else dict.fromkeys(layers)  # one forward pass for all layers
     for layer, group in alignments.groupby("layer", sort=True):
         shared = caches[int(layer)]
-        if shared is None and fast and len(layers) > 1:  # all layers together may not fit where one does
-            shared = shared_cache(model, int(layer), [data])
         for row in group.itertuples(index=False):
             try:
                 intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size)

@@ -65,8 +65,8 @@ def measure_footprint(d: int, r: int | None = None, n_variables: int = 1, seed: 
     intervention = BoundlessDASIntervention(d, r, n_variables)
     intervention.temperature = 1.0
     optimizer = make_optimizer(intervention, TrainConfig())
-    base, source = torch.randn(4, d), torch.randn(4, d)
-    variable = torch.arange(4) % n_variables
+    base, source = torch.randn(4, d, device="cpu"), torch.randn(4, d, device="cpu")
+    variable = torch.arange(4, device="cpu") % n_variables
     (intervention(base, source, variable) ** 2).sum().backward()
     grads = sum(p.grad.numel() for p in intervention.parameters())
     optimizer.step()
@@ -75,7 +75,7 @@ def measure_footprint(d: int, r: int | None = None, n_variables: int = 1, seed: 
     # a loss through the mask could leave some at zero by symmetry, mixing dims the mask treats alike)
     optimizer.zero_grad(set_to_none=True)
     weight = intervention.rotation.weight
-    (torch.randn(weight.shape) * weight).sum().backward()
+    (torch.randn(weight.shape, device="cpu") * weight).sum().backward()
     rotation_free = sum(int((p.grad != 0).sum()) for p in intervention.rotation.parameters())
     counts = {
         "parameters": sum(p.numel() for p in intervention.parameters()),

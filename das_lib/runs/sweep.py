@@ -54,7 +54,7 @@ from das_lib.pricetag.game import HYPOTHESES
 from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
 from das_lib.runs.distributed import run_on_dask
 from das_lib.runs.jobs import Runner, layers_of, run_job, runner_for
-from das_lib.runs.spec import Cell, SweepSpec, model_identity
+from das_lib.runs.spec import Cell, SweepSpec, run_identity
 from das_lib.runs.store import Store
 
 SHRINK_RATIO = 0.5  # a boundary "shrank" when it ended below this share of its starting size
@@ -63,11 +63,14 @@ SHRINK_RATIO = 0.5  # a boundary "shrank" when it ended below this share of its 
 class Sweep:
     """A sweep's cells, their configs and records in a store, and how to run them."""
 
-    def __init__(self, spec: SweepSpec, store: str | Path | Store, device: str = "cpu"):
-        self.spec, self.device = spec, device
+    def __init__(self, spec: SweepSpec, store: str | Path | Store, device: str = "cpu",
+                 loaded: tuple[nn.Module, Any] | None = None):
+        """`loaded`: the (model, tokenizer) that `load_model(spec.model, device, spec.dtype)` gave the caller,
+        to run the cells on instead of loading a second copy."""
+        self.spec, self.device, self.loaded = spec, device, loaded
         self.store = store if isinstance(store, Store) else Store(store)
         tokenizer = load_tokenizer(spec.model)  # the grid is planned without loading the weights
-        self.identity = {**model_identity(spec.model), "dtype": spec.dtype}
+        self.identity = run_identity(spec.model, spec.dtype, device)
         template = spec.template or default_template(tokenizer)
         self.task = PriceTagTask(tokenizer, template, spec.variant, spec.context)
         self.task_settings = {"template": template, "variant": spec.variant, "context": spec.context}
@@ -87,7 +90,7 @@ class Sweep:
     @property
     def runner(self) -> Runner:
         """The model loaded in this process on the sweep's device (loaded on first use)."""
-        return runner_for(self.spec.model, self.spec.dtype, self.device)
+        return runner_for(self.spec.model, self.spec.dtype, self.device, self.loaded)
 
     # ---- configs --------------------------------------------------------------------------------
     def _base_config(self) -> dict[str, Any]:
@@ -175,6 +178,8 @@ class Sweep:
                         key=lambda c: f"das-{self.store.folder(c).name}")
 
     def _run_local(self, configs: list[dict[str, Any]], bar: Any = None) -> None:
+        if configs:
+            self.runner  # noqa: B018  (held for run_job: the caller's loaded model, or one load for all cells)
         for config in configs:
             run_job(config, str(self.store.root), self.device, layers_of(configs, config))
             if bar is not None:

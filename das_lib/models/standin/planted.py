@@ -8,7 +8,7 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from das_lib.method.interventions import DASIntervention, load_intervention
-from das_lib.method.sites import Site, capture, intervened_logits
+from das_lib.method.sites import Site, capture, intervened_logits, layer_module
 from das_lib.method.training import PlainForward, evaluate, unintervened_iia
 from das_lib.models.load import STANDIN_DIR, model_source
 from das_lib.models.standin.config import StandinConfig
@@ -59,9 +59,10 @@ def planted_iia(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, plan
     """IIA of swapping the planted subspace (at the site in `meta`) on fresh pairs of the planted causal
     model, and of doing nothing."""
     site = Site(meta["site"]["layer"], meta["site"]["position"])
+    device = next(layer_module(model, site).parameters()).device  # the data and the subspace go where the model is
     pairs = pricetag.sample_pairs(meta["hypothesis"], n_pairs, seed)
-    data = PriceTagTask(tokenizer, "standin").interchange_data(pairs, site.position)
-    return {"planted": round(evaluate(PlainForward(model, site, planted), data), 4),
+    data = PriceTagTask(tokenizer, "standin").interchange_data(pairs, site.position).to(device)
+    return {"planted": round(evaluate(PlainForward(model, site, planted.to(device)), data), 4),
             "no_intervention": round(unintervened_iia(model, data), 4)}
 
 

