@@ -69,7 +69,7 @@ def test_fast_equals_plain_at_depth(dtype, layer):
 def test_save_on_the_gpu_and_load_on_the_cpu(tmp_path):
     model, data = deep_llama(torch.bfloat16, layers=4), prompts()
     torch.manual_seed(0)
-    intervention = BoundlessDASIntervention(model.config.hidden_size, device=CUDA)
+    intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, device=CUDA)
     forward = CachedForward(model, Site(1, "x"), intervention, [data])
     train_intervention(forward, intervention, data, TrainConfig(steps=3, batch_size=16), progress=False)
     save_intervention(intervention, tmp_path / "a")
