@@ -32,6 +32,11 @@ ROBUSTNESS: dict[str, tuple[float, float, float]] = {
 # minutes; source: the pyvene tutorial, as gathered in the paper notes.
 PYVENE_MINUTES = 23
 
+# The Alpaca prompt as the release's code tokenizes it with LLaMA's tokenizer: it asserts 82 tokens for
+# every prompt, and the grid searches its last 13 tokens. Source: the release's price_tagging_game.py (as
+# copied into pyvene's tutorial_price_tagging_utils.py), as gathered in the paper notes.
+PROMPT_TOKENS, POSITIONS = 82, 13
+
 # The fixed brackets and the irrelevant contexts of the robustness rows.
 BRACKETS = {"seen": "5.49-8.49", "unseen": "2.51-5.51"}
 CONTEXTS = ("Pricing tag game!", "Fruitarian Frogs May Be Doing Flowers a Favor")

@@ -12,7 +12,7 @@ from das_lib.method.interventions import (
     FILE_FORMAT, BoundlessDASIntervention, DASIntervention, NeuronIntervention, load_intervention, save_intervention,
 )
 from das_lib.method.data import InterchangeData
-from das_lib.method.metrics import normalised_iia
+from das_lib.method.metrics import accuracy, correct, normalised_iia
 from das_lib.method.sites import Site, answer_logits, capture, edit_output, find_layers, intervened_logits
 from das_lib.method.training import PlainForward, TrainConfig, train_intervention
 
@@ -243,6 +243,16 @@ def test_causal_model_refuses_unknown_interventions_and_missing_inputs():
 def test_train_config_refuses_bad_values(bad, words):
     with pytest.raises(ValueError, match=words):
         TrainConfig(**bad)
+
+
+def test_correct_is_per_row_and_accuracy_its_mean():
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    assert correct(logits, torch.tensor([1, 1, 1])).tolist() == [True, False, True]
+    assert accuracy(logits, torch.tensor([1, 1, 1])) == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="2 labels"):
+        correct(logits, torch.tensor([1, 1]))
+    with pytest.raises(ValueError, match="zero examples"):
+        accuracy(logits[:0], torch.tensor([], dtype=torch.long))
 
 
 def test_normalised_iia():

@@ -7,6 +7,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 from das_lib.book import plots  # noqa: E402
 
@@ -65,3 +66,28 @@ def test_iia_bars_draw_one_bar_per_run_and_the_baseline() -> None:
     assert ax.lines[0].get_ydata()[0] == 0.6
     assert fig.get_size_inches()[0] <= plots.WIDTH_IN
     plt.close(fig)
+
+
+def test_normalised_heatmaps_write_n_a_where_it_is_undefined() -> None:
+    frame = _frame().assign(normalised=lambda f: (f["iia"] - 0.5) / 0.45)
+    frame.loc[(frame.hypothesis == "left") & (frame.layer == 0) & (frame.position == "last"), "normalised"] = np.nan
+    frame.loc[frame.hypothesis == "midpoint", "normalised"] = np.nan  # a model no better than the majority rate
+    grids = plots.grids_by(frame, {"left": "Left", "midpoint": "Mid"}, "normalised", positions=POSITIONS)
+    assert grids["Mid"].shape == (3, 3) and grids["Mid"].isna().all().all()  # kept, not dropped
+    fig = plots.heatmap_panels(grids, POSITIONS, normalised=True)
+    left, mid = fig.axes
+    texts = [t.get_text() for t in left.texts]
+    assert texts.count("n/a") == 1 and "0.44" in texts and not any("nan" in t for t in texts)
+    assert [t.get_text() for t in mid.texts] == ["n/a"] * 9
+    assert left.collections[0].get_clim() == (0.0, 1.0)  # the paper's unit: majority rate to task accuracy
+    assert "normalised IIA" in left.child_axes[0].get_ylabel()
+    plt.close(fig)
+
+
+def test_the_normalised_scale_widens_to_values_beyond_0_and_1() -> None:
+    grid = pd.DataFrame([[-0.4, 0.5], [1.2, np.nan]], index=[1, 0], columns=["a", "b"])
+    fig = plots.heatmap_panels({"x": grid}, normalised=True)
+    assert fig.axes[0].collections[0].get_clim() == (-0.4, 1.2)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="not both"):
+        plots.heatmap_panels({"x": grid}, gain=True, normalised=True)

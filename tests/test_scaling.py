@@ -47,6 +47,7 @@ def test_footprint_checks_agree_with_the_formula():
 def test_grid_estimate_of_alpacas_grid():
     e = scaling.grid_estimate(**scaling.ALPACA_7B, n_positions=13, rank=8, minutes_per_cell=23)
     assert e["layers"] == [0, 5, 10, 15, 20, 25, 30] and e["grid_cells"] == 91 and e["grid_rank"] == 8
+    assert e["grid_layers"] == 7 and e["grid_positions"] == 13
     assert e["grid_gpu_hours"] == pytest.approx(4 * 91 * 23 / 60)
     full = scaling.rotation_footprint(4096)
     assert e["grid_full_gib"] == pytest.approx(91 * (full["parameters"] + full["buffers"]) * 4 / 2**30)

@@ -4,7 +4,7 @@ import torch
 
 from das_lib.method import neurons
 from das_lib.method.sites import Site, answer_logits, find_layers
-from das_lib.method.training import TrainConfig, evaluate, PlainForward
+from das_lib.method.training import TrainConfig, evaluate, PlainForward, unintervened_iia
 from das_lib.models import toy
 
 BASE, SOURCE = {"a": 2, "b": 3, "c": 4}, {"a": 1, "b": 2, "c": 3}
@@ -123,3 +123,24 @@ def test_same_seed_same_numbers(split, pairs):
     (ia, ra), (ib, rb) = (toy.train_das(a, Site(0), 2, data, data, short) for _ in range(2))
     assert ra.iia == rb.iia and [r["loss"] for r in ra.curves] == [r["loss"] for r in rb.curves]
     assert torch.equal(ia.rotation.weight, ib.rotation.weight)
+
+
+def test_comparisons_are_paired_differences_of_the_reported_iias(net, pairs):
+    (train_S, test_S), (train_P, test_P) = pairs["S"], pairs["P"]
+    data_S, data_P = toy.interchange_data(test_S), toy.interchange_data(test_P)
+    das_S = [toy.train_das(net, Site(0), 1, toy.interchange_data(train_S), data_S, DAS_CONFIG)]
+    das_P = [toy.train_das(net, Site(0), 1, toy.interchange_data(train_P), data_P, DAS_CONFIG)]
+    search = {0: neurons.exhaustive_neuron_search(net, Site(0), net.width, [1], data_S)}
+    path = neurons.greedy_neuron_search(net, Site(0), net.width, data_S, max_size=2)
+    right = toy.right_by_pair(net, data_S, Site(0), das_S[0][0])
+    nothing = toy.right_by_pair(net, data_S)
+    assert right.shape == (len(test_S),) and set(right) <= {0, 1}
+    assert right.mean() == pytest.approx(das_S[0][1].iia) and nothing.mean() == pytest.approx(unintervened_iia(net, data_S))
+    compared = toy.comparisons(net, Site(0), das_S, das_P, search, path, data_S, data_P)
+    assert list(compared) == list(toy.COMPARISONS)
+    assert all(low <= diff <= high for diff, low, high in compared.values())
+    assert compared["das"][0] == pytest.approx(das_S[0][1].iia - nothing.mean())
+    assert compared["wrong"][0] == pytest.approx(das_P[0][1].iia - toy.right_by_pair(net, data_P).mean())
+    assert compared["neurons"][0] == pytest.approx(search[0][0].iia - nothing.mean())
+    assert compared["das"][1] > 0  # DAS on S is clearly above leaving the network alone
+    assert compared["greedy"][2] < 0  # and two neurons stay clearly below it

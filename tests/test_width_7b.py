@@ -103,6 +103,17 @@ def test_llama_tokenizer_drives_the_alpaca_task():
     assert roles["last"] == 78 and roles["resp_colon"] == 77 and roles["amount_int"] == 68
 
 
+def test_alpaca_prompt_counts_name_what_the_last_13_tokens_would_add(monkeypatch, tmp_path):
+    from das_lib import paper
+
+    if shape7b.llama_tokenizer_file() is not None:
+        counts = shape7b.alpaca_prompt_counts(paper.POSITIONS, n_games=50)
+        # 79 tokens, 11 from the amount on: the paper's last 13 would also take ':' of "### Input:" and '\n'
+        assert counts == {"tokens": 79, "searched": 11, "before": [":", "\n"]}
+    monkeypatch.setenv(shape7b.TOKENIZER_ENV, str(tmp_path))  # a folder without tokenizer.json
+    assert shape7b.alpaca_prompt_counts(paper.POSITIONS) is None
+
+
 def test_the_tokenizer_and_the_7b_shaped_model_go_under_the_repository_root():
     # the layout move once left these paths one folder too deep, inside the package (das_lib/.cache)
     root = Path(das_lib.__file__).resolve().parents[1]

@@ -5,13 +5,18 @@ import numpy as np
 import torch
 
 
-def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of rows whose argmax over the last axis equals the label."""
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) bool on the CPU: does each row's argmax over the last axis equal its label."""
     if logits.shape[0] != labels.shape[0]:
         raise ValueError(f"{logits.shape[0]} predictions for {labels.shape[0]} labels")
     if labels.numel() == 0:
         raise ValueError("cannot compute an accuracy over zero examples")
-    return (logits.argmax(-1).cpu() == labels.cpu()).float().mean().item()
+    return logits.argmax(-1).cpu() == labels.cpu()
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Fraction of rows whose argmax over the last axis equals the label."""
+    return correct(logits, labels).float().mean().item()
 
 
 def normalised_iia(iia: float, task_acc: float, dummy_acc: float) -> float:

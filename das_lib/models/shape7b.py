@@ -16,9 +16,13 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from das_lib.pricetag.game import sample_games
+from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # das_lib/models/shape7b.py -> the repository
 TOKENIZER_DIR = REPO_ROOT / ".cache" / "llama-tokenizer"
@@ -93,6 +97,24 @@ def llama_tokenizer(path: Path | None = None) -> PreTrainedTokenizerFast:
     if path is None or not Path(path).is_file():
         raise FileNotFoundError(HOW_TO_GET)
     return PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def alpaca_prompt_counts(last: int, n_games: int = 300, seed: int = 0) -> dict[str, Any] | None:
+    """The Alpaca prompt under LLaMA's tokenizer, as the paper's grid would see it: "tokens", its length (BOS
+    included; one length for `n_games` random games, else ValueError); "searched", how many positions the
+    role finder searches (the amount's first token to the last); "before", the texts of the tokens before
+    the amount that the `last` final tokens also take. None when LLaMA's tokenizer is not here."""
+    if llama_tokenizer_file() is None:
+        return None
+    tokenizer = llama_tokenizer()
+    task = PriceTagTask(tokenizer, "alpaca")
+    lengths = sorted({len(layout.ids) for layout in task.layouts(sample_games(n_games, seed))})
+    if len(lengths) != 1:
+        raise ValueError(f"the Alpaca prompts of {n_games} games have {lengths} tokens under LLaMA's tokenizer, "
+                         "not one length: the last positions would name different tokens in different prompts")
+    layout = task.layouts([REFERENCE_GAME])[0]
+    before = layout.ids[max(len(layout.ids) - last, 0):layout.roles["amount_int"]]
+    return {"tokens": lengths[0], "searched": len(layout.searched), "before": [tokenizer.decode([t]) for t in before]}
 
 
 def save_7b_shaped(out: str | Path, num_layers: int = 2, seed: int = 0, tokenizer_file: Path | None = None) -> Path:

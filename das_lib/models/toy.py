@@ -14,6 +14,7 @@ import itertools
 import random
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -21,10 +22,11 @@ from torch import nn
 from das_lib.method.causal import CausalModel, Variable
 from das_lib.method.counterfactual import CounterfactualPair, sample_causal_pairs
 from das_lib.method.data import InterchangeData
-from das_lib.method.interventions import DASIntervention
-from das_lib.method.metrics import accuracy
+from das_lib.method.interventions import DASIntervention, NeuronIntervention
+from das_lib.method.metrics import accuracy, correct
 from das_lib.method.neurons import NeuronResult, exhaustive_neuron_search
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
+from das_lib.method.stats import paired_difference
 from das_lib.method.training import PlainForward, TrainConfig, TrainResult, set_seed, train_intervention
 
 INPUTS = ("a", "b", "c")
@@ -269,6 +271,38 @@ def best_layer_summary(
     best = max(range(len(das_S)), key=lambda layer: das_S[layer][1].iia)
     return {"best_layer": best, "das_iia": das_S[best][1].iia, "wrong_iia": das_P[best][1].iia,
             "exhaustive_iia": max(found[0].iia for found in neuron_search.values())}
+
+
+def right_by_pair(model: nn.Module, data: InterchangeData, site: Site | None = None,
+                  intervention: nn.Module | None = None) -> np.ndarray:
+    """Per pair, 1 where the network outputs the pair's label, else 0: with `intervention` at `site`, or left alone."""
+    with torch.no_grad():
+        logits = (answer_logits(model, data.base) if intervention is None
+                  else PlainForward(model, site, intervention)(data))
+    return correct(logits, data.labels).numpy().astype(int)
+
+
+# The chapter's comparisons, each (a, b) for `paired_difference(a, b)` on the same held-out pairs.
+COMPARISONS = {"neurons": ("best neuron set", "nothing on S"), "das": ("DAS on S", "nothing on S"),
+               "wrong": ("DAS on P", "nothing on P"), "greedy": ("best greedy set", "DAS on S")}
+
+
+def comparisons(
+    model: ToyMLP, site: Site, das_S: Sequence[tuple[DASIntervention, TrainResult]],
+    das_P: Sequence[tuple[DASIntervention, TrainResult]], neuron_search: Mapping[int, Sequence[NeuronResult]],
+    greedy_path: Sequence[NeuronResult], data_S: InterchangeData, data_P: InterchangeData,
+) -> dict[str, tuple[float, float, float]]:
+    """COMPARISONS on the held-out pairs, each (mean of a - b, 95% low, high) from `paired_difference`: DAS
+    at `site` and the best neuron set anywhere against leaving the network alone, on the labels of the
+    variable they swap, and the best set of the greedy path against DAS on S."""
+    neurons = max((found[0] for found in neuron_search.values()), key=lambda r: r.iia)
+    greedy = max(greedy_path, key=lambda r: r.iia)
+    right = {"nothing on S": right_by_pair(model, data_S), "nothing on P": right_by_pair(model, data_P),
+             "DAS on S": right_by_pair(model, data_S, site, das_S[site.layer][0]),
+             "DAS on P": right_by_pair(model, data_P, site, das_P[site.layer][0])}
+    for name, found in {"best neuron set": neurons, "best greedy set": greedy}.items():
+        right[name] = right_by_pair(model, data_S, found.site, NeuronIntervention(model.width, list(found.dims)))
+    return {name: paired_difference(right[a], right[b]) for name, (a, b) in COMPARISONS.items()}
 
 
 def projection_frame(model: ToyMLP, site: Site, intervention: DASIntervention, triples: Sequence[Mapping]) -> pd.DataFrame:

@@ -131,7 +131,7 @@ class PriceTagTask:
             raise ValueError(f"cannot find the bracket '{lb} and {ub}' in the instruction {instruction!r}")
         amount = price(game["amount"])
         spans = _price_parts(lb, i0 + k, "lb") + _price_parts(ub, i0 + k + len(f"{lb} and "), "ub")
-        if prompt[j0 - 1] == "\n":  # the paper's 13 Llama positions may start here (see searched_roles)
+        if prompt[j0 - 1] == "\n":  # a role of its own, for a grid that starts before the amount
             spans.append(("nl_before_amount", j0 - 1, j0))
         spans += _price_parts(amount, j0, "amount")
         end = j0 + len(input_text)
@@ -201,8 +201,9 @@ class PriceTagTask:
     def searched_roles(self) -> list[str]:
         """The roles searched by the paper: one per token from the amount's first token to the last.
 
-        (The paper took Alpaca's last 13 tokens. A Llama tokenizer is expected to give 12 from the amount
-        on; if so, its 13th is the newline before the amount, role "nl_before_amount".)
+        (The paper took the last 13 tokens of Alpaca's prompt. LLaMA's tokenizer.json gives 11 from the
+        amount on (tests/test_width_7b.py); the newline before the amount has a role, "nl_before_amount",
+        for a grid that should start there.)
         """
         return self.layouts([REFERENCE_GAME])[0].searched
 

@@ -21,10 +21,12 @@ def iia_grid(frame: pd.DataFrame, value: str = "iia", positions: Sequence[str] |
 
     value "gain" is IIA minus the IIA of no intervention (column "unintervened") when the frame has no
     such column. Positions come in the order given, else in their order of first appearance in `frame`
-    (the order the sweep ran them), so every chapter shows the prompt's tokens left to right."""
+    (the order the sweep ran them), so every chapter shows the prompt's tokens left to right. A cell whose
+    value is undefined (NaN: normalised IIA where the model is no better than the majority rate) stays in
+    the grid as NaN, even when every cell is."""
     if value == "gain" and "gain" not in frame:
         frame = frame.assign(gain=frame["iia"] - frame["unintervened"])
-    grid = frame.pivot_table(index="layer", columns="position", values=value, aggfunc="mean")
+    grid = frame.pivot_table(index="layer", columns="position", values=value, aggfunc="mean", dropna=False)
     grid = _ordered(grid, positions if positions is not None else list(dict.fromkeys(frame["position"])))
     return grid.sort_index(ascending=False)
 

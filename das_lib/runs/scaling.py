@@ -126,7 +126,8 @@ def grid_estimate(hidden_size: int, num_layers: int, intermediate_size: int, voc
     saved = {name: (f["parameters"] + f["buffers"]) * 4 for name, f in
              (("full", rotation_footprint(hidden_size)), ("low", rotation_footprint(hidden_size, rank)))}
     return {"model_params": n_params, "model_params_b": n_params / 1e9, "model_gib_bf16": n_params * 2 / 2**30,
-            "layers": layers, "grid_layers": len(layers), "grid_cells": cells, "grid_rank": rank,
+            "layers": layers, "grid_layers": len(layers), "grid_positions": n_positions, "grid_cells": cells,
+            "grid_rank": rank,
             "grid_full_gib": cells * saved["full"] / 2**30, "grid_low_mib": cells * saved["low"] / 2**20,
             "hypotheses": hypotheses, "minutes_per_cell": minutes_per_cell,
             "grid_gpu_hours": hypotheses * cells * minutes_per_cell / 60}
