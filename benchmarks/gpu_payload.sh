@@ -17,7 +17,8 @@ WHEELS="gguf==0.19.0 pyvene==0.1.8 myst-nb==1.4.0 papermill==2.7.0 nbformat==5.1
   jsonschema-specifications==2025.9.1 referencing==0.37.0 rpds-py==2026.9.1 platformdirs==4.14.9 tornado==6.6.1
   pyzmq==27.3.0 comm==0.2.3 ipython==9.18.1 ipython_pygments_lexers==1.1.1 decorator==5.2.1 jedi==0.20.1 parso==0.8.7
   matplotlib-inline==0.2.2 pexpect==4.9.0 ptyprocess==0.7.0 prompt_toolkit==3.0.53 wcwidth==0.9.4 stack-data==0.6.3
-  asttokens==3.0.2 executing==2.3.0 pure_eval==0.2.4 nest-asyncio==1.6.0 tenacity==9.2.1 entrypoints==0.4.2"
+  asttokens==3.0.2 executing==2.3.0 pure_eval==0.2.4 nest-asyncio==1.6.0 tenacity==9.2.1 entrypoints==0.4.2
+  docutils==0.21.2"
 PLATFORMS="--platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux_2_24_x86_64
   --platform manylinux_2_26_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_31_x86_64
   --platform manylinux_2_34_x86_64 --platform manylinux_2_35_x86_64 --platform manylinux1_x86_64"

@@ -78,30 +78,52 @@ def test_save_on_the_gpu_and_load_on_the_cpu(tmp_path):
     assert loaded.rotation.orthogonality_error() < 1e-5
 
 
+SYNC = "called a synchronizing CUDA operation"  # what torch.cuda.set_sync_debug_mode("warn") says at each
+
+
+def synchronisations(run) -> list[int]:
+    """The synchronising CUDA calls made while `run(mark)` runs, counted between its calls of `mark()`."""
+    torch.cuda.synchronize()
+    marks = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            run(lambda: marks.append(len(caught)))
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        marks.append(len(caught))
+    return [sum(SYNC in str(w.message) for w in caught[a:b]) for a, b in zip(marks, marks[1:])]
+
+
 @pytest.mark.parametrize("orthogonal_map", list(ORTHOGONAL_MAPS))
-def test_a_training_step_synchronises_at_most_twice(orthogonal_map):
+def test_a_training_step_synchronises_at_most_twice_beside_its_map(orthogonal_map):
+    """das_lib's step makes at most 2 synchronisations; torch's own maps add theirs (matrix_exp chooses its
+    degree on the host, linalg.solve checks for a singular matrix): counted alone, they are allowed on top."""
     model, data = deep_llama(torch.bfloat16, layers=8), prompts()
     torch.manual_seed(0)
     intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, orthogonal_map=orthogonal_map, device=CUDA)
     fast = CachedForward(model, Site(2, "x"), intervention, [data])
-    torch.cuda.synchronize()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        starts = []
+    config = TrainConfig(steps=40, batch_size=16, orthogonal_map=orthogonal_map)
 
-        def counted(batch):  # a step starts where its forward is called
-            starts.append(len(caught))
-            return fast(batch)
-        torch.cuda.set_sync_debug_mode("warn")  # every synchronising CUDA call warns
+    def rotation_alone(mark):
+        for _ in range(3):
+            mark()
+            intervention.rotation.weight.sum().backward()
+    by_the_map = max(synchronisations(rotation_alone))
+
+    def training(mark):
+        finish = intervention.rotation.reorthonormalize
+        intervention.rotation.reorthonormalize = lambda: (mark(), finish())  # after the last step: not a step
         try:
-            train_intervention(counted, intervention, data, TrainConfig(steps=40, batch_size=16, orthogonal_map=orthogonal_map),
-                               progress=False)
+            train_intervention(lambda batch: (mark(), fast(batch))[1], intervention, data, config, progress=False)
         finally:
-            torch.cuda.set_sync_debug_mode("default")
-    ends = starts[1:] + [len(caught)]
-    per_step = [sum("synchroniz" in str(w.message).lower() for w in caught[a:b]) for a, b in zip(starts, ends)]
+            del intervention.rotation.reorthonormalize
+    per_step = synchronisations(training)[:-1]  # each step, from its forward to the next one's (not what follows the last)
     assert len(per_step) == 40
-    assert max(per_step) <= 2, f"synchronisations per step: {per_step}: {[str(w.message)[:120] for w in caught[:6]]}"
+    assert max(per_step) <= 2 + by_the_map, f"synchronisations per step {per_step}, of which the map's alone {by_the_map}"
+    if orthogonal_map == "qr":  # no map of torch's in the step: das_lib's own bound, alone
+        assert max(per_step) <= 2
 
 
 @pytest.mark.parametrize("name", ["standin", "smollm2-pricetag"])

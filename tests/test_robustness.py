@@ -19,7 +19,8 @@ from das_lib.method.seeds import setting_seed
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, evaluate, unintervened_iia
 from das_lib.models.standin import build_tokenizer
-from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label
+from das_lib.method.seeds import split_seeds
+from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label, label_pool, sample_pool
 from das_lib.pricetag.task import PriceTagTask, task_accuracy
 from das_lib.runs import grids, reuse
 from das_lib.runs import robustness as rb
@@ -56,7 +57,7 @@ def _put(store: Store, hypothesis: str, layer: int, position: str, seed: int, ii
     intervention = BoundlessDASIntervention(16, n_variables=len(get_hypothesis(hypothesis).variables))
     intervention.temperature = 0.1
     save_intervention(intervention, store.folder(config) / "alignment")
-    return store.put(config, {"iia": iia, "alignment": "alignment"})
+    return store.put(config, {"iia": iia, "val_iia": iia, "alignment": "alignment"})
 
 
 @pytest.fixture()
@@ -321,7 +322,7 @@ def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_pa
     again, counts = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
     assert counts == {"trained": 0, "reused": 2} and again.equals(table)
     loaded = LlamaForCausalLM.from_pretrained(name).eval()
-    sweep_test_pairs = sample_pairs("left", 24, 2 * train["seed"] + 1)  # how das_lib.runs.sweep draws its test pairs
+    sweep_test_pairs = label_pool("left", sample_pool(24, split_seeds(train["seed"], 3)[2]))  # as das_lib.runs.jobs draws them
     here = rb.evaluate_grid(loaded, PriceTagTask(tok, TEMPLATE), sweep_test_pairs, table, Store(store))
     assert here["iia"].tolist() == table["iia"].tolist()
     assert 0 < here["iia"].max()

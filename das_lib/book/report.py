@@ -12,9 +12,10 @@ import pandas as pd
 
 from das_lib import paper
 from das_lib.models.standin import planted_for
-from das_lib.pricetag.game import HYPOTHESES
+from das_lib.pricetag.game import HYPOTHESES, get_hypothesis
 from das_lib.runs.scaling import rotation_footprint
-from das_lib.runs.sweep import boundary_shrank, summary
+from das_lib.runs import findings
+from das_lib.runs.sweep import boundary_shrank
 
 
 def sweep_command(store: str, model: str, dtype: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
@@ -28,28 +29,31 @@ def sweep_command(store: str, model: str, dtype: str, hypotheses: Sequence[str],
 
 
 def hypothesis_table(frame: pd.DataFrame, task_acc: float) -> pd.DataFrame:
-    """`sweep.summary` of a sweep's frame with the gain over no intervention and the best site's layer and
-    position, indexed by hypothesis key."""
-    table = summary(frame, task_acc)
-    table.index = [next(k for k, h in HYPOTHESES.items() if h.title == title) for title in table.index]
-    first = frame[frame["seed"] == frame["seed"].min()]
-    best = first.loc[first.groupby("hypothesis", sort=False)["iia"].idxmax()].set_index("hypothesis")  # as summary picks it
-    return table.assign(gain=table["max IIA"] - table["unintervened"], layer=best["layer"].astype(int), position=best["position"])
+    """`findings.summary` of a sweep's frame, indexed by hypothesis key: the site chosen on validation and its
+    test IIA and gain over doing nothing, each with its 95% interval."""
+    return findings.summary(frame, task_acc)
+
+
+def interval(low: float, high: float, signed: bool = False) -> str:
+    """A 95% interval as a page shows it: "[0.812, 0.903]" (signed: "[+0.02, +0.11]")."""
+    spec = "+.3f" if signed else ".3f"
+    return f"[{low:{spec}}, {high:{spec}}]"
 
 
 def side_by_side(tables: Mapping[str, pd.DataFrame], paper_name: str = "Alpaca 7B (paper)") -> pd.DataFrame:
-    """One row per hypothesis; per model (a `hypothesis_table` each) its max IIA, gain and best site, then
-    the paper's max IIA (the paper reports no IIA of doing nothing, so no gain is shown for it)."""
+    """One row per hypothesis; per model (a `hypothesis_table` each) its test IIA and gain with intervals at the
+    site chosen on validation, then the paper's max IIA (the paper reports no IIA of doing nothing, so no
+    gain, and no interval)."""
     hypotheses = list(dict.fromkeys(h for t in tables.values() for h in t.index))
     columns = {}
     for name, table in tables.items():
         t = table.reindex(hypotheses)
-        columns[(name, "max IIA")] = t["max IIA"]
-        columns[(name, "gain")] = t["gain"]
-        columns[(name, "best site")] = t["best site"]
-    columns[(paper_name, "max IIA")] = pd.Series({h: paper.MAX_IIA[h] for h in hypotheses})
+        columns[(name, "IIA")] = [f"{v:.3f} {interval(lo, hi)}" for v, lo, hi in zip(t["IIA"], t["IIA low"], t["IIA high"])]
+        columns[(name, "gain")] = [f"{v:+.3f} {interval(lo, hi, True)}" for v, lo, hi in zip(t["gain"], t["gain low"], t["gain high"])]
+        columns[(name, "site")] = t["best site"]
+    columns[(paper_name, "max IIA")] = [paper.MAX_IIA.get(h) for h in hypotheses]
     out = pd.DataFrame(columns)
-    out.index = [HYPOTHESES[h].title for h in hypotheses]
+    out.index = [get_hypothesis(h).title for h in hypotheses]
     out.columns = pd.MultiIndex.from_tuples(out.columns)
     return out
 
@@ -144,31 +148,87 @@ def baselines(frame: pd.DataFrame) -> pd.DataFrame:
         columns={"dummy": "dummy (majority label)", "unintervened": "IIA with no intervention"})
 
 
-# The columns of `findings_table`: the raw IIA, what doing nothing scores, the gain, then the paper's.
-FINDINGS_COLUMNS = ["best site", "max IIA", "unintervened", "gain", "paper (Alpaca 7B)", "normalised",
-                    "mean over seeds", "std over seeds", "seeds"]
-
-
 def findings_table(table: pd.DataFrame) -> pd.DataFrame:
-    """A `hypothesis_table` as a chapter shows it: by hypothesis title, FINDINGS_COLUMNS."""
-    return table.rename(index={k: HYPOTHESES[k].title for k in table.index})[FINDINGS_COLUMNS]
+    """A `hypothesis_table` as a chapter shows it, by hypothesis title: the site chosen on validation, its
+    validation IIA, and on the test pairs the IIA and the gain over doing nothing with their 95% intervals,
+    the IIA where the label differs from the base's answer, the seeds' spread, and the paper's max IIA."""
+    shown = pd.DataFrame({
+        "site (validation)": table["best site"], "validation IIA": table["validation IIA"], "test IIA": table["IIA"],
+        "95% interval": [interval(lo, hi) for lo, hi in zip(table["IIA low"], table["IIA high"])],
+        "no intervention": table["unintervened"], "gain": table["gain"],
+        "gain 95% interval": [interval(lo, hi, True) for lo, hi in zip(table["gain low"], table["gain high"])],
+        "IIA where the label changes": table["IIA on changed"],
+        "seeds: min-max": [f"{lo:.3f}-{hi:.3f} ({int(n)})" for lo, hi, n in
+                           zip(table["min over seeds"], table["max over seeds"], table["seeds"])],
+        "paper (Alpaca 7B)": table["paper (Alpaca 7B)"]})
+    return shown.rename(index={k: get_hypothesis(k).title for k in table.index})
 
 
-def findings_values(table: pd.DataFrame) -> dict[str, float | str]:
-    """The numbers of a `hypothesis_table` a chapter's prose names: per hypothesis key h, `max_iia_h`, `gain_h`,
-    `std_iia_h`, `paper_iia_h` and `best_site_h`; and `winner` (the title of the hypothesis of largest gain),
-    `winner_key` (its key), `winner_site` and `best_gain`."""
+def findings_values(table: pd.DataFrame, frame: pd.DataFrame | None = None) -> dict[str, float | str]:
+    """The numbers of a `hypothesis_table` a chapter's prose names: per hypothesis key h, `max_iia_h` (the test
+    IIA at the site chosen on validation), `iia_low_h`, `iia_high_h`, `gain_h`, `gain_low_h`, `gain_high_h`,
+    `paper_iia_h`, `best_site_h`, and for a hypothesis of several variables `iia_h_v` (on the pairs of variable v); `winner` (the title of the hypothesis of largest gain), `winner_key`,
+    `winner_site`, `best_gain` (and its interval); with the sweep's `frame`, the ranking's `runner_up` and
+    the `margin` of the winner's gain over it on the same pairs, with `margin_low` and `margin_high`."""
     out: dict[str, float | str] = {}
     for h, row in table.iterrows():
-        out |= {f"max_iia_{h}": float(row["max IIA"]), f"gain_{h}": float(row["gain"]),
-                f"std_iia_{h}": float(row["std over seeds"]), f"paper_iia_{h}": float(row["paper (Alpaca 7B)"]),
+        variables = get_hypothesis(h).variables
+        out |= {f"iia_{h}_{v}": float(row[f"IIA {v}"]) for v in variables if len(variables) > 1}  # each variable's pairs
+        out |= {f"max_iia_{h}": float(row["IIA"]), f"iia_low_{h}": float(row["IIA low"]), f"iia_high_{h}": float(row["IIA high"]),
+                f"gain_{h}": float(row["gain"]), f"gain_low_{h}": float(row["gain low"]), f"gain_high_{h}": float(row["gain high"]),
+                f"paper_iia_{h}": float(row["paper (Alpaca 7B)"] if row["paper (Alpaca 7B)"] is not None else "nan"),
                 f"best_site_{h}": str(row["best site"])}
-    winner = table["gain"].idxmax()
-    return out | {"winner": HYPOTHESES[winner].title, "winner_key": str(winner), "winner_site": str(table.loc[winner, "best site"]),
-                  "best_gain": float(table.loc[winner, "gain"])}
+    winner = table["gain"].astype(float).idxmax()
+    out |= {"winner": get_hypothesis(winner).title, "winner_key": str(winner), "winner_site": str(table.loc[winner, "best site"]),
+            "best_gain": float(table.loc[winner, "gain"]), "best_gain_low": float(table.loc[winner, "gain low"]),
+            "best_gain_high": float(table.loc[winner, "gain high"])}
+    if frame is not None:
+        ranked = findings.ranking(frame)
+        if "second" in ranked:
+            out |= {"runner_up": get_hypothesis(ranked["second"]).title, "margin": ranked["margin"],
+                    "margin_low": ranked["margin_low"], "margin_high": ranked["margin_high"]}
+    return out
 
 
 def planted_site(model: str) -> str | None:
     """Where the model's mechanism was planted ("L1 last"), or None for a model nobody planted one in."""
     planted = planted_for(model)
     return None if planted is None else f"L{planted[1]['site']['layer']} {planted[1]['site']['position']}"
+
+
+def nulls_table(nulls: pd.DataFrame) -> pd.DataFrame:
+    """`controls.nulls` as a chapter shows it: site, test IIA and gain with their 95% intervals, and the finding's
+    gain minus the null's, on the same pairs, with its interval."""
+    def gap(row: pd.Series) -> str:
+        if pd.isna(row.get("difference")):
+            return MISSING
+        return f"{row['difference']:+.3f} {interval(row['difference low'], row['difference high'], True)}"
+    return pd.DataFrame({
+        "site": nulls["site"],
+        "test IIA": [f"{v:.3f} {interval(lo, hi)}" for v, lo, hi in zip(nulls["IIA"], nulls["IIA low"], nulls["IIA high"])],
+        "no intervention": [f"{v:.3f}" for v in nulls["unintervened"]],
+        "gain": [f"{v:+.3f} {interval(lo, hi, True)}" for v, lo, hi in zip(nulls["gain"], nulls["gain low"], nulls["gain high"])],
+        "finding's gain minus this": [gap(r) for _, r in nulls.iterrows()]}, index=nulls.index)
+
+
+def nulls_values(nulls: pd.DataFrame) -> dict[str, float | bool]:
+    """The numbers of `controls.nulls` a chapter's prose names, per null k (control_task, random_weights,
+    random_subspace): `k_gain`, `k_gain_low`, `k_gain_high`, `k_gap` (the finding's gain minus it), `k_gap_low`,
+    `k_gap_high`, `k_beaten` (the gap's interval lies above 0); and `beats_all_nulls`."""
+    out: dict[str, float | bool] = {}
+    for name, row in nulls.drop(index="finding").iterrows():
+        key = name.replace(" ", "_")
+        out |= {f"{key}_gain": float(row["gain"]), f"{key}_gain_low": float(row["gain low"]),
+                f"{key}_gain_high": float(row["gain high"]), f"{key}_gap": float(row["difference"]),
+                f"{key}_gap_low": float(row["difference low"]), f"{key}_gap_high": float(row["difference high"]),
+                f"{key}_beaten": bool(row["difference low"] > 0)}
+    return out | {"beats_all_nulls": all(v for k, v in out.items() if k.endswith("_beaten"))}
+
+
+def cross_table(iia: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """`crosscheck.cross_matrix` as a chapter shows it: each cell's IIA and, in brackets, on how many test pairs."""
+    shown = iia.copy().astype(object)
+    for r in iia.index:
+        for c in iia.columns:
+            shown.loc[r, c] = MISSING if pairs.loc[r, c] == 0 else f"{iia.loc[r, c]:.2f} ({int(pairs.loc[r, c])})"
+    return shown

@@ -99,11 +99,16 @@ class InterchangeData:
         index = rows_on(idx, self.labels.device)  # once for every tensor of the dataset
         return self._derived(self.row_ids()[idx], lambda t: t.index_select(0, index.to(t.device)))
 
-    def shuffled(self, seed: int) -> "InterchangeData":
-        """The same examples with their labels permuted among them: a labelling no high-level variable
-        explains, for the control that shows an alignment cannot fit just any labels."""
-        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed), device="cpu")
-        return replace(self, labels=self.labels[perm])
+    def relabelled(self, variable: torch.Tensor, labels: torch.Tensor, base_labels: torch.Tensor | None) -> "InterchangeData":
+        """The same inputs and positions (the same origin: a cache of them serves both) with the targets of
+        another causal model: which variable each pair intervenes on, and the labels."""
+        if len(variable) != len(self) or len(labels) != len(self):
+            raise ValueError(f"relabelled: {len(variable)} variables and {len(labels)} labels for {len(self)} examples")
+        new = self._derived(self.ids, lambda t: t)
+        device = self.labels.device
+        new.variable, new.labels = variable.to(device), labels.to(device)
+        new.base_labels = None if base_labels is None else base_labels.to(device)
+        return new
 
     def column(self, j: int) -> "InterchangeData":
         """The same examples at their j-th position only (for data encoded at k positions, (N, k))."""

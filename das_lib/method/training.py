@@ -141,30 +141,37 @@ def make_optimizer(intervention: nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.Adam(groups)
 
 
-def correct(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
-    """(N,) bool on the CPU: is the argmax of each example's intervened answer logits its counterfactual label?
-
-    The comparison stays on the data's device and is read once at the end, and the rotation of a
-    parametrized intervention is computed once for the whole evaluation, not once per batch."""
-    hits = []
+def answer_tokens_under(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
+    """(N,) on the CPU: the token the model answers on each example under the intervention (its argmax). The
+    tokens stay on the data's device and are read once at the end, and the rotation of a parametrized
+    intervention is computed once for the whole evaluation, not once per batch."""
+    tokens = []
     with torch.no_grad(), parametrize.cached():
         for start in range(0, len(data), batch_size):
-            batch = data.select(slice(start, start + batch_size))
-            logits = forward(batch)
-            hits.append(logits.argmax(-1) == batch.labels.to(logits.device))
-    if not hits:
+            tokens.append(forward(data.select(slice(start, start + batch_size))).argmax(-1))
+    return torch.cat(tokens).cpu()
+
+
+def correct_pairs(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
+    """(N,) bool on the CPU: is the argmax of each example's intervened answer logits its counterfactual label?"""
+    if len(data) == 0:
         raise ValueError("cannot evaluate on zero examples")
-    return torch.cat(hits).cpu()
+    return answer_tokens_under(forward, data, batch_size) == data.labels.cpu()
 
 
 def evaluate(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> float:
     """IIA: how often the argmax of the intervened answer logits equals the counterfactual label."""
-    return correct(forward, data, batch_size).float().mean().item()
+    return correct_pairs(forward, data, batch_size).float().mean().item()
+
+
+def answer_tokens(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
+    """(N,) on the CPU: the token the model answers on each base, left alone."""
+    return answer_tokens_under(lambda batch: answer_logits(model, batch.base), data, batch_size)
 
 
 def unintervened_correct(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
     """(N,) bool: is the model's own answer on each base its counterfactual label (doing nothing, pair by pair)?"""
-    return correct(lambda batch: answer_logits(model, batch.base), data, batch_size)
+    return answer_tokens(model, data, batch_size) == data.labels.cpu()
 
 
 def unintervened_iia(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> float:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -31,6 +33,8 @@ ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes: ma
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 HUB_TIMEOUT = 3.0  # seconds to wait for the model hub before saying it cannot be reached
+# Models das_lib makes (random_weights_copy) go here: DAS_LIB_CACHE, or the repository's .cache (ignored by git)
+CACHE_DIR = Path(os.environ.get("DAS_LIB_CACHE") or Path(__file__).resolve().parents[2] / ".cache")
 
 
 def smollm2_gguf() -> Path:
@@ -203,6 +207,24 @@ def _load_merged(name: str, base: str, device: str, dtype: str | torch.dtype) ->
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+def random_weights_copy(name: str, seed: int = 0) -> str:
+    """A model directory with `name`'s architecture and tokenizer and weights drawn at random from `seed` (the
+    architecture's own initialisation): made once under CACHE_DIR and reused. A null model for a search: the
+    same network, computing nothing it learnt."""
+    out = CACHE_DIR / "random-weights" / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name).strip('_')}-seed{seed}"
+    if (out / "config.json").exists():
+        return str(out)
+    config, tokenizer = load_config(name), load_tokenizer(name)
+    with torch.random.fork_rng(devices=[]):  # the caller's random stream is left as it was
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config)
+    staging = out.with_name(out.name + ".tmp")
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    staging.replace(out)  # a directory that exists is complete
+    return str(out)
 
 
 def default_template(tokenizer: PreTrainedTokenizerBase) -> str:

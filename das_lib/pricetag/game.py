@@ -138,11 +138,60 @@ HYPOTHESES: dict[str, Hypothesis] = {
 }
 
 
+# A control task in the spirit of Hewitt and Liang's (2019): a variable of the inputs that no hypothesis
+# names (the amount's whole dollars), read out through a fixed random table (with the lower bound's whole
+# dollars), so that its counterfactual labels are learnable from the inputs but mean nothing. Trained and
+# tested like a hypothesis, it measures how well an alignment fits labels no mechanism explains; a finding
+# must beat it on the same pairs.
+CONTROL_SEED = 20_231_229
+_CONTROL_TABLE = [[random.Random(CONTROL_SEED + 10 * i + j).random() < 0.5 for j in range(10)] for i in range(10)]
+CONTROL_TASK = CausalModel(
+    "control_task",
+    _INPUTS,
+    [
+        Variable("dollars", ("amount",), lambda amount: amount // 100),
+        Variable("answer", ("lb", "dollars"), lambda lb, dollars: _CONTROL_TABLE[lb // 100][dollars]),
+    ],
+    output="answer",
+)
+CONTROLS: dict[str, Hypothesis] = {
+    "control": Hypothesis("control", "Control task (random readout of the whole dollars)", CONTROL_TASK, ("dollars",)),
+}
+
+
 def get_hypothesis(key: str) -> Hypothesis:
-    """The hypothesis named `key`, with the valid names in the error."""
-    if key not in HYPOTHESES:
-        raise KeyError(f"unknown hypothesis {key!r}; choose one of {list(HYPOTHESES)}")
-    return HYPOTHESES[key]
+    """The hypothesis (or control task) named `key`, with the valid names in the error."""
+    if key in HYPOTHESES:
+        return HYPOTHESES[key]
+    if key in CONTROLS:
+        return CONTROLS[key]
+    raise KeyError(f"unknown hypothesis {key!r}; choose one of {list(HYPOTHESES)} (or the control task {list(CONTROLS)})")
+
+
+def sample_pool(n: int, seed: int, bracket: tuple[int, int] | None = None) -> list[tuple[dict[str, int], dict[str, int]]]:
+    """`n` (base, source) pairs of games, each game's amount region (below, inside, above) drawn uniformly as
+    the paper's sampler draws them, but with no label kept or dropped: one pool that every hypothesis labels
+    (`label_pool`), so that hypotheses are trained and scored on the same pairs."""
+    if n < 1:
+        raise ValueError(f"a pool needs at least one pair, got n={n}")
+    rng = random.Random(seed)
+    pool = []
+    for _ in range(n):
+        rb, rs = rng.choice(REGIONS), rng.choice(REGIONS)
+        pool.append((sample_in_region(rng, rb, bracket), sample_in_region(rng, rs, bracket)))
+    return pool
+
+
+def label_pool(hypothesis: str, pool: Sequence[tuple[Mapping[str, int], Mapping[str, int]]],
+               variable: int | None = None) -> list[CounterfactualPair]:
+    """The pool's pairs labelled by running `hypothesis`'s causal model, pair i intervening on its variable
+    i mod (number of variables) (as `sample_pairs` alternates them), or every pair on `variable`."""
+    h = get_hypothesis(hypothesis)
+    if variable is not None and not 0 <= variable < len(h.variables):
+        raise ValueError(f"{hypothesis!r} has variables {list(h.variables)}: variable must be in 0..{len(h.variables) - 1}")
+    index = (lambda i: variable) if variable is not None else (lambda i: i % len(h.variables))  # noqa: E731
+    return [make_pair(h.model, base, source, (h.variables[index(i)],), regions=(region_of(base), region_of(source)),
+                      variable_index=index(i)) for i, (base, source) in enumerate(pool)]
 
 
 def sample_pairs(

@@ -298,21 +298,24 @@ class PriceTagTask:
                 pos[row, c] = offsets[row] + l.roles[name]
         if isinstance(role, str):
             pos = pos[:, 0]
+        return InterchangeData(base={k: v[:n] for k, v in inputs.items()}, source={k: v[n:] for k, v in inputs.items()},
+                               base_pos=pos[:n], source_pos=pos[n:], **self.targets(pairs), roles=tuple(names))
+
+    def targets(self, pairs: Sequence[CounterfactualPair]) -> dict[str, torch.Tensor]:
+        """What `pairs` ask of an intervention, as tensors: the variable each intervenes on, the counterfactual
+        answer's token id (labels), and the base's own answer's (base_labels)."""
         variables = []
         for k, p in enumerate(pairs):
             if "variable_index" not in p.meta and len(p.variables) != 1:
                 raise ValueError(f"pair {k} intervenes on {p.variables} but has no meta['variable_index']")
             variables.append(int(p.meta.get("variable_index", 0)))
-        return InterchangeData(
-            base={k: v[:n] for k, v in inputs.items()},
-            source={k: v[n:] for k, v in inputs.items()},
-            base_pos=pos[:n],
-            source_pos=pos[n:],
-            variable=torch.tensor(variables, dtype=torch.long, device="cpu"),
-            labels=torch.tensor([self.answer_id(p.label) for p in pairs], dtype=torch.long, device="cpu"),
-            base_labels=torch.tensor([self.answer_id(p.base_label) for p in pairs], dtype=torch.long, device="cpu"),
-            roles=tuple(names),
-        )
+        return {"variable": torch.tensor(variables, dtype=torch.long, device="cpu"),
+                "labels": torch.tensor([self.answer_id(p.label) for p in pairs], dtype=torch.long, device="cpu"),
+                "base_labels": torch.tensor([self.answer_id(p.base_label) for p in pairs], dtype=torch.long, device="cpu")}
+
+    def relabel(self, data: InterchangeData, pairs: Sequence[CounterfactualPair]) -> InterchangeData:
+        """`data` (encoded from the same base and source games as `pairs`, in order) with `pairs`' targets."""
+        return data.relabelled(**self.targets(pairs))
 
 
 def position_table(task: PriceTagTask, game: Mapping[str, int]) -> pd.DataFrame:

@@ -36,9 +36,10 @@ def alignment_table(
 ) -> pd.DataFrame:
     """The alignment used at each (hypothesis, layer, position): among the store's Boundless DAS records
     whose config has every (key, value) of `match` (e.g. the model identity and the standard task
-    settings), the one of highest IIA (best of seeds; ties: the first in store order).
+    settings), the one of highest validation IIA (the best of seeds, chosen as a sweep chooses, not on its
+    test pairs; ties: the first in store order).
 
-    Columns: hypothesis, layer, position, seed, steps, iia (as recorded: on the sweep's test pairs),
+    Columns: hypothesis, layer, position, seed, steps, iia (as recorded: on the sweep's test pairs), val_iia,
     candidates (matching records for that cell), hash, alignment (file stem in the record's folder).
     """
     candidates: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
@@ -53,15 +54,16 @@ def alignment_table(
             continue
         candidates.setdefault(key, []).append({
             "hypothesis": key[0], "layer": key[1], "position": key[2], "seed": c["train"]["seed"],
-            "steps": c["train"]["steps"], "iia": float(record["results"]["iia"]), "hash": record["hash"],
+            "steps": c["train"]["steps"], "iia": float(record["results"]["iia"]),
+            "val_iia": float(record["results"]["val_iia"]), "hash": record["hash"],
             "alignment": record["results"]["alignment"],
         })
     rows = []
     for key in sorted(candidates):
         found = candidates[key]
-        best = max(range(len(found)), key=lambda i: (found[i]["iia"], -i))  # first of equals
+        best = max(range(len(found)), key=lambda i: (found[i]["val_iia"], -i))  # first of equals
         rows.append({**found[best], "candidates": len(found)})
-    columns = ["hypothesis", "layer", "position", "seed", "steps", "iia", "candidates", "hash", "alignment"]
+    columns = ["hypothesis", "layer", "position", "seed", "steps", "iia", "val_iia", "candidates", "hash", "alignment"]
     return pd.DataFrame(rows, columns=columns)
 
 
@@ -132,10 +134,10 @@ def train_missing(
 ) -> dict[str, int]:
     """Train (with das_lib.runs.sweep) every alignment of this grid the store lacks, on the standard task in
     `template`; returns how many ran and how many were reused."""
-    spec = SweepSpec(
+    spec = SweepSpec(  # validation pairs, half as many as the test pairs, choose the seed kept at a site
         model=model, hypotheses=tuple(hypotheses), layers=None if layers is None else tuple(layers),
         positions=None if positions is None else tuple(positions), seeds=(seed,), train=TrainConfig(steps=steps),
-        n_train=n_train, n_test=n_test, data_seed=seed, template=template, dtype=dtype,
+        n_train=n_train, n_test=n_test, n_val=max(2, n_test // 2), data_seed=seed, template=template, dtype=dtype,
     )
     return Sweep(spec, store, device, loaded).run(progress=False)
 

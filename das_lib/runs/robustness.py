@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import pandas as pd
+import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
@@ -183,12 +184,13 @@ def screen_pairs(
 
 def evaluate_grid(
     model: nn.Module, task: PriceTagTask, pairs: Sequence[CounterfactualPair], alignments: pd.DataFrame, store: Store,
-    fast: bool = True,
+    fast: bool = True, loaded: dict[str, nn.Module] | None = None,
 ) -> pd.DataFrame:
     """IIA of every alignment in `alignments` (rows of `alignment_table`) on `pairs` under `task`.
 
     The model runs once over the pairs for all layers and positions (fast path); returns one row per
-    cell: hypothesis, layer, position, iia, path.
+    cell: hypothesis, layer, position, iia, path. `loaded` keeps the alignments loaded (by record hash)
+    for the next call: every setting evaluates the same ones.
     """
     device = next(model.parameters()).device
     hidden_size = model.config.hidden_size
@@ -200,18 +202,9 @@ def evaluate_grid(
     for layer, group in alignments.groupby("layer", sort=True):
         shared = caches[int(layer)]
         for row in group.itertuples(index=False):
-            try:
-                intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size)
-            except (RuntimeError, KeyError, ValueError) as err:  # a file written by another version of das_lib.method.interventions
-                raise RuntimeError(
-                    f"cannot load the alignment of {row.hypothesis} L{row.layer}@{row.position} from {store.root / row.hash}: "
-                    f"{err}. It was probably saved by another version of das_lib; delete that folder (or the whole "
-                    "store) and train it again (train_missing=True, or the sweep chapter)"
-                ) from err
             j = positions.index(row.position)
             column, site = data.column(j), Site(int(layer), row.position)
-            # on the site's own device (a large model may be spread over several GPUs)
-            intervention = intervention.to(next(layer_module(model, site).parameters()).device).eval()
+            intervention = _load(store, row, hidden_size, next(layer_module(model, site).parameters()).device, loaded)
             if shared is not None:
                 forward, path = shared.for_position(j, [column], site, intervention), "fast"
             else:
@@ -221,6 +214,23 @@ def evaluate_grid(
     return pd.DataFrame(rows)
 
 
+
+
+def _load(store: Store, row: Any, hidden_size: int, device: torch.device, loaded: dict[str, nn.Module] | None) -> nn.Module:
+    """The alignment of a row of `alignment_table`, built on `device`, from `loaded` when it is there."""
+    if loaded is not None and row.hash in loaded:
+        return loaded[row.hash]
+    try:
+        intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size, device)
+    except (RuntimeError, KeyError, ValueError) as err:  # a file written by another version of das_lib.method.interventions
+        raise RuntimeError(
+            f"cannot load the alignment of {row.hypothesis} L{row.layer}@{row.position} from {store.root / row.hash}: "
+            f"{err}. It was probably saved by another version of das_lib; delete that folder (or the whole "
+            "store) and train it again (train_missing=True, or the sweep chapter)"
+        ) from err
+    if loaded is not None:
+        loaded[row.hash] = intervention.eval()
+    return intervention.eval()
 
 
 @dataclass
@@ -303,14 +313,14 @@ def evaluate_settings(
         raise ValueError(f"n_pairs must be an even number >= 2 (pairs are balanced Yes/No), got {n_pairs}")
     start, cpu_start = time.perf_counter(), time.process_time()
     positions = list(dict.fromkeys(alignments["position"]))
-    cells, rows, screened_cache, accuracy_cache = [], [], {}, {}
+    cells, rows, screened_cache, accuracy_cache, loaded = [], [], {}, {}, {}
     for s in settings:
         task = s.task(tokenizer, template)
         pairs, screened = _setting_pairs(s, model, task, n_pairs, setting_seed(seed), max_screened, screened_cache)
         reference = iia_grid(alignments[alignments["hypothesis"] == s.hypothesis], positions=positions)
         row: dict[str, Any] = {"setting": s.title, "hypothesis": s.hypothesis, "pairs": len(pairs), "screened": screened}
         if pairs:
-            grid_rows = evaluate_grid(model, task, pairs, alignments[alignments["hypothesis"] == s.hypothesis], store, fast)
+            grid_rows = evaluate_grid(model, task, pairs, alignments[alignments["hypothesis"] == s.hypothesis], store, fast, loaded)
             cells.append(grid_rows.assign(setting=s.key))
             if s.answers is None:  # settings that share prompts and games (the standard rows) share the number
                 key = (s.variant, s.context, s.bracket)

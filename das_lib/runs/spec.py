@@ -11,7 +11,7 @@ import torch
 from das_lib.method.sites import Site
 from das_lib.method.training import TrainConfig
 from das_lib.models.load import model_source
-from das_lib.pricetag.game import HYPOTHESES
+from das_lib.pricetag.game import CONTROLS, HYPOTHESES
 from das_lib.runs.store import file_hash
 
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".json", ".model", ".txt")
@@ -44,6 +44,7 @@ class SweepSpec:
     train: TrainConfig = field(default_factory=TrainConfig)  # its seed is replaced by each cell's seed
     n_train: int = 1024
     n_test: int = 512
+    n_val: int = 256  # validation pairs: every choice (site, seed) is made on them, never on the test pairs
     n_task: int = 1000  # games on which the model's task accuracy (the upper bound) is measured
     data_seed: int = 0
     rank: int | None = None  # rotated dims of Boundless DAS; None: a full d x d rotation
@@ -51,18 +52,20 @@ class SweepSpec:
     variant: str = "yesno"
     context: str | None = None
     dtype: str = "float32"
-    shuffle_labels: bool = False  # the control: counterfactual labels permuted among the pairs
 
     def __post_init__(self) -> None:
         problems = []
-        bad = [h for h in self.hypotheses if h not in HYPOTHESES]
+        bad = [h for h in self.hypotheses if h not in HYPOTHESES and h not in CONTROLS]
         if not self.hypotheses or bad:
-            problems.append(f"hypotheses must be a non-empty list of {list(HYPOTHESES)} (bad: {bad})")
+            problems.append(f"hypotheses must be a non-empty list of {list(HYPOTHESES)} or the control task "
+                            f"{list(CONTROLS)} (bad: {bad})")
         if not self.seeds:
             problems.append("give at least one seed")
         for name in ("n_train", "n_test"):
             if getattr(self, name) < 2 or getattr(self, name) % 2:
                 problems.append(f"{name} must be an even number >= 2 (pairs are balanced Yes/No), got {getattr(self, name)}")
+        if self.n_val < 1:
+            problems.append(f"n_val must be >= 1 (the validation pairs choose the site and the seed), got {self.n_val}")
         if self.n_task < 1:
             problems.append(f"n_task must be >= 1, got {self.n_task}")
         if problems:

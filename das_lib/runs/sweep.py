@@ -45,7 +45,6 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import das_lib
-from das_lib import paper
 from das_lib.method.interventions import load_intervention
 from das_lib.method.metrics import normalised_or_nan
 from das_lib.method.sites import Site
@@ -102,8 +101,8 @@ class Sweep:
             **self._base_config(), "kind": "alignment", "hypothesis": cell.hypothesis, "site": cell.site().as_dict(),
             "method": {"name": "boundless", "rank": self.spec.rank},
             "train": replace(self.spec.train, seed=cell.seed).as_dict(),
-            "data": {"n_train": self.spec.n_train, "n_test": self.spec.n_test, "seed": self.spec.data_seed,
-                     **({"shuffled_labels": True} if self.spec.shuffle_labels else {})},
+            "data": {"pool": True, "n_train": self.spec.n_train, "n_val": self.spec.n_val, "n_test": self.spec.n_test,
+                     "seed": self.spec.data_seed},
         }
 
     def task_config(self) -> dict[str, Any]:
@@ -116,13 +115,14 @@ class Sweep:
         return [Cell(h, l, p, s) for h in self.spec.hypotheses for l in self.layers for p in self.positions for s in self.spec.seeds]
 
     def best_sites(self) -> dict[str, Site]:
-        """The site of highest IIA (first seed) of each hypothesis; only once its grid is finished."""
+        """The site of highest validation IIA (first seed) of each hypothesis, once its grid is finished: chosen
+        on the validation pairs, so that the test pairs it is reported on played no part in choosing it."""
         best = {}
         for h in self.spec.hypotheses:
             cells = [Cell(h, l, p, self.spec.seeds[0]) for l in self.layers for p in self.positions]
             records = [self.store.get(self.config(c)) for c in cells]
             if all(r is not None for r in records):
-                k = int(np.argmax([r["results"]["iia"] for r in records]))  # first of equals: grid order
+                k = int(np.argmax([r["results"]["val_iia"] for r in records]))  # first of equals: grid order
                 best[h] = cells[k].site()
         return best
 
@@ -203,11 +203,12 @@ class Sweep:
         for cell, record in self.finished(self.cells()):
             r = record["results"]
             rows.append({
-                **asdict(cell), "token": self.tokens[cell.position], "iia": r["iia"], "dummy": r["dummy"],
-                "unintervened": r.get("iia_unintervened", float("nan")),
+                **asdict(cell), "token": self.tokens[cell.position], "iia": r["iia"], "val_iia": r["val_iia"],
+                "dummy": r["dummy"], "unintervened": r["iia_unintervened"], "val_unintervened": r["val_unintervened"],
                 "normalised": normalised_or_nan(r["iia"], task_acc, r["dummy"]),
                 "boundary_dims": float(sum(r["boundary_dims"])), "boundary_dims_start": float(sum(r["boundary_dims_start"])),
-                "hash": record["hash"],
+                "correct": r["correct"]["test"], "none_correct": r["unintervened_correct"]["test"],
+                "changed": r["changed"], "variable": r["variable"], "hash": record["hash"],
             })
         return pd.DataFrame(rows)
 
@@ -252,22 +253,3 @@ def alignments(store: Store) -> pd.DataFrame:
                      "position": c["site"]["position"], "seed": c["train"]["seed"], "steps": c["train"]["steps"],
                      "iia": record["results"]["iia"], "hash": record["hash"]})
     return pd.DataFrame(rows)
-
-
-def summary(frame: pd.DataFrame, task_acc: float) -> pd.DataFrame:
-    """Per hypothesis: the best site (first seed), its IIA and normalised IIA, the mean and spread over the
-    seeds trained there, the IIA of leaving the model alone, and the paper's max IIA for Alpaca 7B."""
-    rows = []
-    for h in frame["hypothesis"].unique():
-        sub = frame[frame["hypothesis"] == h]
-        first = sub[sub["seed"] == sub["seed"].min()].reset_index(drop=True)
-        best = first.loc[first["iia"].idxmax()]
-        at_best = sub[(sub["layer"] == best["layer"]) & (sub["position"] == best["position"])]["iia"]
-        rows.append({
-            "hypothesis": HYPOTHESES[h].title, "best site": f"L{int(best['layer'])} {best['position']}",
-            "max IIA": best["iia"],
-            "normalised": normalised_or_nan(best["iia"], task_acc, best["dummy"]),
-            "mean over seeds": at_best.mean(), "std over seeds": at_best.std(ddof=0), "seeds": len(at_best),
-            "unintervened": best["unintervened"], "paper (Alpaca 7B)": paper.MAX_IIA.get(h),
-        })
-    return pd.DataFrame(rows).set_index("hypothesis")
