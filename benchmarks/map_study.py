@@ -12,8 +12,8 @@ the training seconds. A map is "the same" as the matrix exponential (the paper's
 within the exponential's seed spread at every cell (the rule of issue 19).
 
 With --best-of LAYERS POSITIONS the cells are each hypothesis's best site of that grid, found by the first
-map and seed on pairs of another data seed (--select-data-seed), so that the cells compared are not
-chosen on the pairs they are scored on.
+map and seed on the validation pairs of another data seed (--select-data-seed), so that the cells
+compared are not chosen on the pairs they are scored on.
 """
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--n-train", type=int, default=1024)
     p.add_argument("--n-test", type=int, default=512)
+    p.add_argument("--n-val", type=int, default=256, help="validation pairs (choose the cells with --best-of)")
     p.add_argument("--n-task", type=int, default=200)
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -73,7 +74,7 @@ def spec_for(args: argparse.Namespace, hypothesis: str, layers: tuple[int, ...],
     """The sweep of one hypothesis at these layers and positions, trained with one map from `seeds`."""
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, orthogonal_map=orthogonal_map)
     return SweepSpec(model=args.model, hypotheses=(hypothesis,), layers=layers, positions=positions, seeds=seeds,
-                     train=train, n_train=args.n_train, n_test=args.n_test, n_task=args.n_task, data_seed=data_seed,
+                     train=train, n_train=args.n_train, n_test=args.n_test, n_val=args.n_val, n_task=args.n_task, data_seed=data_seed,
                      dtype=args.dtype)
 
 

@@ -67,6 +67,18 @@ def test_unreachable_hub_id_says_what_to_do(monkeypatch):
         load_model("no-such-owner/no-such-model")
 
 
+def test_an_unknown_hub_id_fails_in_seconds_when_the_hub_cannot_be_reached(monkeypatch):
+    import time
+
+    from das_lib.models import load
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", "https://127.0.0.1:9")  # nothing listens there
+    start = time.perf_counter()
+    with pytest.raises(OSError, match="cannot be reached"):
+        load.load_model("no-such-owner/no-such-model")
+    assert time.perf_counter() - start < 2 * load.HUB_TIMEOUT + 5  # not ~40 s of retries
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="non-empty string"):
         load_model("")
