@@ -113,7 +113,7 @@ class Runner:
         task, h = self.task(config["task"]), config["hypothesis"]
         pairs = {s: label_pool(h, pool.games[s]) for s in SPLITS}
         data = {s: task.relabel(pool.encoded[s], pairs[s]) for s in SPLITS}
-        none = {s: (pool.answers[s] == data[s].labels).cpu() for s in HELD_OUT}
+        none = {s: pool.answers[s] == data[s].labels.cpu() for s in HELD_OUT}  # the answers were read to the host
         changed = {s: (data[s].labels != data[s].base_labels).cpu() for s in HELD_OUT}
         return _HypothesisData(pool.roles, data, none, changed, majority_rate_of(pairs["test"]))
 
