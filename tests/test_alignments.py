@@ -222,10 +222,12 @@ def test_a_budget_parameter_is_a_dict_of_exactly_its_keys():
 def test_rank_comparison_trains_each_rank_from_the_same_pairs(standin):
     model, task = standin
     config = TrainConfig(steps=4, batch_size=8, seed=0)
-    table, none = alignments.rank_comparison(model, task, Site(1, "last"), "left", [None, 4], config, 16, 16)
+    table, none, compared = alignments.rank_comparison(model, task, Site(1, "last"), "left", [None, 4], config, 16, 16)
     assert list(table.index) == ["full rotation", "low rank (r = 4)"]
     assert table["r"].tolist() == [model.config.hidden_size, 4]
     assert table.loc["low rank (r = 4)", "trainable values"] == 4 * model.config.hidden_size + 1
-    again, none_again = alignments.rank_comparison(model, task, Site(1, "last"), "left", [4], config, 16, 16)
+    again, none_again, _ = alignments.rank_comparison(model, task, Site(1, "last"), "left", [4], config, 16, 16)
     assert again.loc["low rank (r = 4)", "IIA"] == table.loc["low rank (r = 4)", "IIA"] and none_again == none
     assert 0.0 <= none <= 1.0
+    iia = table["IIA"].tolist()  # the low rank's minus the full rotation's, pair by pair on the same pairs
+    assert compared["difference"] == pytest.approx(iia[1] - iia[0]) and compared["low"] <= compared["difference"] <= compared["high"]

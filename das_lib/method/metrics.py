@@ -43,13 +43,3 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     if ok.sum() < 2 or a[ok].std() == 0 or b[ok].std() == 0:
         return float("nan")
     return float(np.corrcoef(a[ok], b[ok])[0, 1])
-
-
-# An alignment "finds" a mechanism at a site when its IIA beats leaving the model alone by at least this
-# much: below it, the swap does about what doing nothing does.
-ALIGNMENT_MARGIN = 0.05
-
-
-def finds_alignment(iia: float, unintervened: float, margin: float = ALIGNMENT_MARGIN) -> bool:
-    """Does an IIA beat the IIA of no intervention by `margin` or more?"""
-    return iia - unintervened >= margin

@@ -98,6 +98,8 @@ class TrainResult:
     iia: float | None = None
     seconds: float = 0.0
     resumed_from: int = 0  # the step a checkpoint resumed training at (0: trained from the start)
+    correct: torch.Tensor | None = None  # (N,) bool per held-out pair: was the intervened answer its label
+    none_correct: torch.Tensor | None = None  # (N,) bool: was doing nothing right there (set by the caller that knows the model)
 
 
 def set_seed(seed: int) -> None:
@@ -372,5 +374,6 @@ def train_intervention(
         intervention.rotation.reorthonormalize()  # the alignment measured and saved is an exact rotation
     result.seconds = seconds_before + time.perf_counter() - start
     if eval_data is not None:
-        result.iia = evaluate(forward, eval_data)
+        result.correct = correct_pairs(forward, eval_data)
+        result.iia = result.correct.float().mean().item()
     return result

@@ -22,13 +22,14 @@ from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
-from das_lib.method.metrics import finds_alignment, normalised_or_nan
+from das_lib.method.metrics import normalised_or_nan
 from das_lib.method.seeds import split_seeds
 from das_lib.method.sites import Site, answer_logits, capture, layer_module
 from das_lib.method.subspaces import captured_variation, effective_neurons, neuron_weights, random_rotation_like, subspace
+from das_lib.method.stats import beats, paired_difference
 from das_lib.method.training import (
     InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, start_temperature, train_intervention,
-    unintervened_iia,
+    unintervened_correct, unintervened_iia,
 )
 from das_lib.models.standin.planted import planted_for
 from das_lib.pricetag.game import HYPOTHESES, majority_rate_of, pairs_table, sample_games, sample_pairs
@@ -56,6 +57,7 @@ def train_boundless(
     train, test = train.to(device), test.to(device)
     forward = make_forward(model, site, intervention, [train, test])
     result = train_intervention(forward, intervention, train, config, eval_data=test, progress=progress)
+    result.none_correct = unintervened_correct(model, test)
     return intervention, result, forward
 
 
@@ -187,15 +189,16 @@ def alignment_values(
     path (fast or plain), the starting temperature, IIA and gain over no intervention, the learned
     subspace's size (dims and share of the width), and the paper's normalised IIA of the alignment and of
     doing nothing (NaN where the task accuracy is not above the majority rate), and whether the IIA is
-    clearly above that of no intervention (`metrics.finds_alignment`)."""
+    above that of no intervention on the same pairs: the 95% interval of the gain lies above 0."""
     dims = float(sum(intervention.boundary_dims()))
     task_acc, dummy = reference["task_accuracy"], reference["dummy"]
+    gain, gain_low, gain_high = paired_difference(result.correct, result.none_correct)
     return {"train_seconds": result.seconds, "path": "fast" if isinstance(forward, CachedForward) else "plain",
-            "temperature_start": start_temperature(config, intervention.r), "iia": result.iia,
-            "gain": result.iia - reference["no_intervention_iia"], "boundary_dims": dims,
+            "temperature_start": start_temperature(config, intervention.r), "iia": result.iia, "gain": gain,
+            "gain_low": gain_low, "gain_high": gain_high, "boundary_dims": dims,
             "boundary_share": dims / intervention.d, "normalised_iia": normalised_or_nan(result.iia, task_acc, dummy),
             "no_intervention_normalised": normalised_or_nan(reference["no_intervention_iia"], task_acc, dummy),
-            "finds_alignment": finds_alignment(result.iia, reference["no_intervention_iia"])}
+            "finds_alignment": gain_low > 0}
 
 
 def neuron_reading(
@@ -247,16 +250,21 @@ def rank_comparison(
 ) -> tuple[pd.DataFrame, float]:
     """Boundless DAS at one site for each rank (None: the full rotation), from the same pairs, seed and
     schedule (chapter 4's seed split of `config.seed`): one row per rank (r, trainable values, IIA, learned
-    subspace size, training seconds), and the IIA of no intervention on the same test pairs."""
+    subspace size, training seconds), the IIA of no intervention on the same test pairs, and on those pairs
+    the comparison of the last rank with the first: the difference of their IIAs with its 95% interval,
+    and whether either beats doing nothing (its gain's interval above 0)."""
     train_seed, _, test_seed = split_seeds(config.seed, 3)
     train = task.interchange_data(sample_pairs(hypothesis, n_train, train_seed), site.position)
     test = task.interchange_data(sample_pairs(hypothesis, n_test, test_seed), site.position)
     n_variables, d = len(HYPOTHESES[hypothesis].variables), model.config.hidden_size
-    rows = {}
+    rows, results = {}, []
     for r in ranks:
         intervention, result, _ = train_boundless(model, site, train, test, config, rank=r, n_variables=n_variables)
+        results.append(result)
         rows["full rotation" if r is None else f"low rank (r = {r})"] = {
             "r": intervention.r, "trainable values": rotation_footprint(d, r, n_variables)["parameters"],
             "IIA": result.iia, "learned dims": float(sum(intervention.boundary_dims())), "seconds": result.seconds}
-    device = next(layer_module(model, site).parameters()).device
-    return pd.DataFrame.from_dict(rows, orient="index"), unintervened_iia(model, test.to(device))
+    difference, low, high = paired_difference(results[-1].correct, results[0].correct)
+    comparison = {"difference": difference, "low": low, "high": high,
+                  "beats_nothing": any(beats(r.correct, r.none_correct) for r in results)}
+    return pd.DataFrame.from_dict(rows, orient="index"), results[0].none_correct.float().mean().item(), comparison
