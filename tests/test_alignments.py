@@ -231,3 +231,17 @@ def test_rank_comparison_trains_each_rank_from_the_same_pairs(standin):
     assert 0.0 <= none <= 1.0
     iia = table["IIA"].tolist()  # the low rank's minus the full rotation's, pair by pair on the same pairs
     assert compared["difference"] == pytest.approx(iia[1] - iia[0]) and compared["low"] <= compared["difference"] <= compared["high"]
+
+
+def test_the_cayley_map_finds_the_alignment_the_matrix_exponential_finds(standin):
+    """Issue 19's rule, small: at the stand-in's planted site, Cayley's mean IIA over three seeds lies within the
+    matrix exponential's range over the same seeds (the full study: benchmarks/map_study.py)."""
+    model, task = standin
+    train = task.interchange_data(sample_pairs("left_right", 256, 0), "last")
+    test = task.interchange_data(sample_pairs("left_right", 256, 1), "last")
+    iia = {}
+    for m in ("exp", "cayley"):
+        iia[m] = [alignments.train_boundless(model, Site(1, "last"), train, test, TrainConfig(
+            steps=60, batch_size=32, seed=seed, orthogonal_map=m), n_variables=2)[1].iia for seed in (0, 1, 2)]
+    assert min(iia["exp"]) <= sum(iia["cayley"]) / 3 <= max(iia["exp"]), iia
+    assert sum(iia["exp"]) / 3 > 0.6  # a site where something is found: the comparison is not between two failures

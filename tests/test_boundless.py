@@ -5,7 +5,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import make_forward
-from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention, load_intervention, save_intervention
+from das_lib.method.interventions import (
+    ORTHOGONAL_MAPS, BoundlessDASIntervention, DASIntervention, load_intervention, save_intervention,
+)
 from das_lib.method.sites import Site
 from das_lib.method.training import (
     PlainForward, TrainConfig, evaluate, lr_factor, make_optimizer, start_temperature, temperature_at, train_intervention,
@@ -172,3 +174,50 @@ def test_resumed_run_equals_uninterrupted_run(model, splits, tmp_path):
         iv = BoundlessDASIntervention(D)
         train_intervention(PlainForward(model, Site(0, "last"), iv), iv, train, TrainConfig(steps=11, batch_size=24),
                            progress=False, checkpoint=ckpt)
+
+
+@pytest.mark.parametrize("orthogonal_map", list(ORTHOGONAL_MAPS))
+@pytest.mark.parametrize("rank", [None, 6])
+def test_every_map_trains_an_orthogonal_rotation_that_reloads_exactly(model, splits, tmp_path, orthogonal_map, rank):
+    train, test = splits
+    torch.manual_seed(4)
+    iv = BoundlessDASIntervention(D, rank, orthogonal_map=orthogonal_map)
+    start = iv.rotation.weight.detach().clone()
+    forward = make_forward(model, Site(0, "last"), iv, [train, test])
+    config = TrainConfig(steps=12, batch_size=16, lr=1e-2, orthogonal_map=orthogonal_map)
+    result = train_intervention(forward, iv, train, config, test, progress=False)
+    assert not torch.allclose(iv.rotation.weight, start) and iv.rotation.orthogonality_error() < 1e-5
+    save_intervention(iv, tmp_path / "align")
+    loaded, _ = load_intervention(tmp_path / "align", hidden_size=D)
+    assert loaded.config()["orthogonal_map"] == orthogonal_map
+    assert torch.equal(loaded.rotation.weight, iv.rotation.weight)
+    assert evaluate(make_forward(model, Site(0, "last"), loaded, [test]), test) == result.iia
+
+
+def test_every_map_starts_from_the_same_rotation_for_a_seed():
+    weights = []
+    for m in ORTHOGONAL_MAPS:
+        torch.manual_seed(7)
+        weights.append(BoundlessDASIntervention(D, orthogonal_map=m).rotation.weight.detach())
+    assert all(torch.allclose(w, weights[0], atol=1e-5) for w in weights[1:])
+
+
+def test_a_config_and_an_intervention_of_two_maps_are_refused(model, splits):
+    train, _ = splits
+    iv = BoundlessDASIntervention(D, orthogonal_map="qr")
+    with pytest.raises(ValueError, match="orthogonal_map=config.orthogonal_map"):
+        train_intervention(PlainForward(model, Site(0, "last"), iv), iv, train, TrainConfig(steps=1, orthogonal_map="cayley"))
+    with pytest.raises(ValueError, match="unknown orthogonal map"):
+        BoundlessDASIntervention(D, orthogonal_map="givens")
+
+
+def test_an_evaluation_computes_the_rotation_once_not_once_per_batch(model, splits, monkeypatch):
+    _, test = splits
+    iv = BoundlessDASIntervention(D, orthogonal_map="cayley")
+    forward = make_forward(model, Site(0, "last"), iv, [test])
+    calls = []
+    parametrization = iv.rotation.basis.parametrizations.weight[0]
+    original = type(parametrization).forward
+    monkeypatch.setattr(type(parametrization), "forward", lambda self, x: calls.append(1) or original(self, x))
+    evaluate(forward, test, batch_size=8)  # 48 pairs: 6 batches
+    assert len(calls) == 1
