@@ -12,6 +12,7 @@ from das_lib.method.search import Outcome, margin, ranking
 from das_lib.method.separation import group, label_functions, restrict, separated_counts, separating_pairs
 from das_lib.pricetag import programs
 from das_lib.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
+from das_lib.runs.program_search import pair_key
 
 A, B, C = leaf("a"), leaf("b"), leaf("c")
 SUM = node("a+b", operator.add, A, B)
@@ -129,3 +130,56 @@ def test_gains_sum_over_variables_and_the_ranking_orders_by_gain():
     mean, low, high = margin(two, one)
     assert mean == pytest.approx(1.25) and low <= mean <= high
     assert Outcome.from_dict(two.as_dict()).gains().tolist() == two.gains().tolist()
+
+
+# ---- the search over the stand-in
+
+
+@pytest.fixture(scope="module")
+def small_search(tmp_path_factory):
+    from das_lib.runs.program_search import ProgramSearch, SearchSpec
+
+    keys = ("and(direct,direct) | amount>=lb & ub>=amount", "unused_5.00 | amount>=5.00", "bracket | (lb,ub)")
+    spec = SearchSpec("standin", sites=((1, "last"), (3, "last")), candidates=keys, steps=30, batch_size=16,
+                      n_train=64, n_val=32, n_test=64, pool_factor=2, n_brackets=20)
+    search = ProgramSearch(spec, tmp_path_factory.mktemp("search"), progress=False)
+    return search, search.run()
+
+
+def test_a_search_trains_each_group_once_per_site_and_resumes(small_search):
+    search, counts = small_search
+    assert counts == {"ran": 6, "reused": 0}
+    assert search.run() == {"ran": 0, "reused": 6}
+    search.store.discard(search.config(*search.cells()[0]))  # a cell killed in flight leaves no record
+    assert search.run() == {"ran": 1, "reused": 5}
+
+
+def test_the_splits_share_no_pair_and_every_candidate_is_labelled_by_running_it(small_search):
+    search, _ = small_search
+    keys = [{pair_key(p) for p in search.splits[s].pairs} for s in ("train", "val", "test")]
+    assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
+    c = search.candidate("bracket | (lb,ub)")
+    base, source = search.splits["test"].pairs[3]
+    assert search.splits["test"].labels[c.key][0][3] == c.model.interchange(base, source, c.variables)
+
+
+def test_the_ranking_reads_the_test_pairs_at_each_groups_best_validation_site(small_search):
+    search, _ = small_search
+    table = search.ranking()
+    assert len(table) == 3 and table["pairs"].eq(64).all()
+    best = search.best_sites()
+    val = search.outcomes("val")
+    for key, site in best.items():
+        assert all(val[(key, site)].gains().mean() >= val[(key, other)].gains().mean() for other in search.spec.sites)
+    assert table.loc["and(direct,direct) | amount>=lb & ub>=amount", "paper"] == "Left and Right Boundary"
+    assert search.planted_group() == "and(direct,direct) | amount>=lb & ub>=amount"
+    mean, low, high = search.margin()
+    assert low <= mean <= high
+
+
+def test_groups_carrying_the_whole_answer_are_not_searched(small_search):
+    search, _ = small_search
+    answer = search.separation.group_of("product | (amount-lb)*(ub-amount)").key
+    assert answer in search.answer_groups() and answer not in search.groups()
+    frame = search.groups_frame()
+    assert frame["candidates"].sum() == len(search.space.candidates)

@@ -113,10 +113,11 @@ def _code_cells(path: Path) -> list[dict]:
 
 
 def test_chapters_only_tell_the_story():
-    """Issue 10's limits: the book's code cells total <= 600 lines, no cell but the parameters one over
-    15 lines, and the cell that validates the parameters is hidden on the site."""
+    """Issue 10's limits: the book's code cells total <= 700 lines (600 for eight chapters, raised for the
+    ninth), no cell but the parameters one over 15 lines, and the cell that validates the parameters is
+    hidden on the site."""
     lines = {p.name: sum(len("".join(c["source"]).splitlines()) for c in _code_cells(p)) for p in NOTEBOOKS}
-    assert sum(lines.values()) <= 600, f"chapter code is {sum(lines.values())} lines (> 600): {lines}"
+    assert sum(lines.values()) <= 700, f"chapter code is {sum(lines.values())} lines (> 700): {lines}"
     for path in NOTEBOOKS:
         code = _code_cells(path)
         for i, cell in enumerate(code):

@@ -47,11 +47,13 @@ from das_lib.models.standin import planted_for
 from das_lib.pricetag import programs
 from das_lib.pricetag.game import HYPOTHESES, Hypothesis
 from das_lib.pricetag.task import PriceTagTask
+from das_lib.runs.cache import LastOne
 from das_lib.runs.jobs import runner_for
 from das_lib.runs.spec import model_identity
 from das_lib.runs.store import Store
 
 SPLITS = ("train", "val", "test")
+_ENCODED = LastOne()  # one model's encoded splits in memory at a time
 
 
 @dataclass(frozen=True)
@@ -188,35 +190,32 @@ class ProgramSearch:
     def run(self) -> dict[str, int]:
         """Train every cell not in the store yet; returns how many ran and how many were reused."""
         todo = [c for c in self.cells() if self.record(*c) is None]
-        bar = tqdm(total=len(todo), desc="search", unit="cell", disable=not self.progress or not todo)
-        for layer in sorted({site[0] for _, site in todo}):
-            at_layer = [c for c in todo if c[1][0] == layer]
+        if todo:
             runner = runner_for(self.spec.model, self.spec.dtype, self.device)
             data = self._encoded(runner)
-            cache = shared_caches(runner.model, [layer], [data[s][0] for s in SPLITS])[layer]
-            for key, site in at_layer:
-                self.store.put(self.config(key, site), self._train(runner, data, cache, key, site))
-                bar.update()
-        bar.close()
+            layers = sorted({site[0] for _, site in todo})  # one forward pass caches them all
+            caches = shared_caches(runner.model, layers, [data[s][0] for s in SPLITS])
+            for key, site in tqdm(todo, desc="search", unit="cell", disable=not self.progress):
+                self.store.put(self.config(key, site), self._train(runner, data, caches[site[0]], key, site))
         return {"ran": len(todo), "reused": len(self.cells()) - len(todo)}
 
-    def _positions(self) -> list[str]:
-        return sorted({p for _, p in self.spec.sites})
-
     def _encoded(self, runner: Any) -> dict[str, tuple[InterchangeData, torch.Tensor]]:
-        """Each split encoded at every position of the sites, with the model's own answers on its bases."""
-        if getattr(self, "_encoded_for", None) is not runner:
-            ref = self.space.candidates[0]  # any candidate: the labels are replaced by each candidate's
-            self._encoded_value = {}
-            for s in SPLITS:
-                pairs = [make_pair(ref.model, b, src, ref.variables[:1]) for b, src in self.splits[s].pairs]
-                data = self.task.interchange_data(pairs, self._positions()).to(runner.device)
-                self._encoded_value[s] = (data, base_answers(runner.model, data))
-            self._encoded_for = runner
-        return self._encoded_value
+        """Each split encoded at every searched position, with the model's own answers on its bases (made once
+        per model and data in a process: a scan and the search after it share them)."""
+        key = (repr(self.identity), self.device, repr(self.spec.data_config()), repr(self.task_settings))
+        return _ENCODED.get(key, lambda: self._encode(runner))
+
+    def _encode(self, runner: Any) -> dict[str, tuple[InterchangeData, torch.Tensor]]:
+        ref = self.space.candidates[0]  # any candidate: the labels are replaced by each candidate's
+        out = {}
+        for s in SPLITS:
+            pairs = [make_pair(ref.model, b, src, ref.variables[:1]) for b, src in self.splits[s].pairs]
+            data = self.task.interchange_data(pairs, self.task.searched_roles()).to(runner.device)
+            out[s] = (data, base_answers(runner.model, data))
+        return out
 
     def _train(self, runner: Any, data: dict, cache: Any, key: str, site: tuple[int, str]) -> dict[str, Any]:
-        j = self._positions().index(site[1])
+        j = self.task.searched_roles().index(site[1])
         n_vars = len(self.candidate(key).variables)
         sets = {}
         for s in SPLITS:
@@ -336,15 +335,16 @@ def _splits(n_train: int, n_val: int, n_test: int, pool_factor: int, separating_
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     for name, seed in zip(SPLITS, split_seeds(data_seed, len(SPLITS))):
         rng = random.Random(seed)
-        pool = [p for p in (programs.sample_pair(rng) for _ in range(sizes[name] * pool_factor)) if _pair_key(p) not in seen]
+        pool = [p for p in (programs.sample_pair(rng) for _ in range(sizes[name] * pool_factor)) if pair_key(p) not in seen]
         labels = {c.key: label_functions(c, pool) for c in space.candidates}
         chosen = separating_pairs(group(labels).functions, sizes[name], math.ceil(separating_share * sizes[name]), seed)
         out[name] = Split([pool[i] for i in chosen], restrict(labels, chosen))
-        seen |= {_pair_key(pool[i]) for i in chosen}
+        seen |= {pair_key(pool[i]) for i in chosen}
     return out
 
 
-def _pair_key(pair: tuple[dict, dict]) -> tuple:
+def pair_key(pair: tuple[dict, dict]) -> tuple:
+    """A (base, source) pair as a hashable key."""
     return tuple(sorted(pair[0].items())) + tuple(sorted(pair[1].items()))
 
 
