@@ -5,6 +5,7 @@ import operator
 import random
 
 import numpy as np
+import torch
 import pytest
 
 from das_lib.method.programs import constant, failures, leaf, node, program, sibling_pairs, variable_nodes
@@ -183,3 +184,14 @@ def test_groups_carrying_the_whole_answer_are_not_searched(small_search):
     assert answer in search.answer_groups() and answer not in search.groups()
     frame = search.groups_frame()
     assert frame["candidates"].sum() == len(search.space.candidates)
+
+
+def test_the_models_own_answers_from_the_cache_equal_a_full_forward_pass(small_search):
+    from das_lib.method.search import base_answers
+    from das_lib.runs.program_search import SPLITS, runner_for
+
+    search, _ = small_search
+    runner = runner_for("standin", "float32", "cpu")
+    prepared = search._prepared(runner, [1])
+    for s in SPLITS:
+        assert torch.equal(prepared.base[s], base_answers(runner.model, prepared.data[s]))

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import math
 import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence
@@ -37,7 +37,7 @@ import das_lib
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import make_forward, shared_caches
-from das_lib.method.search import Outcome, base_answers, candidate_data, margin, ranking, train_candidate
+from das_lib.method.search import Outcome, answers, base_answers, candidate_data, margin, ranking, train_candidate
 from das_lib.method.seeds import split_seeds
 from das_lib.method.separation import Separation, carries_output, group, label_functions, restrict, separating_pairs
 from das_lib.method.sites import Site
@@ -53,7 +53,19 @@ from das_lib.runs.spec import model_identity
 from das_lib.runs.store import Store
 
 SPLITS = ("train", "val", "test")
-_ENCODED = LastOne()  # one model's encoded splits in memory at a time
+
+
+@dataclass
+class _Prepared:
+    """What every cell of one model and one data config shares: the encoded splits, the fast path's layer
+    caches of them, and the model's own answers on their bases."""
+
+    data: dict[str, InterchangeData]
+    caches: dict[int, Any] = field(default_factory=dict)
+    base: dict[str, torch.Tensor] | None = None
+
+
+_PREPARED = LastOne()  # one model's prepared data in memory at a time
 
 
 @dataclass(frozen=True)
@@ -192,36 +204,52 @@ class ProgramSearch:
         todo = [c for c in self.cells() if self.record(*c) is None]
         if todo:
             runner = runner_for(self.spec.model, self.spec.dtype, self.device)
-            data = self._encoded(runner)
-            layers = sorted({site[0] for _, site in todo})  # one forward pass caches them all
-            caches = shared_caches(runner.model, layers, [data[s][0] for s in SPLITS])
+            prepared = self._prepared(runner, sorted({site[0] for _, site in todo}))
             for key, site in tqdm(todo, desc="search", unit="cell", disable=not self.progress):
-                self.store.put(self.config(key, site), self._train(runner, data, caches[site[0]], key, site))
+                self.store.put(self.config(key, site), self._train(runner, prepared, key, site))
         return {"ran": len(todo), "reused": len(self.cells()) - len(todo)}
 
-    def _encoded(self, runner: Any) -> dict[str, tuple[InterchangeData, torch.Tensor]]:
-        """Each split encoded at every searched position, with the model's own answers on its bases (made once
-        per model and data in a process: a scan and the search after it share them)."""
+    def _prepared(self, runner: Any, layers: Sequence[int]) -> _Prepared:
+        """The splits encoded at every searched position, the fast path's caches of `layers` (one forward pass)
+        and the model's own answers on the bases. Kept for the next search of the same model and data in this
+        process (a scan and the search after it), with the caches of the layers asked for last."""
         key = (repr(self.identity), self.device, repr(self.spec.data_config()), repr(self.task_settings))
-        return _ENCODED.get(key, lambda: self._encode(runner))
+        prepared = _PREPARED.get(key, lambda: _Prepared(self._encode(runner)))
+        if not set(layers) <= set(prepared.caches):
+            prepared.caches = {}  # the old layers' caches go before the new ones are built
+            prepared.caches = shared_caches(runner.model, layers, [prepared.data[s] for s in SPLITS])
+        if prepared.base is None:
+            prepared.base = self._base_answers(runner, prepared)
+        return prepared
 
-    def _encode(self, runner: Any) -> dict[str, tuple[InterchangeData, torch.Tensor]]:
+    def _encode(self, runner: Any) -> dict[str, InterchangeData]:
         ref = self.space.candidates[0]  # any candidate: the labels are replaced by each candidate's
         out = {}
         for s in SPLITS:
             pairs = [make_pair(ref.model, b, src, ref.variables[:1]) for b, src in self.splits[s].pairs]
-            data = self.task.interchange_data(pairs, self.task.searched_roles()).to(runner.device)
-            out[s] = (data, base_answers(runner.model, data))
+            out[s] = self.task.interchange_data(pairs, self.task.searched_roles()).to(runner.device)
         return out
 
-    def _train(self, runner: Any, data: dict, cache: Any, key: str, site: tuple[int, str]) -> dict[str, Any]:
+    def _base_answers(self, runner: Any, prepared: _Prepared) -> dict[str, torch.Tensor]:
+        """The model's own answer on every base: from a cache, swapping nothing at the last position (the layers
+        above the site only, exact to float rounding), else from a full forward pass."""
+        layer, cache = next(((l, c) for l, c in prepared.caches.items() if c is not None), (None, None))
+        if cache is None:
+            return {s: base_answers(runner.model, prepared.data[s]) for s in SPLITS}
+        j = len(self.task.searched_roles()) - 1  # the last token: one position per row above the site
+        columns = {s: prepared.data[s].column(j) for s in SPLITS}
+        unchanged = cache.for_position(j, list(columns.values()), Site(layer, self.task.searched_roles()[j]),
+                                       lambda base, source, variable: base)
+        return {s: answers(unchanged, columns[s]) for s in SPLITS}
+
+    def _train(self, runner: Any, prepared: _Prepared, key: str, site: tuple[int, str]) -> dict[str, Any]:
         j = self.task.searched_roles().index(site[1])
         n_vars = len(self.candidate(key).variables)
         sets = {}
         for s in SPLITS:
-            pool, base = data[s]
             ids = [[self.task.answer_id(label) for label in f] for f in self.splits[s].labels[key]]
-            sets[s] = (candidate_data(pool.column(j), ids), base)
+            sets[s] = (candidate_data(prepared.data[s].column(j), ids), prepared.base[s])
+        cache = prepared.caches.get(site[0])
         target = Site(*site)
         if cache is not None:
             forward_for = lambda i: cache.for_position(j, [sets[s][0] for s in SPLITS], target, i)  # noqa: E731
@@ -281,8 +309,9 @@ class ProgramSearch:
 
     def margin(self, first: str | None = None, second: str | None = None) -> tuple[float, float, float]:
         """(mean, low, high) of the first's test gain minus the second's on the same pairs (default: ranks 1 and 2)."""
-        table, outcomes = self.ranking(), self.test_outcomes()
-        first, second = first or table.index[0], second or table.index[1]
+        if first is None or second is None:
+            first, second = self.ranking().index[:2]
+        outcomes = self.test_outcomes()
         return margin(outcomes[first], outcomes[second])
 
     def groups_frame(self) -> pd.DataFrame:
