@@ -158,3 +158,16 @@ def test_hard_games_sit_near_a_bound_and_labels_are_balanced():
     assert 0.4 < yes < 0.6
     near = sum(min(abs(g["amount"] - g["lb"]), abs(g["amount"] - g["ub"])) <= cfg.hard_cents for g in games)
     assert near / len(games) >= cfg.hard_rate
+
+
+def test_the_second_stand_in_loads_by_name_and_its_plant_took():
+    from das_lib.models.load import load_model
+
+    model, tokenizer = load_model("standin-product")
+    record = standin.load_record(standin.STANDIN_PRODUCT_DIR)
+    assert record["planted_iia"]["took"] and record["accuracy"]["yesno"] >= 0.98
+    planted, meta = standin.planted_for("standin-product")
+    assert meta == standin.planted_meta(standin.StandinConfig(**record["config"]))
+    assert meta["hypothesis"] == "product | amount-lb & ub-amount" and meta["site"] == {"layer": 2, "position": "last"}
+    measured = standin.planted_iia(model, tokenizer, planted, meta, n_pairs=400, seed=2024)
+    assert measured["took"] and measured["planted"] >= 0.9
