@@ -13,7 +13,7 @@ from das_lib.method.search import Outcome, margin, ranking
 from das_lib.method.separation import group, label_functions, restrict, separated_counts, separating_pairs
 from das_lib.pricetag import programs
 from das_lib.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
-from das_lib.runs.program_search import pair_key
+from das_lib.runs.program_splits import pair_key
 
 A, B, C = leaf("a"), leaf("b"), leaf("c")
 SUM = node("a+b", operator.add, A, B)

@@ -303,7 +303,7 @@ def gain_ranking(tables: dict[str, pd.DataFrame], keep: dict[str, Sequence[str]]
         fig, axes = plt.subplots(len(tables), 1, figsize=(WIDTH_IN, 0.9 + 0.27 * sum(heights) + 0.5 * len(tables)),
                                  gridspec_kw={"height_ratios": [h + 2 for h in heights]}, squeeze=False)
         for ax, (name, table) in zip(axes[:, 0], tables.items()):
-            rows = list(table.index[:top]) + [k for k in keep.get(name, ()) if k in table.index[top:]]
+            rows = list(table.index[:top]) + sorted(set(keep.get(name, ())) & set(table.index[top:]), key=table.index.get_loc)
             t = table.loc[rows][::-1]
             colours = ["C1" if p else "C0" for p in t["paper"]]
             labels = [f"{r}. {title}" for r, title in zip(t["rank"], t["title"])]

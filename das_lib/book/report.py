@@ -188,7 +188,7 @@ def ranking_for_page(table: pd.DataFrame, keep: Sequence[str] = (), top: int = 1
     """The first `top` groups of a `ProgramSearch.ranking` and the groups `keep` (e.g. the paper's, the unused
     variable's), as a page shows them: rank, variables, formula, the paper's name, site, IIA with its 95%
     interval, the IIA of doing nothing, and the gain with its 95% interval."""
-    rows = list(table.index[:top]) + [k for k in keep if k in table.index and k not in set(table.index[:top])]
+    rows = list(table.index[:top]) + sorted((k for k in set(keep) & set(table.index[top:])), key=table.index.get_loc)
     t = table.loc[rows]
     return pd.DataFrame({
         "rank": t["rank"], "variables": [k.split(programs.SEP)[1] for k in rows], "formula": [k.split(programs.SEP)[0] for k in rows],

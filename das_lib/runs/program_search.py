@@ -1,13 +1,11 @@
-"""Running the search over programs: pairs that separate the space's groups, one Boundless DAS cell per
-(group, site), a resumable store, and the ranking on test pairs.
+"""Running the search over programs: one Boundless DAS cell per (group, site), a resumable store, and the
+ranking on test pairs.
 
-The data. Three splits (train, validation, test) are each chosen from a random pool of (base, source)
-games `pool_factor` times their size: first the pairs that separate label functions of the space that
-few pool pairs tell apart (`separation.separating_pairs`), then random ones. Every candidate of the
-space is labelled on every pair by running its causal model; candidates with the same labels on all
-three splits form a group, and only the group's first member is trained (its results are every
-member's). The pairs and their labels depend on the whole space, never on which groups or sites a
-search trains, so a scan over sites and the search at the chosen sites share their records.
+The data (`das_lib.runs.program_splits`): train, validation and test pairs chosen to separate the
+space's label functions. Candidates with the same labels on all three splits form a group, and only the
+group's first member is trained (its results are every member's). The pairs and their labels depend on
+the whole space, never on which groups or sites a search trains, so a scan over sites and the search
+at the chosen sites share their records.
 
 The cells. A cell is one group at one site from one seed; its record (in a `Store`, keyed by the hash
 of its full config) holds, for the validation and test pairs, whether each intervened answer and each
@@ -21,9 +19,6 @@ test pairs.
 """
 from __future__ import annotations
 
-import functools
-import math
-import random
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -38,8 +33,7 @@ from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import make_forward, shared_caches
 from das_lib.method.search import Outcome, answers, base_answers, candidate_data, margin, ranking, train_candidate
-from das_lib.method.seeds import split_seeds
-from das_lib.method.separation import Separation, carries_output, group, label_functions, restrict, separating_pairs
+from das_lib.method.separation import Separation, carries_output, group
 from das_lib.method.sites import Site
 from das_lib.method.training import TrainConfig
 from das_lib.models.load import default_template, load_config, load_tokenizer
@@ -49,10 +43,10 @@ from das_lib.pricetag.game import HYPOTHESES, Hypothesis
 from das_lib.pricetag.task import PriceTagTask
 from das_lib.runs.cache import LastOne
 from das_lib.runs.jobs import runner_for
+from das_lib.runs import program_splits
+from das_lib.runs.program_splits import SPLITS, Split
 from das_lib.runs.spec import model_identity
 from das_lib.runs.store import Store
-
-SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -109,14 +103,6 @@ class SearchSpec:
                 "space": {"n_brackets": self.n_brackets, "thresholds": list(self.thresholds)}}
 
 
-@dataclass(frozen=True)
-class Split:
-    """One split's pairs and every candidate's label functions on them."""
-
-    pairs: list[tuple[dict, dict]]
-    labels: dict[str, tuple[tuple[Any, ...], ...]]
-
-
 class ProgramSearch:
     """The groups of the game's space of programs, trained at `spec.sites` into a store, and ranked."""
 
@@ -141,7 +127,7 @@ class ProgramSearch:
     @property
     def splits(self) -> dict[str, Split]:
         """Train, validation and test pairs, each chosen to separate the space's label functions; no pair in two splits."""
-        return _splits(self.spec.n_train, self.spec.n_val, self.spec.n_test, self.spec.pool_factor,
+        return program_splits.splits(self.spec.n_train, self.spec.n_val, self.spec.n_test, self.spec.pool_factor,
                        self.spec.separating_share, self.spec.data_seed, self.spec.n_brackets, tuple(self.spec.thresholds))
 
     @cached_property
@@ -353,29 +339,6 @@ class ProgramSearch:
         """Representative key -> title of the paper's hypothesis in its group, for groups holding one."""
         members = programs.paper_members(self.space.candidates, self.splits["test"].pairs[:200])
         return {self.separation.group_of(key).key: HYPOTHESES[h].title for h, key in members.items()}
-
-
-@functools.lru_cache(maxsize=4)
-def _splits(n_train: int, n_val: int, n_test: int, pool_factor: int, separating_share: float, data_seed: int,
-            n_brackets: int, thresholds: tuple[int, ...]) -> dict[str, Split]:
-    """`ProgramSearch.splits`, made once per data config in a process (searches of several models share them)."""
-    space = programs.space(n_brackets, data_seed, thresholds)
-    out, seen = {}, set()
-    sizes = {"train": n_train, "val": n_val, "test": n_test}
-    for name, seed in zip(SPLITS, split_seeds(data_seed, len(SPLITS))):
-        rng = random.Random(seed)
-        pool = [p for p in (programs.sample_pair(rng) for _ in range(sizes[name] * pool_factor)) if pair_key(p) not in seen]
-        labels = {c.key: label_functions(c, pool) for c in space.candidates}
-        chosen = separating_pairs(group(labels).functions, sizes[name], math.ceil(separating_share * sizes[name]), seed)
-        out[name] = Split([pool[i] for i in chosen], restrict(labels, chosen))
-        seen |= {pair_key(pool[i]) for i in chosen}
-    return out
-
-
-def pair_key(pair: tuple[dict, dict]) -> tuple:
-    """A (base, source) pair as a hashable key."""
-    return tuple(sorted(pair[0].items())) + tuple(sorted(pair[1].items()))
-
 
 
 def search_model(spec: SearchSpec, scan_sites: Sequence[tuple[int, str]], top: int, store: str | Path,
