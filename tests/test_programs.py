@@ -195,3 +195,9 @@ def test_the_models_own_answers_from_the_cache_equal_a_full_forward_pass(small_s
     prepared = search._prepared(runner, [1])
     for s in SPLITS:
         assert torch.equal(prepared.base[s], base_answers(runner.model, prepared.data[s]))
+
+
+def test_the_majority_rate_counts_every_variables_labels():
+    from das_lib.method.search import majority_rate
+
+    assert majority_rate([(True, True, False), (False, False, False)]) == pytest.approx(4 / 6)

@@ -187,14 +187,15 @@ def _interval(value: float, low: float, high: float) -> str:
 def ranking_for_page(table: pd.DataFrame, keep: Sequence[str] = (), top: int = 10) -> pd.DataFrame:
     """The first `top` groups of a `ProgramSearch.ranking` and the groups `keep` (e.g. the paper's, the unused
     variable's), as a page shows them: rank, variables, formula, the paper's name, site, IIA with its 95%
-    interval, the IIA of doing nothing, and the gain with its 95% interval."""
+    interval, the IIA of always giving the majority label and of doing nothing, and the gain with its 95%
+    interval."""
     rows = list(table.index[:top]) + sorted((k for k in set(keep) & set(table.index[top:])), key=table.index.get_loc)
     t = table.loc[rows]
     return pd.DataFrame({
         "rank": t["rank"], "variables": [k.split(programs.SEP)[1] for k in rows], "formula": [k.split(programs.SEP)[0] for k in rows],
         "paper": t["paper"],
         "site": t["site"], "IIA [95%]": [_interval(*r) for r in t[["iia", "iia_low", "iia_high"]].itertuples(index=False)],
-        "no intervention": t["unintervened"].map("{:.3f}".format),
+        "majority label": t["majority"].map("{:.3f}".format), "no intervention": t["unintervened"].map("{:.3f}".format),
         "gain [95%]": [_interval(*r) for r in t[["gain", "gain_low", "gain_high"]].itertuples(index=False)],
     }).set_index("rank")
 

@@ -122,6 +122,12 @@ def ranking(outcomes: Mapping[str, Outcome], level: float = 0.95) -> pd.DataFram
     return table.set_index("candidate").assign(rank=range(1, len(rows) + 1))
 
 
+def majority_rate(functions: Sequence[Sequence]) -> float:
+    """Share of the most common label over all of a candidate's label functions: the IIA of always giving it."""
+    labels = [label for f in functions for label in f]
+    return max(labels.count(v) for v in set(labels)) / len(labels)
+
+
 def margin(a: Outcome, b: Outcome, level: float = 0.95) -> tuple[float, float, float]:
     """How much a's gain beats b's on the same pairs: (mean difference, low, high), a paired bootstrap."""
     if a.correct.shape[1] != b.correct.shape[1]:

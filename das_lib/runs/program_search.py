@@ -32,7 +32,9 @@ import das_lib
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import make_forward, shared_caches
-from das_lib.method.search import Outcome, answers, base_answers, candidate_data, margin, ranking, train_candidate
+from das_lib.method.search import (
+    Outcome, answers, base_answers, candidate_data, majority_rate, margin, ranking, train_candidate,
+)
 from das_lib.method.separation import Separation, carries_output, group
 from das_lib.method.sites import Site
 from das_lib.method.training import TrainConfig
@@ -284,10 +286,12 @@ class ProgramSearch:
         return {key: test[(key, site)] for key, site in self.best_sites().items()}
 
     def ranking(self) -> pd.DataFrame:
-        """The ranking on test pairs (`search.ranking`) with each group's site, title, size and paper name."""
+        """The ranking on test pairs (`search.ranking`) with each group's majority-label rate (the IIA of always
+        giving the most common label), label, site, size and paper name."""
         table = ranking(self.test_outcomes())
         sites, paper = self.best_sites(), self.paper_groups()
         return table.assign(
+            majority=[majority_rate(self.splits["test"].labels[k]) for k in table.index],
             title=[programs.label(k) for k in table.index],
             site=[f"L{sites[k][0]} {sites[k][1]}" for k in table.index],
             members=[len(self.separation.group_of(k).members) for k in table.index],

@@ -52,8 +52,8 @@ def plantable(cfg: StandinConfig) -> None:
     if cfg.iit_position != "last":
         raise ValueError(
             f"cannot plant at position {cfg.iit_position!r}: the answer is read at the last token, and a subspace at "
-            "an earlier one reaches it only through the attention of the layers above, which this training never "
-            "learns to use for it (measured at iit_layer=2, iit_position=dollars: swapping the whole hidden vector there "
+            "an earlier one reaches it only through the attention of the layers above, which this training did not "
+            "learn to use for it (measured at iit_layer=2, iit_position=dollars: swapping the whole hidden vector there "
             "left the answer unchanged, and the planted IIA equalled the IIA of doing nothing). Plant at "
             "iit_position=last, at any layer")
     if cfg.iit_dims * len(planted_program(cfg.iit_program).variables) > cfg.hidden_size:
