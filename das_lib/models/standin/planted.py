@@ -20,7 +20,7 @@ from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from das_lib.method.interventions import DASIntervention, load_intervention
 from das_lib.method.search import answers, base_answers
-from das_lib.method.sites import Site, capture, intervened_logits
+from das_lib.method.sites import Site, capture, intervened_logits, layer_module
 from das_lib.method.stats import binomial_interval, paired_difference
 from das_lib.method.training import PlainForward
 from das_lib.models.load import STANDIN_DIR, model_source
@@ -104,9 +104,10 @@ def planted_iia(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, plan
     model, and of doing nothing, each with its 95% interval; the plant took when the paired interval of
     their difference on the same pairs lies above 0."""
     site = Site(meta["site"]["layer"], meta["site"]["position"])
+    device = next(layer_module(model, site).parameters()).device  # the data and the subspace go where the model is
     pairs = pricetag.sample_pairs(planted_program(meta["hypothesis"]), n_pairs, seed)
-    data = PriceTagTask(tokenizer, "standin").interchange_data(pairs, site.position)
-    swapped = (answers(PlainForward(model, site, planted), data) == data.labels.cpu()).numpy()
+    data = PriceTagTask(tokenizer, "standin").interchange_data(pairs, site.position).to(device)
+    swapped = (answers(PlainForward(model, site, planted.to(device)), data) == data.labels.cpu()).numpy()
     alone = (base_answers(model, data) == data.labels.cpu()).numpy()
     gain, low, high = paired_difference(swapped, alone)
     return {"planted": round(float(swapped.mean()), 4), "no_intervention": round(float(alone.mean()), 4),
