@@ -124,6 +124,30 @@ def test_shipped_model_realises_its_planted_mechanism(shipped):
     measured = standin.planted_iia(model, tokenizer, planted, meta, n_pairs=400, seed=2024)
     assert measured["planted"] >= 0.9 and measured["planted"] - measured["no_intervention"] >= 0.2
     assert abs(measured["planted"] - record["planted_iia"]["planted"]) <= 0.05
+    assert measured["took"] and measured["gain_interval"][0] > 0
+    low, high = measured["planted_interval"]
+    assert low < measured["planted"] < high
+
+
+def test_planting_refuses_a_site_it_cannot_plant_before_training(tmp_path):
+    cfg = standin.StandinConfig(steps=2, batch_size=8, warmup_steps=1, iit_layer=2, iit_position="dollars")
+    with pytest.raises(ValueError, match="cannot plant at position 'dollars'.*iit_position=last"):
+        standin.build(cfg, tmp_path, n_eval=8, log_every=0)
+    assert not (tmp_path / "config.json").exists()
+    with pytest.raises(KeyError, match="cannot plant 'halfway'"):
+        standin.planted_meta(standin.StandinConfig(iit_program="halfway"))
+
+
+def test_a_program_of_the_space_can_be_planted_and_the_record_says_whether_it_took(tmp_path):
+    key = "product | amount-lb & ub-amount"
+    cfg = standin.StandinConfig(steps=2, batch_size=8, warmup_steps=1, iit_rate=0.5, iit_layer=2, iit_program=key)
+    record = standin.build(cfg, tmp_path, n_eval=16, log_every=0)
+    planted, meta = standin.load_planted(tmp_path)
+    assert meta == {"hypothesis": key, "variables": ["amount-lb", "ub-amount"], "site": {"layer": 2, "position": "last"}}
+    assert planted.n_variables == 2
+    result = record["planted_iia"]
+    assert result["took"] is (result["gain_interval"][0] > 0) and not result["took"]  # two steps plant nothing
+    assert result["gain"] == pytest.approx(result["planted"] - result["no_intervention"], abs=1e-3)
 
 
 def test_hard_games_sit_near_a_bound_and_labels_are_balanced():
@@ -134,3 +158,16 @@ def test_hard_games_sit_near_a_bound_and_labels_are_balanced():
     assert 0.4 < yes < 0.6
     near = sum(min(abs(g["amount"] - g["lb"]), abs(g["amount"] - g["ub"])) <= cfg.hard_cents for g in games)
     assert near / len(games) >= cfg.hard_rate
+
+
+def test_the_second_stand_in_loads_by_name_and_its_plant_took():
+    from das_lib.models.load import load_model
+
+    model, tokenizer = load_model("standin-product")
+    record = standin.load_record(standin.STANDIN_PRODUCT_DIR)
+    assert record["planted_iia"]["took"] and record["accuracy"]["yesno"] >= 0.98
+    planted, meta = standin.planted_for("standin-product")
+    assert meta == standin.planted_meta(standin.StandinConfig(**record["config"]))
+    assert meta["hypothesis"] == "product | amount-lb & ub-amount" and meta["site"] == {"layer": 2, "position": "last"}
+    measured = standin.planted_iia(model, tokenizer, planted, meta, n_pairs=400, seed=2024)
+    assert measured["took"] and measured["planted"] >= 0.9

@@ -326,3 +326,33 @@ def message_figure(text: str) -> plt.Figure:
     ax.text(0.5, 0.5, text, ha="center", va="center")
     ax.axis("off")
     return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 9
+
+
+def gain_ranking(tables: dict[str, pd.DataFrame], keep: dict[str, Sequence[str]], top: int = 8) -> plt.Figure:
+    """One panel per model (name -> a ProgramSearch ranking): the gain of its first `top` groups and of the
+    groups `keep[name]`, best at the top, with 95% intervals; the paper's hypotheses in one colour, the
+    programs it did not consider in another, and a line at 0 (doing nothing)."""
+    heights = [min(len(t), top) + len([k for k in keep.get(n, ()) if k in t.index[top:]]) for n, t in tables.items()]
+    with _style():
+        fig, axes = plt.subplots(len(tables), 1, figsize=(WIDTH_IN, 0.9 + 0.27 * sum(heights) + 0.5 * len(tables)),
+                                 gridspec_kw={"height_ratios": [h + 2 for h in heights]}, squeeze=False)
+        for ax, (name, table) in zip(axes[:, 0], tables.items()):
+            rows = list(table.index[:top]) + sorted(set(keep.get(name, ())) & set(table.index[top:]), key=table.index.get_loc)
+            t = table.loc[rows][::-1]
+            colours = ["C1" if p else "C0" for p in t["paper"]]
+            labels = [f"{r}. {title}" for r, title in zip(t["rank"], t["title"])]
+            ax.barh(labels, t["gain"], color=colours)
+            ax.errorbar(t["gain"], labels, xerr=[t["gain"] - t["gain_low"], t["gain_high"] - t["gain"]],
+                        fmt="none", ecolor="black", elinewidth=1, capsize=2)
+            ax.axvline(0, color="grey", lw=1)
+            ax.set_title(name, loc="left")
+        axes[-1, 0].set_xlabel("gain over doing nothing (test pairs, 95% interval)")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C1", "C0")]
+        fig.legend(handles, ["one of the paper's four", "a program the paper did not consider"], loc="lower center",
+                   ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return fig

@@ -12,7 +12,9 @@ import pandas as pd
 
 from das_lib import paper
 from das_lib.models.standin import planted_for
+from das_lib.pricetag import programs
 from das_lib.pricetag.game import HYPOTHESES, get_hypothesis
+from das_lib.runs.program_search import ProgramSearch
 from das_lib.runs.scaling import rotation_footprint
 from das_lib.runs import findings
 from das_lib.runs.sweep import boundary_shrank
@@ -232,3 +234,82 @@ def cross_table(iia: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
         for c in iia.columns:
             shown.loc[r, c] = MISSING if pairs.loc[r, c] == 0 else f"{iia.loc[r, c]:.2f} ({int(pairs.loc[r, c])})"
     return shown
+
+
+# ---------------------------------------------------------------------------------------------
+# Chapter 9: the search over programs
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    return f"{value:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def ranking_for_page(table: pd.DataFrame, keep: Sequence[str] = (), top: int = 10) -> pd.DataFrame:
+    """The first `top` groups of a `ProgramSearch.ranking` and the groups `keep` (e.g. the paper's, the unused
+    variable's), as a page shows them: rank, variables, formula, the paper's name, site, IIA with its 95%
+    interval, the IIA of always giving the majority label and of doing nothing, and the gain with its 95%
+    interval."""
+    rows = list(table.index[:top]) + sorted((k for k in set(keep) & set(table.index[top:])), key=table.index.get_loc)
+    t = table.loc[rows]
+    return pd.DataFrame({
+        "rank": t["rank"], "variables": [k.split(programs.SEP)[1] for k in rows], "formula": [k.split(programs.SEP)[0] for k in rows],
+        "paper": t["paper"],
+        "site": t["site"], "IIA [95%]": [_interval(*r) for r in t[["iia", "iia_low", "iia_high"]].itertuples(index=False)],
+        "majority label": t["majority"].map("{:.3f}".format), "no intervention": t["unintervened"].map("{:.3f}".format),
+        "gain [95%]": [_interval(*r) for r in t[["gain", "gain_low", "gain_high"]].itertuples(index=False)],
+    }).set_index("rank")
+
+
+def search_values(search: ProgramSearch) -> dict[str, Any]:
+    """What a chapter states of one model's search: the first two groups and the margin between them on the
+    same test pairs, the unused variable's rank and gain, the planted program's rank (if any), and the best
+    program the paper did not consider against the best of its four: the paired difference of their gains
+    (`new_vs_paper`) and whether its interval lies above 0 (`verdict`)."""
+    table = search.ranking()
+    first, second = table.index[0], table.index[1]
+    m, low, high = search.margin(first, second)
+    row = lambda key: table.loc[key]  # noqa: E731
+    out: dict[str, Any] = {
+        "groups": len(table), "sites": ", ".join(sorted(set(table["site"]))),
+        "first": row(first)["title"], "first_site": row(first)["site"],
+        "first_gain": row(first)["gain"], "first_gain_low": row(first)["gain_low"], "first_gain_high": row(first)["gain_high"],
+        "first_iia": row(first)["iia"], "second": row(second)["title"],
+        "second_gain": row(second)["gain"], "margin": m, "margin_low": low, "margin_high": high,
+        "margin_verdict": "excludes 0" if low > 0 else "includes 0",
+    }
+    unused = search.unused_group()
+    below = table[table["rank"] > row(unused)["rank"]]
+    out |= {"unused_rank": int(row(unused)["rank"]), "unused_gain": row(unused)["gain"],
+            "unused_gain_low": row(unused)["gain_low"], "unused_gain_high": row(unused)["gain_high"],
+            "below_unused": len(below), "below_unused_aligned": int((below["gain_low"] > 0).sum())}
+    planted = search.planted_group()
+    if planted is not None:
+        out |= {"planted": row(planted)["title"], "planted_rank": int(row(planted)["rank"]), "planted_site": row(planted)["site"]}
+    papers, new = table[table["paper"] != ""], table[table["paper"] == ""]
+    best_paper, best_new = papers.index[0], new.index[0]
+    m, low, high = search.margin(best_new, best_paper)
+    out |= {"best_paper": row(best_paper)["paper"], "best_paper_rank": int(row(best_paper)["rank"]),
+            "best_paper_gain": row(best_paper)["gain"], "best_new": row(best_new)["title"],
+            "best_new_rank": int(row(best_new)["rank"]), "best_new_gain": row(best_new)["gain"],
+            "new_vs_paper": m, "new_vs_paper_low": low, "new_vs_paper_high": high,
+            "first_kind": f"one of the paper's four, {row(first)['paper']}" if row(first)["paper"] else "a program the paper did not consider",
+            "verdict": "a program the paper did not consider fits better" if low > 0 else "none of them beats the four"}
+    return {k: v.item() if hasattr(v, "item") else v for k, v in out.items()}  # numpy scalars as plain numbers
+
+
+def groups_values(groups: pd.DataFrame) -> dict[str, int]:
+    """What a chapter states of a `ProgramSearch.groups_frame`: groups, those holding several candidates, the
+    groups set aside because a variable carries the whole answer, and the fewest test pairs apart."""
+    return {"groups": len(groups), "groups_merged": int((groups["candidates"] > 1).sum()),
+            "candidates_merged": int(groups.loc[groups["candidates"] > 1, "candidates"].sum()),
+            "answer_groups": int((~groups["searched"]).sum()), "searched_groups": int(groups["searched"].sum()),
+            "fewest_apart": int(groups["test pairs apart"].min())}
+
+
+def scan_table(scans: Mapping[str, ProgramSearch]) -> pd.DataFrame:
+    """Validation gain of the paper's four hypotheses at every scanned site, one column per model (name -> scan)."""
+    frames = []
+    for name, scan in scans.items():
+        gains = scan.site_gains().rename(index=lambda k: scan.paper_groups().get(k, k))
+        frames.append(gains.T.assign(model=name).reset_index().set_index(["model", "site"]))
+    return pd.concat(frames)

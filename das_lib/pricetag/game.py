@@ -195,13 +195,13 @@ def label_pool(hypothesis: str, pool: Sequence[tuple[Mapping[str, int], Mapping[
 
 
 def sample_pairs(
-    hypothesis: str,
+    hypothesis: str | Hypothesis,
     n: int,
     seed: int,
     bracket: tuple[int, int] | None = None,
     balance: bool = True,
 ) -> list[CounterfactualPair]:
-    """`n` counterfactual pairs for `hypothesis`, labels from running its causal model.
+    """`n` counterfactual pairs for `hypothesis` (a key, or a Hypothesis), labels from running its causal model.
 
     As in the paper, base and source each get an amount region (below / inside / above); pairs are
     drawn over all region pairs and kept so that Yes and No labels are balanced. For a hypothesis
@@ -210,7 +210,7 @@ def sample_pairs(
     """
     if n < 2 or (balance and n % 2):
         raise ValueError(f"n must be an even number >= 2 for balanced Yes/No pairs, got {n}")
-    h = get_hypothesis(hypothesis)
+    h = hypothesis if isinstance(hypothesis, Hypothesis) else get_hypothesis(hypothesis)
     rng = random.Random(seed)
     quota = {(v, label): 0 for v in range(len(h.variables)) for label in (True, False)}
     per_cell = n / len(quota)
@@ -226,7 +226,7 @@ def sample_pairs(
         pairs.append(pair)
         if len(pairs) == n:
             return pairs
-    raise RuntimeError(f"could not draw {n} balanced pairs for {hypothesis!r} with bracket {bracket}")
+    raise RuntimeError(f"could not draw {n} balanced pairs for {h.key!r} with bracket {bracket}")
 
 
 # ---------------------------------------------------------------------------------------------

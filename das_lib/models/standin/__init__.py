@@ -5,11 +5,12 @@ the loop), planted (the mechanism interchange intervention training plants, and 
 record (measuring it, and the directory shipped as das_lib/assets/standin). `python -m
 das_lib.models.standin` rebuilds that directory. The names below are the stand-in's public face.
 """
-from das_lib.models.load import STANDIN_DIR
+from das_lib.models.load import STANDIN_DIR, STANDIN_PRODUCT_DIR
 from das_lib.models.standin.config import StandinConfig, model_config
 from das_lib.models.standin.corpus import SENTENCES, sample_context
 from das_lib.models.standin.planted import (
-    EVAL_SEED, PLANTED, PlantedMechanism, load_planted, planted_for, planted_iia, planted_meta, planted_subspace,
+    EVAL_SEED, PLANTED, PlantedMechanism, load_planted, plantable, planted_for, planted_iia, planted_meta, planted_program,
+    planted_subspace,
 )
 from das_lib.models.standin.record import (
     REGION_NAMES, TARGETS, TRAINING_RECORD, accuracy_by_setting, accuracy_frame, accuracy_table, build,

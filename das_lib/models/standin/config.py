@@ -27,13 +27,14 @@ class StandinConfig(GameTraining):
     context_after: float = 0.3  # no contexts in this first share of the steps
     context_chunks: int = 4  # a context step is computed in this many chunks of similar length
     # Interchange intervention training (Geiger et al. 2022): a share of every batch are counterfactual
-    # pairs of the Left and Right Boundary model whose L and R are swapped inside a fixed random
-    # subspace at one site, trained to give the causal model's counterfactual answer. This plants a
-    # known mechanism, so the book can check that Boundless DAS recovers it. 0 trains plainly.
+    # pairs of a causal model (by default Left and Right Boundary) whose variables are swapped, each inside
+    # a fixed random subspace at one site, trained to give the causal model's counterfactual answer. This
+    # plants a known mechanism, so the book can check that Boundless DAS recovers it. 0 trains plainly.
     iit_rate: float = 0.25
     iit_layer: int = 1
-    iit_position: str = "last"
+    iit_position: str = "last"  # the only position it can plant at (das_lib.models.standin.planted.plantable)
     iit_dims: int = 4  # dimensions of the planted subspace of each variable
+    iit_program: str = "left_right"  # a hypothesis key, or a candidate key of das_lib.pricetag.programs.space()
 
 
 def model_config(cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
