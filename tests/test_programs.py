@@ -11,7 +11,7 @@ import pytest
 from das_lib.method.programs import constant, failures, leaf, node, program, sibling_pairs, variable_nodes
 from das_lib.method.search import Outcome, margin, ranking
 from das_lib.method.separation import group, label_functions, restrict, separated_counts, separating_pairs
-from das_lib.pricetag import programs
+from das_lib.pricetag import game, programs
 from das_lib.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
 from das_lib.runs.program_splits import pair_key
 
@@ -95,7 +95,7 @@ def test_wrong_shortcuts_are_generated_and_dropped(space):
 
 def test_the_papers_four_hypotheses_are_members_with_the_same_labels(space):
     rng = random.Random(1)
-    pairs = [programs.sample_pair(rng) for _ in range(300)]
+    pairs = [game.sample_pair(rng) for _ in range(300)]
     members = programs.paper_members(space.candidates, pairs)
     assert set(members) == set(HYPOTHESES)
     for key, candidate_key in members.items():
@@ -109,7 +109,7 @@ def test_the_papers_four_hypotheses_are_members_with_the_same_labels(space):
 def test_the_unused_variable_never_changes_the_answer(space):
     unused = next(c for c in space.candidates if c.key == "unused_5.00 | amount>=5.00")
     rng = random.Random(2)
-    for base, source in (programs.sample_pair(rng) for _ in range(200)):
+    for base, source in (game.sample_pair(rng) for _ in range(200)):
         assert unused.model.interchange(base, source, unused.variables) == task_label(base)
 
 
@@ -187,14 +187,14 @@ def test_groups_carrying_the_whole_answer_are_not_searched(small_search):
 
 
 def test_the_models_own_answers_from_the_cache_equal_a_full_forward_pass(small_search):
-    from das_lib.method.search import base_answers
+    from das_lib.method.training import answer_tokens
     from das_lib.runs.program_search import SPLITS, runner_for
 
     search, _ = small_search
     runner = runner_for("standin", "float32", "cpu")
     prepared = search._prepared(runner, [1])
     for s in SPLITS:
-        assert torch.equal(prepared.base[s], base_answers(runner.model, prepared.data[s]))
+        assert torch.equal(prepared.base[s], answer_tokens(runner.model, prepared.data[s]))
 
 
 def test_the_majority_rate_counts_every_variables_labels():

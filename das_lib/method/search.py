@@ -25,9 +25,10 @@ from torch import nn
 
 from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import BoundlessDASIntervention
-from das_lib.method.sites import answer_logits
 from das_lib.method.stats import binomial_interval, bootstrap_interval
-from das_lib.method.training import InterventionForward, TrainConfig, set_seed, train_intervention
+from das_lib.method.training import (
+    InterventionForward, TrainConfig, answer_tokens, answer_tokens_under, set_seed, train_intervention,
+)
 
 
 def candidate_data(pool: InterchangeData, label_ids: Sequence[Sequence[int]]) -> InterchangeData:
@@ -40,19 +41,6 @@ def candidate_data(pool: InterchangeData, label_ids: Sequence[Sequence[int]]) ->
     device = pool.labels.device
     return replace(data, variable=torch.arange(k, device=device).repeat_interleave(n),
                    labels=torch.tensor([i for ids in label_ids for i in ids], dtype=torch.long, device=device))
-
-
-@torch.no_grad()
-def answers(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
-    """(N,) the argmax answer token of every example under the intervention."""
-    return torch.cat([forward(data.select(slice(i, i + batch_size))).argmax(-1).cpu() for i in range(0, len(data), batch_size)])
-
-
-@torch.no_grad()
-def base_answers(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
-    """(N,) the model's own argmax answer token on each base input (no intervention)."""
-    return torch.cat([answer_logits(model, {k: v[i : i + batch_size] for k, v in data.base.items()}).argmax(-1).cpu()
-                      for i in range(0, len(data), batch_size)])
 
 
 @dataclass
@@ -77,9 +65,9 @@ class Outcome:
 
 def outcome(forward: InterventionForward, data: InterchangeData, base: torch.Tensor, n_variables: int) -> Outcome:
     """The `Outcome` of `forward` on `candidate_data` with `n_variables` variables, given the model's own
-    answers on the pool (`base_answers`)."""
+    answers on the pool (`training.answer_tokens`)."""
     labels = data.labels.cpu().view(n_variables, -1)
-    return Outcome((answers(forward, data).view(n_variables, -1) == labels).numpy(), (base[None, :] == labels).numpy())
+    return Outcome((answer_tokens_under(forward, data).view(n_variables, -1) == labels).numpy(), (base[None, :] == labels).numpy())
 
 
 def train_candidate(forward_for: Callable[[nn.Module], InterventionForward], d: int, n_variables: int, train: InterchangeData,
@@ -87,7 +75,7 @@ def train_candidate(forward_for: Callable[[nn.Module], InterventionForward], d: 
                     rank: int | None = None) -> dict:
     """Train a Boundless DAS intervention (`n_variables` subspaces of a width-`d` site) on `train`, with the
     forward that `forward_for(intervention)` gives, and return its `Outcome` on each named evaluation set
-    ((candidate_data, base_answers)), the learned boundary and the training seconds."""
+    ((candidate_data, training.answer_tokens)), the learned boundary and the training seconds."""
     set_seed(config.seed)  # the rotation's initialisation depends on the seed too
     intervention = BoundlessDASIntervention(d, rank, n_variables).to(train.labels.device)
     forward = forward_for(intervention)

@@ -175,11 +175,14 @@ def sample_pool(n: int, seed: int, bracket: tuple[int, int] | None = None) -> li
     if n < 1:
         raise ValueError(f"a pool needs at least one pair, got n={n}")
     rng = random.Random(seed)
-    pool = []
-    for _ in range(n):
-        rb, rs = rng.choice(REGIONS), rng.choice(REGIONS)
-        pool.append((sample_in_region(rng, rb, bracket), sample_in_region(rng, rs, bracket)))
-    return pool
+    return [sample_pair(rng, bracket) for _ in range(n)]
+
+
+def sample_pair(rng: random.Random, bracket: tuple[int, int] | None = None) -> tuple[dict[str, int], dict[str, int]]:
+    """A (base, source) pair of games, each game's amount region (below, inside, above) drawn uniformly, as
+    the paper's pairs are drawn before their labels are balanced."""
+    rb, rs = rng.choice(REGIONS), rng.choice(REGIONS)
+    return sample_in_region(rng, rb, bracket), sample_in_region(rng, rs, bracket)
 
 
 def label_pool(hypothesis: str, pool: Sequence[tuple[Mapping[str, int], Mapping[str, int]]],

@@ -230,12 +230,6 @@ def paper_members(candidates: Sequence[Hypothesis], pairs: Sequence[tuple[Mappin
     return found
 
 
-def sample_pair(rng: random.Random) -> tuple[dict[str, int], dict[str, int]]:
-    """A (base, source) pair of games, each with its amount's region (below, inside, above) drawn uniformly,
-    as the paper's pairs are drawn before their labels are balanced."""
-    return sample_in_region(rng, rng.choice(REGIONS)), sample_in_region(rng, rng.choice(REGIONS))
-
-
 def formulas_frame(space: Space) -> pd.DataFrame:
     """One row per generated formula: its expression, and how many candidates it gives or on what share
     of the verification games it answers wrong."""

@@ -33,11 +33,11 @@ from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import make_forward, shared_caches
 from das_lib.method.search import (
-    Outcome, answers, base_answers, candidate_data, majority_rate, margin, ranking, train_candidate,
+    Outcome, candidate_data, majority_rate, margin, ranking, train_candidate,
 )
 from das_lib.method.separation import Separation, carries_output, group
 from das_lib.method.sites import Site
-from das_lib.method.training import TrainConfig
+from das_lib.method.training import TrainConfig, answer_tokens, answer_tokens_under
 from das_lib.models.load import default_template, load_config, load_tokenizer
 from das_lib.models.standin import planted_for
 from das_lib.pricetag import programs
@@ -223,12 +223,12 @@ class ProgramSearch:
         above the site only, exact to float rounding), else from a full forward pass."""
         layer, cache = next(((l, c) for l, c in prepared.caches.items() if c is not None), (None, None))
         if cache is None:
-            return {s: base_answers(runner.model, prepared.data[s]) for s in SPLITS}
+            return {s: answer_tokens(runner.model, prepared.data[s]) for s in SPLITS}
         j = len(self.task.searched_roles()) - 1  # the last token: one position per row above the site
         columns = {s: prepared.data[s].column(j) for s in SPLITS}
         unchanged = cache.for_position(j, list(columns.values()), Site(layer, self.task.searched_roles()[j]),
                                        lambda base, source, variable: base)
-        return {s: answers(unchanged, columns[s]) for s in SPLITS}
+        return {s: answer_tokens_under(unchanged, columns[s]) for s in SPLITS}
 
     def _train(self, runner: Any, prepared: _Prepared, key: str, site: tuple[int, str]) -> dict[str, Any]:
         j = self.task.searched_roles().index(site[1])

@@ -17,6 +17,7 @@ from typing import Any
 from das_lib.method.seeds import split_seeds
 from das_lib.method.separation import group, label_functions, restrict, separating_pairs
 from das_lib.pricetag import programs
+from das_lib.pricetag.game import sample_pair
 
 SPLITS = ("train", "val", "test")
 
@@ -39,7 +40,7 @@ def splits(n_train: int, n_val: int, n_test: int, pool_factor: int, separating_s
     sizes = {"train": n_train, "val": n_val, "test": n_test}
     for name, seed in zip(SPLITS, split_seeds(data_seed, len(SPLITS))):
         rng = random.Random(seed)
-        pool = [p for p in (programs.sample_pair(rng) for _ in range(sizes[name] * pool_factor)) if pair_key(p) not in seen]
+        pool = [p for p in (sample_pair(rng) for _ in range(sizes[name] * pool_factor)) if pair_key(p) not in seen]
         labels = {c.key: label_functions(c, pool) for c in space.candidates}
         chosen = separating_pairs(group(labels).functions, sizes[name], math.ceil(separating_share * sizes[name]), seed)
         out[name] = Split([pool[i] for i in chosen], restrict(labels, chosen))

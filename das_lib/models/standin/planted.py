@@ -19,10 +19,9 @@ import torch
 from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
 
 from das_lib.method.interventions import DASIntervention, load_intervention
-from das_lib.method.search import answers, base_answers
 from das_lib.method.sites import Site, capture, intervened_logits, layer_module
 from das_lib.method.stats import binomial_interval, paired_difference
-from das_lib.method.training import PlainForward
+from das_lib.method.training import PlainForward, answer_tokens, answer_tokens_under
 from das_lib.models.load import STANDIN_DIR, model_source
 from das_lib.models.standin.config import StandinConfig
 from das_lib.pricetag import game as pricetag
@@ -107,8 +106,8 @@ def planted_iia(model: torch.nn.Module, tokenizer: PreTrainedTokenizerFast, plan
     device = next(layer_module(model, site).parameters()).device  # the data and the subspace go where the model is
     pairs = pricetag.sample_pairs(planted_program(meta["hypothesis"]), n_pairs, seed)
     data = PriceTagTask(tokenizer, "standin").interchange_data(pairs, site.position).to(device)
-    swapped = (answers(PlainForward(model, site, planted.to(device)), data) == data.labels.cpu()).numpy()
-    alone = (base_answers(model, data) == data.labels.cpu()).numpy()
+    swapped = (answer_tokens_under(PlainForward(model, site, planted.to(device)), data) == data.labels.cpu()).numpy()
+    alone = (answer_tokens(model, data) == data.labels.cpu()).numpy()
     gain, low, high = paired_difference(swapped, alone)
     return {"planted": round(float(swapped.mean()), 4), "no_intervention": round(float(alone.mean()), 4),
             "planted_interval": [round(x, 4) for x in binomial_interval(int(swapped.sum()), len(swapped))],
