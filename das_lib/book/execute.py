@@ -48,7 +48,7 @@ HEADLINE = ("05_sweep.ipynb", "sweep_heatmap", "headline.png")
 # Chapter 6's default parameters read chapter 5's store, so it starts only once chapter 5 has finished.
 AFTER = {"06_robustness.ipynb": "05_sweep.ipynb"}
 # The longest chapter starts first, so the other kernel works through the short ones meanwhile.
-RUN_FIRST = ("08_finetuned.ipynb",)
+RUN_FIRST = ("08_finetuned.ipynb", "09_programs.ipynb")
 
 
 def chapters(root: Path = ROOT, only: Sequence[str] | None = None) -> list[Path]:
