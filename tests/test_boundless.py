@@ -221,3 +221,9 @@ def test_an_evaluation_computes_the_rotation_once_not_once_per_batch(model, spli
     monkeypatch.setattr(type(parametrization), "forward", lambda self, x: calls.append(1) or original(self, x))
     evaluate(forward, test, batch_size=8)  # 48 pairs: 6 batches
     assert len(calls) == 1
+
+
+def test_the_default_map_is_cayley_for_a_full_rotation_and_householder_for_low_rank():
+    full, low = BoundlessDASIntervention(D), BoundlessDASIntervention(D, r=4)
+    assert (full.rotation.orthogonal_map, low.rotation.orthogonal_map) == ("cayley", "exp")
+    assert sum(t.numel() for t in low.state_dict().values()) == D * 4 + 2  # no D x D matrix kept for low rank

@@ -55,19 +55,27 @@ class NeuronIntervention(nn.Module):
 # optimizer side). All three start from the same W for the same seed.
 ORTHOGONAL_MAPS = {
     "exp": "torch's orthogonal parametrization as the paper's code and pyvene use it: the matrix exponential "
-           "of a skew-symmetric matrix for the full rotation (Householder reflections for r < d)",
+           "of a skew-symmetric matrix for the full rotation (Householder reflections for r < d: the default there)",
     "cayley": "torch's orthogonal parametrization with the Cayley map (I - A/2)^-1 (I + A/2): one linear "
-              "solve instead of the exponential, the same rotation to first order in A",
+              "solve instead of the exponential, the same rotation to first order in A (the default for a full rotation)",
     "qr": "W itself is the trained parameter: Adam steps in the ambient space and a QR retraction puts W back "
           "on the orthonormal matrices after every step (no map in the forward or backward pass)",
 }
-DEFAULT_MAP = "exp"
+# The map used where none is named (None), by the rotation's shape (benchmarks/README.md, issue 19): for the
+# full rotation Cayley, which finds the same alignments as the exponential at a fraction of its cost; for a
+# low-rank one torch's Householder product ("exp" with r < d, as pyvene's), which holds d*r numbers only
+# (torch's Cayley map of a d x r matrix keeps and solves a d x d one).
+DEFAULT_MAPS = {"full": "cayley", "low rank": "exp"}
 
 
-def check_map(orthogonal_map: str) -> str:
-    """`orthogonal_map` if it is one of ORTHOGONAL_MAPS, else a ValueError listing them."""
+def resolve_map(orthogonal_map: str | None, d: int, r: int | None = None) -> str:
+    """`orthogonal_map`, or for None the default for a rotation of rank r in width d (DEFAULT_MAPS); an unknown
+    name is refused with the valid ones."""
+    if orthogonal_map is None:
+        return DEFAULT_MAPS["full" if r is None or r == d else "low rank"]
     if orthogonal_map not in ORTHOGONAL_MAPS:
-        raise ValueError(f"unknown orthogonal map {orthogonal_map!r}; choose one of {list(ORTHOGONAL_MAPS)}")
+        raise ValueError(f"unknown orthogonal map {orthogonal_map!r}; choose one of {list(ORTHOGONAL_MAPS)} (or None: "
+                         "the default for the rotation's shape)")
     return orthogonal_map
 
 
@@ -84,28 +92,29 @@ class OrthonormalMap(nn.Module):
     The starting W is drawn from torch's global random stream on the CPU (then moved to `device`), so a
     seed gives the same start on every device; orthonormalising it runs on `device`."""
 
-    def __init__(self, d: int, r: int | None = None, orthogonal_map: str = DEFAULT_MAP, device: str | torch.device | None = None):
+    def __init__(self, d: int, r: int | None = None, orthogonal_map: str | None = None,
+                 device: str | torch.device | None = None):
         super().__init__()
         r = d if r is None else r
         if not 1 <= r <= d:
             raise ValueError(f"rotation rank r must be in 1..{d} for hidden size {d}, got {r}")
-        self.d, self.r, self.orthogonal_map = d, r, check_map(orthogonal_map)
+        self.d, self.r, self.orthogonal_map = d, r, resolve_map(orthogonal_map, d, r)
         # The d x r matrix is the parametrized one (rotated = x @ basis), as in the paper's release and
         # pyvene: the transposed choice spans the same rotations but trains along another path (we
         # measured different IIA from the same start).
         linear = nn.Linear(r, d, bias=False, device="cpu")
         if device is not None:
             linear = linear.to(device)
-        if orthogonal_map == "qr":
+        if self.orthogonal_map == "qr":
             with torch.no_grad():
                 linear.weight.copy_(orthonormal_columns(linear.weight))
             self.basis = linear
-        elif orthogonal_map == "exp" and r < d:
+        elif self.orthogonal_map == "exp" and r < d:
             # householder for r < d, without torch's default trivialization, which would keep a d x d
             # buffer: the low-rank map holds d*r numbers only (pyvene's low-rank rotation)
             self.basis = parametrizations.orthogonal(linear, orthogonal_map="householder", use_trivialization=False)
         else:
-            torch_map = "matrix_exp" if orthogonal_map == "exp" else "cayley"
+            torch_map = "matrix_exp" if self.orthogonal_map == "exp" else "cayley"
             self.basis = parametrizations.orthogonal(linear, orthogonal_map=torch_map, use_trivialization=True)
 
     @property
@@ -142,7 +151,7 @@ class OrthonormalMap(nn.Module):
 class RotatedSpaceIntervention(nn.Module):
     """Base class: interchange inside a learned rotated subspace selected by `mask(variable)`."""
 
-    def __init__(self, d: int, r: int | None = None, n_variables: int = 1, orthogonal_map: str = DEFAULT_MAP,
+    def __init__(self, d: int, r: int | None = None, n_variables: int = 1, orthogonal_map: str | None = None,
                  device: str | torch.device | None = None):
         super().__init__()
         self.rotation = OrthonormalMap(d, r, orthogonal_map, device)
@@ -171,7 +180,7 @@ class RotatedSpaceIntervention(nn.Module):
 class DASIntervention(RotatedSpaceIntervention):
     """DAS with a fixed subspace of k rotated dimensions per variable (disjoint blocks)."""
 
-    def __init__(self, d: int, k: int, r: int | None = None, n_variables: int = 1, orthogonal_map: str = DEFAULT_MAP,
+    def __init__(self, d: int, k: int, r: int | None = None, n_variables: int = 1, orthogonal_map: str | None = None,
                  device: str | torch.device | None = None):
         super().__init__(d, r, n_variables, orthogonal_map, device)
         if not 1 <= k * n_variables <= self.r:
@@ -200,7 +209,7 @@ class BoundlessDASIntervention(RotatedSpaceIntervention):
     fraction `boundary` of it to intervene on, through a sigmoid mask sharpened by `temperature`."""
 
     def __init__(self, d: int, r: int | None = None, n_variables: int = 1, init_boundary: float = 0.5,
-                 orthogonal_map: str = DEFAULT_MAP, device: str | torch.device | None = None):
+                 orthogonal_map: str | None = None, device: str | torch.device | None = None):
         super().__init__(d, r, n_variables, orthogonal_map, device)
         self.block = self.r // n_variables
         self.boundaries = nn.Parameter(torch.full((n_variables,), float(init_boundary), device=device))

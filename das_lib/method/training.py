@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from das_lib import paper
 from das_lib.method.data import InterchangeData
-from das_lib.method.interventions import DEFAULT_MAP, ORTHOGONAL_MAPS, BoundlessDASIntervention, RotatedSpaceIntervention
+from das_lib.method.interventions import ORTHOGONAL_MAPS, BoundlessDASIntervention, RotatedSpaceIntervention, resolve_map
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
 
 
@@ -65,9 +65,9 @@ class TrainConfig:
     boundary_loss_weight: float = 1.0
     eval_every: int = 0  # 0: evaluate only at the end
     seed: int = 0
-    # How the rotation is kept orthogonal while it trains (das_lib.method.interventions.ORTHOGONAL_MAPS);
-    # the intervention is built with it (a rotated intervention of another map is refused).
-    orthogonal_map: str = DEFAULT_MAP
+    # How the rotation is kept orthogonal while it trains (das_lib.method.interventions.ORTHOGONAL_MAPS; None:
+    # the default for its shape, DEFAULT_MAPS); the intervention is built with it (another map is refused).
+    orthogonal_map: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,7 +81,7 @@ class TrainConfig:
             problems.append(f"warmup_frac must be in [0, 1) (got {self.warmup_frac})")
         if not (self.temperature_start is None or self.temperature_start >= self.temperature_end) or not self.temperature_end > 0:
             problems.append("temperatures must satisfy temperature_start >= temperature_end > 0 (or temperature_start None)")
-        if self.orthogonal_map not in ORTHOGONAL_MAPS:
+        if self.orthogonal_map is not None and self.orthogonal_map not in ORTHOGONAL_MAPS:
             problems.append(f"orthogonal_map must be one of {list(ORTHOGONAL_MAPS)} (got {self.orthogonal_map!r})")
         if problems:
             raise ValueError("bad TrainConfig: " + "; ".join(problems))
@@ -294,7 +294,7 @@ def train_intervention(
     if checkpoint_every < 1 or read_every < 1:
         raise ValueError(f"checkpoint_every and read_every must be >= 1 (got {checkpoint_every}, {read_every})")
     rotated = isinstance(intervention, RotatedSpaceIntervention)
-    if rotated and intervention.rotation.orthogonal_map != config.orthogonal_map:
+    if rotated and intervention.rotation.orthogonal_map != resolve_map(config.orthogonal_map, intervention.d, intervention.r):
         raise ValueError(
             f"the intervention keeps its rotation orthogonal with the {intervention.rotation.orthogonal_map!r} map but "
             f"the training config asks for {config.orthogonal_map!r}; build it with orthogonal_map=config.orthogonal_map")
