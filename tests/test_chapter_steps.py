@@ -17,7 +17,7 @@ from das_lib.method.sites import Site  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
 from das_lib.models import standin, toy  # noqa: E402
 from das_lib.models.load import default_template, load_model  # noqa: E402
-from das_lib.pricetag import game  # noqa: E402
+from das_lib.pricetag import game, tables  # noqa: E402
 from das_lib.pricetag.task import PriceTagTask, roles_table  # noqa: E402
 from das_lib.runs import alignments  # noqa: E402
 
@@ -138,26 +138,26 @@ def test_sample_games_is_sample_game_in_sequence():
     rng = random.Random(3)
     assert game.sample_games(5, 3) == [game.sample_game(rng) for _ in range(5)]
     assert all((g["lb"], g["ub"]) == (549, 849) for g in game.sample_games(5, 0, (549, 849)))
-    table = game.games_table(game.sample_games(3, 0))
+    table = tables.games_table(game.sample_games(3, 0))
     assert list(table.columns) == ["lb", "ub", "amount", "answer"] and set(table["answer"]) <= {"Yes", "No"}
 
 
 def test_chapter_2_tables():
     pairs = {k: game.sample_pairs(k, 40, 0) for k in game.HYPOTHESES}
     unbalanced = {k: game.sample_pairs(k, 400, 0, balance=False) for k in game.HYPOTHESES}
-    examples = game.examples_table(pairs, 2)
+    examples = tables.examples_table(pairs, 2)
     assert examples.index.get_level_values(0).unique().tolist() == [h.title for h in game.HYPOTHESES.values()]
     assert len(examples) == 8
-    panels = game.region_panels(unbalanced, ["left", "left_right"])
+    panels = tables.region_panels(unbalanced, ["left", "left_right"])
     assert list(panels) == ["Left Boundary", "Left and Right Boundary: left", "Left and Right Boundary: right"]
     assert panels["Left Boundary"].shape == (3, 3)
-    assert game.yes_share(unbalanced["left_right"], "left", (2, 3)) == 1.0  # the release labelled it No
-    assert game.yes_share(unbalanced["left_right"], "right", (2, 1)) == 1.0
+    assert tables.yes_share(unbalanced["left_right"], "left", (2, 3)) == 1.0  # the release labelled it No
+    assert tables.yes_share(unbalanced["left_right"], "right", (2, 1)) == 1.0
     with pytest.raises(ValueError, match="no pair"):
-        game.yes_share(unbalanced["left"], "right", (2, 1))
-    summary = game.balance_summary(pairs, unbalanced)
+        tables.yes_share(unbalanced["left"], "right", (2, 1))
+    summary = tables.balance_summary(pairs, unbalanced)
     assert summary.loc["Left Boundary", "dummy acc"] == game.majority_rate_of(pairs["left"]) == 0.5
-    assert summary.loc["Bracket Identity", "label changed"] == game.changed_rate(pairs["bracket"])
+    assert summary.loc["Bracket Identity", "label changed"] == tables.changed_rate(pairs["bracket"])
     assert summary.loc["Mid-point Distance", "dummy acc unbalanced"] == game.majority_rate_of(unbalanced["midpoint"])
 
 

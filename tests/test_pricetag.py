@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from das_lib.pricetag import game as pricetag
+from das_lib.pricetag import game as pricetag, tables
 from das_lib.pricetag.game import (
     HYPOTHESES,
     get_hypothesis,
@@ -193,13 +193,13 @@ def test_prompt_refuses_unknown_template_and_variant():
 
 def test_pairs_table_and_summaries():
     pairs = sample_pairs("left_right", 40, seed=2)
-    table = pricetag.pairs_table(pairs)
+    table = tables.pairs_table(pairs)
     assert len(table) == 40
     assert list(table["variable"]) == [p.variables[0] for p in pairs]
     assert list(table["counterfactual"]) == [pricetag.answer_word(p.label) for p in pairs]
     assert table.loc[0, "base"] == f"{pairs[0].base['amount'] / 100:.2f} in {pairs[0].base['lb'] / 100:.2f}-{pairs[0].base['ub'] / 100:.2f}"
     changed = sum(p.label != p.base_label for p in pairs) / len(pairs)
-    assert pricetag.changed_rate(pairs) == changed
-    balance = pricetag.label_balance(pairs)
+    assert tables.changed_rate(pairs) == changed
+    balance = tables.label_balance(pairs)
     assert balance.loc["right", "Yes"] == sum(p.label for p in pairs if p.variables == ("right",))
     assert balance["Yes"].sum() + balance["No"].sum() == 40

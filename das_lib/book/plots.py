@@ -280,7 +280,7 @@ def growth_curve(iia: Sequence[float], levels: dict[str, float], xlabel: str = "
 
 
 def region_heatmaps(panels: dict[str, pd.DataFrame]) -> plt.Figure:
-    """Chapter 2's panels of pricetag.region_panels: the share of Yes labels per (base region, source region)."""
+    """Chapter 2's panels of pricetag.tables.region_panels: the share of Yes labels per (base region, source region)."""
     fig = heatmap_panels(panels, ncols=3, cbar_label="share of Yes")
     for ax in fig.axes:
         ax.set_xlabel("source region")
