@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, relative_error
+from das_lib.method.fastpath import CachedForward
+from das_lib.method.fastpath_checks import relative_error
 from das_lib.method.interventions import ORTHOGONAL_MAPS, BoundlessDASIntervention, load_intervention, save_intervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, train_intervention

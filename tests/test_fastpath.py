@@ -14,9 +14,9 @@ from transformers import (
 from das_lib.method.data import InterchangeData
 from das_lib.method import llama_layers
 from das_lib.method.fastpath import (
-    CHECK_FACTOR, CHECK_FLOOR, CachedForward, FastPathMismatch, FastPathUnavailable, PlainPathWarning, caches_or_plain,
-    check_tolerance, make_forward, shared_caches,
+    CachedForward, FastPathMismatch, FastPathUnavailable, PlainPathWarning, caches_or_plain, make_forward, shared_caches,
 )
+from das_lib.method.fastpath_checks import CHECK_FACTOR, CHECK_FLOOR, check_tolerance
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, evaluate, train_intervention

@@ -13,7 +13,7 @@ import pandas as pd
 from das_lib import paper
 from das_lib.models.standin import planted_for
 from das_lib.pricetag import programs
-from das_lib.pricetag.game import HYPOTHESES, get_hypothesis
+from das_lib.pricetag.game import get_hypothesis
 from das_lib.runs.program_search import ProgramSearch
 from das_lib.runs.scaling import rotation_footprint
 from das_lib.runs import findings

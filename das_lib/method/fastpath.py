@@ -21,7 +21,8 @@ runs the frozen model on each batch. `CachedForward.plans` says what was chosen,
 
 What is cached is a `das_lib.method.layer_cache.LayerCache`, built in one forward pass; the layers above
 the site run from the layers' own weights in `das_lib.method.llama_layers`. Other architectures (GPT-2,
-GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path.
+GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path (`das_lib.method.fastpath_checks` says
+which models it supports and how its self-check judges the result).
 `shared_cache` builds one cache at a layer for data encoded at every position of a grid, which
 `CachedForward.for_position` then serves position by position (sweeps and the robustness study).
 """
@@ -38,93 +39,14 @@ from torch import nn
 from das_lib.method import layer_cache, llama_layers
 from das_lib.method.cache_plan import CachePlan, CacheShape, check_strategy, plan_cache
 from das_lib.method.data import InterchangeData, rows_on
+from das_lib.method.fastpath_checks import (
+    CHECK_FACTOR, CHECK_FLOOR, FastPathMismatch, FastPathUnavailable, check_tolerance, fast_path_problem, relative_error,
+    self_disagreement,
+)
 from das_lib.method.layer_cache import LayerCache
 from das_lib.method.llama_layers import Attention
-from das_lib.method.sites import Site, capture, find_layers, layer_module, select_positions, write_positions
+from das_lib.method.sites import Site, find_layers, layer_module, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
-
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
-
-
-class FastPathUnavailable(RuntimeError):
-    """The fast path cannot run here; the message says why."""
-
-
-class FastPathMismatch(FastPathUnavailable):
-    """The fast path did not reproduce the model's own forward pass on a cached dataset."""
-
-
-# The self-check's criterion. The fast path computes the same function as the model in another order,
-# so in a low-precision dtype it differs from the model's own forward pass by rounding, which grows with
-# the depth above the site. The scale of that rounding is measured on the model itself: its answer
-# states under two attention implementations (SDPA and eager), which the fast path may exceed by at
-# most CHECK_FACTOR; CHECK_FLOOR keeps the bound above the dtype's rounding where the two agree exactly.
-# Errors are relative L2 norms per row (the largest over the checked rows), so that one outlying
-# coordinate of a 4096-wide bfloat16 state does not decide, while a shifted position, a wrong rotary
-# offset or a missing layer (errors of order 1e-1 to 1) are refused (tests/test_fastpath.py).
-CHECK_FACTOR = 3.0
-CHECK_FLOOR = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2, torch.float16: 2e-3}
-
-
-def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
-    """The largest over rows of |ours - reference| / |reference| (L2 norms of the last axis, in float32)."""
-    ours, reference = ours.float(), reference.float()
-    return ((ours - reference).norm(dim=-1) / reference.norm(dim=-1).clamp_min(1e-30)).max().item()
-
-
-def self_disagreement(model: nn.Module, data: InterchangeData, reference: torch.Tensor) -> float:
-    """How far the model's own last-layer answer states on `data`'s bases move when its attention runs
-    in another implementation (eager instead of SDPA, or back): its rounding at this dtype and depth."""
-    current = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    other = "eager" if current != "eager" else "sdpa"
-    last = Site(len(find_layers(model)) - 1)
-    positions = torch.full((len(data),), data.base["input_ids"].shape[1] - 1, dtype=torch.long, device="cpu")
-    model.set_attn_implementation(other)
-    try:
-        with torch.no_grad():
-            theirs = capture(model, last, data.base, positions)
-    finally:
-        model.set_attn_implementation(current)
-    return relative_error(theirs, reference)
-
-
-def check_tolerance(noise: float, dtype: torch.dtype) -> float:
-    """The largest relative error the self-check accepts, given the model's own disagreement `noise`."""
-    return max(CHECK_FACTOR * noise, CHECK_FLOOR.get(dtype, CHECK_FLOOR[torch.bfloat16]))
-
-
-def fast_path_problem(model: nn.Module, site: Site, data: Iterable[InterchangeData] = ()) -> str | None:
-    """Why the fast path cannot run this model, site or data (None when it can)."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model type {model_type!r} is not one of the supported Llama-family types {SUPPORTED_MODEL_TYPES}"
-    body = getattr(model, "model", None)
-    if not all(hasattr(body, name) for name in ("norm", "rotary_emb")) or model.get_output_embeddings() is None:
-        return f"{type(model).__name__} does not have the Llama layout (model.norm, model.rotary_emb, an output head)"
-    layer_module(model, site)  # refuses a layer that does not exist
-    for layer in find_layers(model)[site.layer + 1 :]:
-        attn = getattr(layer, "self_attn", None)
-        if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or not all(
-            hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")
-        ):
-            return f"decoder layer {type(layer).__name__} does not have the Llama layout"
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
-        return "logit soft-capping is not supported"
-    window = getattr(config, "sliding_window", None)
-    windowed = window is not None and getattr(config, "use_sliding_window", True)
-    for d in data:
-        if d.base_pos is None or d.source_pos is None:
-            return "the data has no token positions (the fast path intervenes at token positions)"
-        if any(not (t.dtype in (torch.long, torch.int, torch.bool)) for t in [*d.base.values(), *d.source.values()]):
-            return "model inputs other than integer tensors (input_ids, attention_mask, position_ids) are not supported"
-        mask = d.base.get("attention_mask")
-        if mask is not None and not bool(mask[:, -1].all()):
-            return "some base inputs are padded on the right; the answer is read at the last token, so pad on the left"
-        if windowed and d.base["input_ids"].shape[1] > window:
-            return f"inputs longer than the sliding attention window ({window}) are not supported"
-    return None
-
 
 class CachedForward:
     """Intervened answer logits computed from per-dataset caches (see the module docstring).

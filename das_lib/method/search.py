@@ -27,7 +27,7 @@ from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import BoundlessDASIntervention
 from das_lib.method.stats import binomial_interval, bootstrap_interval
 from das_lib.method.training import (
-    InterventionForward, TrainConfig, answer_tokens, answer_tokens_under, set_seed, train_intervention,
+    InterventionForward, TrainConfig, answer_tokens_under, set_seed, train_intervention,
 )
 
 

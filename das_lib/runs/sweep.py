@@ -49,7 +49,6 @@ from das_lib.method.interventions import load_intervention
 from das_lib.method.metrics import normalised_or_nan
 from das_lib.method.sites import Site
 from das_lib.models.load import default_template, load_config, load_tokenizer
-from das_lib.pricetag.game import HYPOTHESES
 from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
 from das_lib.runs.distributed import run_on_dask
 from das_lib.runs.jobs import Runner, layers_of, run_job, runner_for
