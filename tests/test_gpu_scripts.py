@@ -1,0 +1,45 @@
+"""The scripts that run chapter 8's sweep on a GPU (benchmarks/gpu_sweep_workers.py, gpu_payload.sh), on this CPU."""
+import importlib.util
+import subprocess
+from itertools import product
+from pathlib import Path
+
+import pytest
+
+from das_lib.runs.spec import spec_from_params
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def workers():
+    spec = importlib.util.spec_from_file_location("gpu_sweep_workers", ROOT / "benchmarks" / "gpu_sweep_workers.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("n_workers", [1, 3, 8, 20])
+def test_the_parts_cover_the_chapters_grid_once_without_its_extra_seeds(workers, n_workers):
+    values = workers.chapter_params(ROOT / "book" / "params" / "08_finetuned.gpu.yml")
+    spec = spec_from_params(values)
+    assert spec.best_site_seeds and spec.layers == tuple(values["layers"])  # the chapter's, from the YAML file
+    parts = workers.parts(spec, list(spec.layers), n_workers)
+    assert 1 <= len(parts) <= n_workers
+    cells = [(h, l) for p in parts for h, l in product(p.hypotheses, p.layers)]
+    assert sorted(cells) == sorted(product(spec.hypotheses, spec.layers))  # each (hypothesis, layer) in one part
+    assert all(p.best_site_seeds == () and p.positions == spec.positions and p.train == spec.train for p in parts)
+
+
+def test_the_chapter_builds_its_sweep_with_the_same_call():
+    """chapter 8 and the GPU script share spec_from_params, so the script's records are the chapter's."""
+    assert "spec_from_params(globals())" in (ROOT / "book" / "08_finetuned.ipynb").read_text()
+
+
+def test_assemble_without_the_parts_prints_nothing(tmp_path):
+    script = ROOT / "benchmarks" / "gpu_payload.sh"
+    copy = tmp_path / "benchmarks" / "gpu_payload.sh"
+    copy.parent.mkdir()
+    copy.write_text(script.read_text())  # run from an empty tree: no .whl, no parts of SmolLM2's wheel
+    done = subprocess.run(["bash", str(copy), "assemble"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == ""
