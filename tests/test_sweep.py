@@ -186,6 +186,18 @@ def test_every_hypothesis_labels_the_same_pool_and_one_cache_serves_them_all(fin
     assert record["iia"] == pytest.approx(record["correct"]["test"].count("1") / finished.spec.n_test)
 
 
+def test_a_records_config_read_back_finds_the_sweeps_own_pool_and_cache(finished):
+    """A record's config comes back from JSON with its keys sorted; the runner must still find the pool and
+    layer cache the sweep's own config made (once it made them again: a whole forward pass per call)."""
+    runner = finished.runner
+    config = finished.config(Cell("left", 0, "last", 0))
+    record = finished.record(Cell("left", 0, "last", 0))["config"]
+    assert list(record["data"]) != list(config["data"])  # the same settings in another order
+    assert runner.pool_of(record)[1] is runner.pool_of(config)[1]
+    assert runner.hypothesis_data(record) is runner.hypothesis_data(config)
+    assert runner.shared_forward(record, 0) is runner.shared_forward(config, 0)
+
+
 def test_bad_grids_are_refused_with_the_valid_choices(tiny, tmp_path):
     with pytest.raises(ValueError, match=r"layers 0\.\.1"):
         Sweep(SweepSpec(model=tiny, **{**GRID, "layers": (2,)}), tmp_path)

@@ -35,7 +35,7 @@ from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, label_pool, majori
 from das_lib.pricetag.task import PriceTagTask, task_accuracy
 from das_lib.runs.cache import LastOne
 from das_lib.runs.spec import run_identity
-from das_lib.runs.store import Store
+from das_lib.runs.store import Store, canonical
 
 ALIGNMENT = "alignment"  # file stem of a cell's alignment in its record folder (.safetensors + .json)
 
@@ -67,6 +67,13 @@ class _HypothesisData:
     dummy: float  # majority-label rate of the test pairs: a dummy classifier's IIA
 
 
+def data_key(config: dict[str, Any], *fields: str) -> str:
+    """What names a config's pool (its task and data settings, and `fields`) for the runner's memory: canonical
+    JSON, so that a record's config read back from its file (keys sorted) finds what the sweep's own config
+    made, instead of encoding the pool and caching its layers again."""
+    return canonical({name: config[name] for name in ("task", "data", *fields)})
+
+
 def bits(flags: torch.Tensor) -> str:
     """A per-pair bool (or small int) vector as a compact string for a JSON record ("0110...")."""
     return "".join(str(int(v)) for v in flags.tolist())
@@ -90,7 +97,7 @@ class Runner:
 
     def pool_of(self, config: dict[str, Any]) -> tuple[str, _Pool]:
         """The pool of the config's task and data, encoded once for every hypothesis."""
-        key = repr((config["task"], config["data"]))
+        key = data_key(config)
         return key, self.pool.get(key, lambda: self._make_pool(config))
 
     def _make_pool(self, config: dict[str, Any]) -> _Pool:
@@ -106,7 +113,7 @@ class Runner:
     def hypothesis_data(self, config: dict[str, Any]) -> _HypothesisData:
         """The hypothesis's targets on the config's pool."""
         _, pool = self.pool_of(config)
-        key = repr((config["task"], config["hypothesis"], config["data"]))
+        key = data_key(config, "hypothesis")
         return self.data.get(key, lambda: self._label(config, pool))
 
     def _label(self, config: dict[str, Any], pool: _Pool) -> _HypothesisData:
