@@ -43,3 +43,17 @@ def test_assemble_without_the_parts_prints_nothing(tmp_path):
     copy.write_text(script.read_text())  # run from an empty tree: no .whl, no parts of SmolLM2's wheel
     done = subprocess.run(["bash", str(copy), "assemble"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and done.stdout == ""
+
+
+@pytest.mark.parametrize("params", [None, "smoke", "full", "gpu"])
+def test_every_parameter_set_of_chapter_8_makes_valid_grids_for_the_model_and_its_control(workers, params, tmp_path):
+    """Chapter 8's defaults and parameter files give grids both models have: the searched model's, and the
+    planted control's (its own token roles: a chat template's tok_im_end is no role of the stand-in's prompt)."""
+    from das_lib.runs import controls
+    from das_lib.runs.sweep import Sweep
+
+    values = workers.chapter_params(None if params is None else ROOT / "book" / "params" / f"08_finetuned.{params}.yml")
+    spec = spec_from_params(values)
+    assert len(Sweep(spec, tmp_path / "model").grid()) > 0  # a bad grid is refused here, naming the valid roles
+    control = controls.control_spec(spec, values["control"], values["control_layers"], values["control_positions"])
+    assert len(Sweep(control, tmp_path / "control").grid()) > 0

@@ -29,14 +29,17 @@ from das_lib.runs.spec import Cell, SweepSpec
 from das_lib.runs.sweep import Sweep
 
 
+def control_spec(spec: SweepSpec, model: str, layers: Sequence[int], positions: Sequence[str]) -> SweepSpec:
+    """`spec`'s sweep (same hypotheses, seeds, training budget and pairs) on `model`, a model with a planted
+    mechanism, at `layers` ([]: every layer) and `positions` (its own token roles; []: `spec`'s), in float32."""
+    return replace(spec, model=model, layers=tuple(layers) or None, positions=tuple(positions) or spec.positions,
+                   dtype="float32")
+
+
 def positive_control(spec: SweepSpec, model: str, layers: Sequence[int], positions: Sequence[str], store: str,
                      device: str = "cpu", fresh: bool = False) -> Sweep:
-    """`spec`'s sweep (same hypotheses, seeds, training budget and pairs) on `model`, a model with a planted
-    mechanism, at `layers` ([]: every layer) and `positions` ([]: `spec`'s), in float32; run into `store`
-    (emptied first if `fresh`)."""
-    control = replace(spec, model=model, layers=tuple(layers) or None, positions=tuple(positions) or spec.positions,
-                      dtype="float32")
-    sweep = Sweep(control, store, device)
+    """The sweep of `control_spec`, run into `store` (emptied first if `fresh`)."""
+    sweep = Sweep(control_spec(spec, model, layers, positions), store, device)
     if fresh:
         sweep.store.clear()
     sweep.run(progress=False)
