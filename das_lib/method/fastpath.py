@@ -249,7 +249,19 @@ class CachedForward:
         new = self.intervention(select_positions(suffix, local, check=False), store.source.index_select(0, rows),
                                 batch.variable)
         hidden = self._upper_layers(store, rows_host, write_positions(suffix, local, new, check=False), rows)
-        return self.model.get_output_embeddings()(self.model.model.norm(hidden))
+        return output_logits(self.model, hidden, batch.answers)
+
+
+def output_logits(model: nn.Module, hidden: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's output head on the last layer's states (B, d): logits over the vocabulary (B, V), or only the
+    rows of the answer tokens (B, A) (das_lib.method.readout): the same numbers as the full head's columns,
+    without computing the vocabulary's other logits."""
+    head, normed = model.get_output_embeddings(), model.model.norm(hidden)
+    if answers is None:
+        return head(normed)
+    weight = head.weight.index_select(0, answers.to(head.weight.device))
+    bias = None if head.bias is None else head.bias.index_select(0, answers.to(head.bias.device))
+    return nn.functional.linear(normed, weight, bias)
 
 
 def shared_cache(
