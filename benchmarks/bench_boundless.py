@@ -11,9 +11,9 @@ cross-entropy barely rewards a right alignment and the boundary penalty wins), a
 temperature starts at 50 * d / 4096 (at least 1): the paper's 50 was for d = 4096, and on d = 64 it
 makes the mask almost flat.
 
-Run it in the benchmark environment (see benchmarks/README.md):
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py            # full table
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py --quick    # a smoke run
+Run it in the benchmark environment (see benchmarks/README.md), which `make bench` creates:
+    make bench                       # full table
+    make bench BENCH_ARGS=--quick    # a smoke run (tests/test_bench_boundless.py runs it in the main environment)
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ from das_lib.method.training import PlainForward, TrainConfig, lr_factor, next_b
 
 try:
     import pyvene as pv
-except ImportError:  # the main environment has no pyvene: das_lib columns only
+except ImportError:  # without pyvene: das_lib's columns only
     pv = None
 
 # Float32 logits of magnitude ~10 agree to ~1e-5 when the computations are the same (benchmarks/README.md);
