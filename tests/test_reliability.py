@@ -1,0 +1,176 @@
+"""Probes of issue 26, each pinned: damaged records are named and set aside, two processes share one store,
+broken model files are named, fine-tuning never writes over the shipped assets, and chapter parameters
+are refused before any work (unknown names, duplicates, paths, an unreachable scheduler)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from das_lib.runs.store import ClaimReleased, DamagedRecordError, DamagedRecordWarning, Store, StoreInUse
+
+CONFIG = {"kind": "alignment", "hypothesis": "left", "site": {"layer": 2, "position": "last"},
+          "model": {"name": "standin"}, "train": {"seed": 0}}
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- the store: damaged records ---------------------------------------------------------------
+DAMAGES = {
+    "truncated": lambda text: text[: len(text) // 2],
+    "empty": lambda text: "",
+    "invalid JSON": lambda text: "{not json",
+    "no results key": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "results"}),
+    "no hash key": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "hash"}),
+    "no config key": lambda text: json.dumps({k: v for k, v in json.loads(text).items() if k != "config"}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_record_is_named_set_aside_and_recomputed(tmp_path: Path, damage: str):
+    store = Store(tmp_path / "s")
+    store.put(CONFIG, {"iia": 0.75})
+    (store.folder(CONFIG) / "alignment.safetensors").write_bytes(b"weights")
+    path = store.folder(CONFIG) / "record.json"
+    path.write_text(DAMAGES[damage](path.read_text()))
+    with pytest.warns(DamagedRecordWarning) as caught:
+        assert store.get(CONFIG) is None
+    message = str(caught[0].message)
+    assert str(path) in message and "hypothesis 'left'" in message and "layer 2" in message, message
+    aside = tmp_path / "s" / "damaged" / f"{store.folder(CONFIG).name}-1"
+    assert (aside / "alignment.safetensors").read_bytes() == b"weights"  # set aside, not deleted
+    assert not store.folder(CONFIG).exists() and len(store) == 0
+    store.put(CONFIG, {"iia": 0.5})  # the cell recomputed
+    assert store.get(CONFIG)["results"]["iia"] == 0.5
+
+
+def test_records_skip_and_set_aside_damaged_ones(tmp_path: Path):
+    store = Store(tmp_path)
+    store.put(CONFIG, {"iia": 0.75})
+    other = {**CONFIG, "hypothesis": "right"}
+    store.put(other, {"iia": 0.5})
+    (store.folder(other) / "record.json").write_text('{"hash": "ab')
+    with pytest.warns(DamagedRecordWarning, match="hypothesis|config unreadable"):
+        records = list(store.records())
+    assert [r["config"]["hypothesis"] for r in records] == ["left"]
+    assert (tmp_path / "damaged" / f"{store.folder(other).name}-1" / "record.json").exists()
+    store.put(other, {"iia": 0.5})
+    (store.folder(other) / "record.json").write_text("")  # a second damage of the same cell: the next name
+    with pytest.warns(DamagedRecordWarning):
+        assert store.get(other) is None
+    assert (tmp_path / "damaged" / f"{store.folder(other).name}-2").is_dir()
+
+
+def test_a_record_missing_a_result_is_named_or_recomputed(tmp_path: Path):
+    store = Store(tmp_path)
+    record = store.put(CONFIG, {"iia": 0.75})
+    with pytest.raises(DamagedRecordError, match=r"record\.json.*lacks result 'val_iia'"):
+        store.require_results(record, ["iia", "val_iia"])
+    assert store.require_results(record, ["iia"]) == {"iia": 0.75}
+    with pytest.warns(DamagedRecordWarning, match=r"results lack key\(s\) \['val_iia'\]"):
+        assert store.get(CONFIG, need=["val_iia"]) is None
+
+
+def test_set_aside_a_file_beside_the_record(tmp_path: Path):
+    store = Store(tmp_path)
+    store.put(CONFIG, {"iia": 0.75})
+    with pytest.warns(DamagedRecordWarning, match="alignment.safetensors is truncated"):
+        target = store.set_aside(CONFIG, "alignment.safetensors is truncated")
+    assert target == tmp_path / "damaged" / f"{store.folder(CONFIG).name}-1" and store.get(CONFIG) is None
+
+
+def test_a_store_path_that_is_a_file_is_refused(tmp_path: Path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match=r"store path .*f is a file; give a folder"):
+        Store(tmp_path / "f")
+
+
+# ---- the store: two processes ------------------------------------------------------------------
+WORKER = textwrap.dedent("""
+    import json, os, sys, time
+    from das_lib.runs.store import Store
+    root, go, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    store = Store(root)
+    configs = [{"kind": "alignment", "cell": i} for i in range(n)]
+    def run(config):
+        with open(os.path.join(root, "runs.log"), "a") as log:
+            log.write(f"{os.getpid()} {config['cell']}\\n")
+        time.sleep(0.3)
+        store.put(config, {"pid": os.getpid()})
+    open(go + f".ready{os.getpid()}", "w").close()
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    with store.using():
+        ran = store.share(configs, run, timeout=60, poll=0.05)
+        seen = sum(store.get(c) is not None for c in configs)
+    print(json.dumps({"ran": len(ran), "seen": seen}))
+""")
+
+
+def _python(*args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_share_the_cells_of_one_store(tmp_path: Path):
+    n = 8
+    go = tmp_path / "go"
+    procs = [_python("-c", WORKER, str(tmp_path / "s"), str(go), str(n)) for _ in range(2)]
+    deadline = time.monotonic() + 60
+    while len(list(tmp_path.glob("go.ready*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)  # both interpreters started and waiting: they start together
+    go.write_text("")
+    outs = [json.loads(p.communicate(timeout=60)[0]) for p in procs]
+    runs = [line.split() for line in (tmp_path / "s" / "runs.log").read_text().splitlines()]
+    cells = sorted(int(c) for _, c in runs)
+    assert cells == list(range(n)), f"every cell once: {runs}"  # no cell run twice, none left out
+    assert sum(o["ran"] for o in outs) == n and all(o["ran"] >= 2 for o in outs), outs  # about half each
+    assert all(o["seen"] == n for o in outs), outs  # each waited for the other's records
+    assert len(Store(tmp_path / "s")) == n
+
+
+def test_wait_for_a_cell_whose_runner_died(tmp_path: Path):
+    store = Store(tmp_path)
+    holder = _python("-c", textwrap.dedent(f"""
+        import sys, time
+        from das_lib.runs.store import Store
+        claim = Store({str(tmp_path)!r}).claim({CONFIG!r})
+        print(claim.held, flush=True)
+        time.sleep(60)
+    """))
+    assert holder.stdout.readline().strip() == "True"
+    with store.claim(CONFIG) as claim:
+        assert not claim.held  # the other process has it
+    with pytest.raises(TimeoutError, match="still held"):
+        store.wait_for(CONFIG, timeout=0.3, poll=0.05)
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+    with pytest.raises(ClaimReleased, match="stopped without finishing"):
+        store.wait_for(CONFIG, timeout=5, poll=0.05)
+    assert store.share([CONFIG], lambda c: store.put(c, {"iia": 1.0})) == [CONFIG]  # so this process runs it
+
+
+def test_clear_refuses_while_another_process_uses_the_store(tmp_path: Path):
+    store = Store(tmp_path)
+    store.put(CONFIG, {"iia": 0.75})
+    user = _python("-c", textwrap.dedent(f"""
+        import time
+        from das_lib.runs.store import Store
+        with Store({str(tmp_path)!r}).using():
+            print("using", flush=True)
+            time.sleep(60)
+    """))
+    assert user.stdout.readline().strip() == "using"
+    with store.using():  # this process's own use does not count
+        with pytest.raises(StoreInUse, match=f"process {user.pid} on"):
+            store.clear()
+    assert len(store) == 1
+    user.send_signal(signal.SIGKILL)  # its lock file stays behind, stale
+    user.wait()
+    assert list((tmp_path / "locks").glob(f"user-{user.pid}@*.lock"))
+    assert store.clear() == 1 and len(store) == 0
+    assert not list((tmp_path / "locks").glob("user-*.lock"))
