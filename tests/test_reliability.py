@@ -174,3 +174,64 @@ def test_clear_refuses_while_another_process_uses_the_store(tmp_path: Path):
     assert list((tmp_path / "locks").glob(f"user-{user.pid}@*.lock"))
     assert store.clear() == 1 and len(store) == 0
     assert not list((tmp_path / "locks").glob("user-*.lock"))
+
+
+# ---- broken model files ------------------------------------------------------------------------
+def _standin_copy(tmp_path: Path, name: str, weights: bool = True) -> Path:
+    from das_lib.models.load import STANDIN_DIR
+
+    folder = tmp_path / name
+    folder.mkdir()
+    for file in STANDIN_DIR.iterdir():
+        if weights or file.suffix != ".safetensors":
+            (folder / file.name).write_bytes(file.read_bytes())
+    return folder
+
+
+def _config_json(folder: Path, text: str) -> Path:
+    (folder / "config.json").write_text(text)
+    return folder
+
+
+BROKEN_DIRECTORIES = {  # name -> (make the folder from a copy of the stand-in, what the error must say)
+    "no weights": (lambda d: d, r"has a config\.json but no weight files \(\*\.safetensors, \*\.bin"),
+    "config not JSON": (lambda d: _config_json(d, '{"model_type": "llama", '), r"config\.json is not valid JSON \(Expecting"),
+    "config empty": (lambda d: _config_json(d, ""), r"config\.json is not valid JSON"),
+    "config without model_type": (lambda d: _config_json(d, '{"hidden_size": 64}'), r"config\.json names no model_type"),
+}
+
+
+@pytest.mark.parametrize("broken", BROKEN_DIRECTORIES)
+def test_a_broken_model_directory_is_named_not_sent_to_the_hub(tmp_path: Path, broken: str):
+    from das_lib.models.load import load_model
+
+    make, says = BROKEN_DIRECTORIES[broken]
+    folder = make(_standin_copy(tmp_path, "m", weights=False))
+    with pytest.raises((ValueError, OSError), match=says) as err:
+        load_model(str(folder))
+    assert str(folder) in str(err.value) and "hub" not in str(err.value)
+
+
+@pytest.mark.parametrize("cut", [0, 100, 600_000])
+def test_a_truncated_safetensors_file_is_named(tmp_path: Path, cut: int):
+    from das_lib.models.load import load_config, load_model
+
+    folder = _standin_copy(tmp_path, "m")
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:cut])
+    assert load_config(str(folder)).num_hidden_layers > 0  # the config alone is fine
+    with pytest.raises(ValueError, match=rf"weight file {weights} is truncated or corrupt .*re-download or re-copy"):
+        load_model(str(folder))
+
+
+@pytest.mark.parametrize("content, says", [(b"", "is empty"), (b"GGUF\x03\x00\x00\x00\x05", "truncated or corrupt"),
+                                           (b"<html>not found</html>", "is not a GGUF file")])
+def test_a_broken_gguf_file_is_named(tmp_path: Path, content: bytes, says: str):
+    from das_lib.models.load import load_config, load_model, load_tokenizer
+
+    path = tmp_path / "model.gguf"
+    path.write_bytes(content)
+    for load in (load_config, load_tokenizer, load_model):
+        with pytest.raises(ValueError, match=says) as err:
+            load(str(path))
+        assert str(path) in str(err.value)
