@@ -235,3 +235,36 @@ def test_a_broken_gguf_file_is_named(tmp_path: Path, content: bytes, says: str):
         with pytest.raises(ValueError, match=says) as err:
             load(str(path))
         assert str(path) in str(err.value)
+
+
+# ---- fine-tuning never writes over the shipped adapter -----------------------------------------
+def test_fine_tuning_writes_to_a_new_folder_unless_told(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    from das_lib.models import finetune
+
+    written = []
+    monkeypatch.setattr(finetune, "build", lambda cfg, out: written.append((cfg, Path(out))) or
+                        {"train_seconds": 0, "train_cpu_seconds": 0, "accuracy": {}})
+    monkeypatch.setattr(finetune, "CACHE_DIR", tmp_path / "cache")
+    finetune.main(["steps=3"])
+    cfg, out = written[-1]
+    assert cfg.steps == 3 and out.parent == tmp_path / "cache" / "finetune"
+    assert finetune.ADAPTER_DIR not in [out, *out.parents]
+    finetune.main(["--out", str(finetune.ADAPTER_DIR)])  # only when named
+    assert written[-1][1] == finetune.ADAPTER_DIR
+    with pytest.raises(ValueError, match="cannot set 'stepz=3'"):
+        finetune.main(["stepz=3"])  # refused before any training
+    assert len(written) == 2
+
+
+def test_a_training_record_is_optional_for_other_models(tmp_path: Path):
+    from das_lib.models import finetune
+    from das_lib.models.load import STANDIN_DIR, model_source
+
+    assert finetune.record_or_none(STANDIN_DIR) is None
+    assert finetune.record_or_none(model_source("smollm2-pricetag")[0])["accuracy"]["yesno"] >= finetune.TARGET
+    with pytest.raises(FileNotFoundError, match="only a model fine-tuned by") as err:
+        finetune.load_record(STANDIN_DIR)
+    assert "--out" not in str(err.value)  # no retraining advice for a model that is not the shipped adapter
+    (tmp_path / finetune.TRAINING_RECORD).write_text('{"config": ')
+    with pytest.raises(ValueError, match=r"finetune_training\.json is not valid JSON"):
+        finetune.record_or_none(tmp_path)

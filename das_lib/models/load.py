@@ -200,7 +200,9 @@ def model_source(name: str) -> tuple[str, str | None]:
         return str(STANDIN_PRODUCT_DIR), None
     if name == "smollm2-pricetag":
         if not (SMOLLM2_PRICETAG_DIR / ADAPTER_CONFIG).exists():
-            raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: rebuild it with `python -m das_lib.models.finetune`")
+            raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: restore it with "
+                                    f"`git checkout -- {SMOLLM2_PRICETAG_DIR}` or retrain it (about 30 minutes) with "
+                                    f"`python -m das_lib.models.finetune --out {SMOLLM2_PRICETAG_DIR}`")
         return str(SMOLLM2_PRICETAG_DIR), None
     if name == "smollm2" or name.endswith(".gguf"):
         gguf = smollm2_gguf() if name == "smollm2" else path
