@@ -268,3 +268,134 @@ def test_a_training_record_is_optional_for_other_models(tmp_path: Path):
     (tmp_path / finetune.TRAINING_RECORD).write_text('{"config": ')
     with pytest.raises(ValueError, match=r"finetune_training\.json is not valid JSON"):
         finetune.record_or_none(tmp_path)
+
+
+# ---- chapter parameters ------------------------------------------------------------------------
+def _chapter_up_to_check(notebook: Path) -> list[str]:
+    """The code of a chapter's cells up to and including its `params.check(...)` statement."""
+    import ast
+
+    cells = [c for c in json.loads(notebook.read_text())["cells"] if c["cell_type"] == "code"]
+    code = []
+    for cell in cells:
+        source = "".join(cell["source"])
+        if "params.check(" not in source:
+            code.append(source)
+            continue
+        statements = ast.parse(source).body
+        last = next(s for s in statements if "params.check(" in ast.get_source_segment(source, s))
+        code.append("\n".join(source.splitlines()[: last.end_lineno]))
+        return code
+    raise AssertionError(f"{notebook} has no params.check")
+
+
+@pytest.fixture(scope="module")
+def shell():
+    pytest.importorskip("IPython")
+    from IPython.core.interactiveshell import InteractiveShell
+
+    return InteractiveShell.instance()
+
+
+@pytest.mark.parametrize("notebook", sorted((REPO / "book").glob("*.ipynb")), ids=lambda p: p.stem)
+def test_every_chapter_passes_its_own_check_and_refuses_a_misspelt_parameter(shell, notebook: Path):
+    """Each chapter's cells up to its check, run in an IPython shell: its defaults pass (nothing it defines
+    before the check is taken for an unknown parameter), and a parameter papermill injected under a wrong
+    name stops it, naming the closest parameter."""
+    shell.reset(new_session=False)
+    cells = _chapter_up_to_check(notebook)
+    for i, code in enumerate(cells):
+        result = shell.run_cell(code, silent=True)
+        assert result.success, f"{notebook.name} cell {i}: {result.error_in_exec or result.error_before_exec}"
+    declared = shell.user_ns["__annotations__"]
+    misspelt = next(iter(declared)) + "s"
+    shell.reset(new_session=False)
+    for code in [*cells[:2], f"# Parameters\n{misspelt} = 20\n", *cells[2:]]:  # papermill's injected cell
+        result = shell.run_cell(code, silent=True)
+    from das_lib.book.params import ParameterError
+
+    assert isinstance(result.error_in_exec, ParameterError), result.error_in_exec
+    assert f"unknown parameter {misspelt!r}" in str(result.error_in_exec)
+    assert f"did you mean {next(iter(declared))!r}" in str(result.error_in_exec)
+
+
+def test_unknown_names_and_the_allow_list():
+    from das_lib.book import params
+
+    ns = {"steps": 10, "step": 20, "_private": 1, "np": os, "Rule": params.Int(), "shape": ("a",)}
+    with pytest.raises(params.ParameterError, match=r"unknown parameter 'step' \(= 20\): did you mean 'steps'"):
+        params.check(ns, {"steps": params.Int()})
+    params.check(ns, {"steps": params.Int()}, allow=["step"])
+    ns = {"n": 1, "__annotations__": {"n": int, "bracket_seen": str}, "bracket_seen": "1-2", "braket_seen": "x"}
+    with pytest.raises(params.ParameterError, match="did you mean 'bracket_seen'"):
+        params.check(ns, {"n": params.Int()})  # a declared parameter checked later is known, a near miss is not
+
+
+@pytest.mark.parametrize("rule, values", [("IntList", [1, 1]), ("TextList", ["last", "dollars", "last"]),
+                                          ("SubsetOf", ["left", "left"])])
+def test_duplicates_in_a_list_parameter_are_refused(rule: str, values: list):
+    from das_lib.book import params
+
+    make = {"IntList": params.IntList, "TextList": params.TextList,
+            "SubsetOf": lambda: params.SubsetOf(["left", "right"])}[rule]
+    with pytest.raises(params.ParameterError, match=rf"parameter 'layers' lists {values[-1]!r} more than once"):
+        params.check({"layers": values}, {"layers": make()})
+    params.check({"layers": values[1:]}, {"layers": make()})
+
+
+def test_store_and_export_paths_are_checked_up_front(tmp_path: Path):
+    from das_lib.book import params
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    ok = {"store": str(tmp_path / "new" / "store"), "export": str(tmp_path / "out" / "frame.json")}
+    params.check(dict(ok), {"store": params.StorePath(), "export": params.OutputFile(empty=True)})
+    assert not (tmp_path / "new").exists()  # checked, not made
+    params.check({"export": ""}, {"export": params.OutputFile(empty=True)})
+    refused = [("store", str(tmp_path / "file"), params.StorePath(), "is a file; give a folder"),
+               ("store", str(tmp_path / "file" / "s"), params.StorePath(), "is a file"),
+               ("export", str(tmp_path / "folder"), params.OutputFile(empty=True), "is a folder; give a file name"),
+               ("export", str(tmp_path / "file" / "f.json"), params.OutputFile(empty=True), "is a file"),
+               ("export", "", params.OutputFile(), "non-empty string")]
+    for name, value, rule, says in refused:
+        with pytest.raises(params.ParameterError, match=says):
+            params.check({name: value}, {name: rule})
+
+
+def test_an_unreachable_dask_scheduler_is_named_within_seconds():
+    pytest.importorskip("distributed")
+    import socket
+
+    from das_lib.runs.distributed import CONNECT_TIMEOUT, dask_client
+
+    assert CONNECT_TIMEOUT <= 5
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    start = time.monotonic()
+    with pytest.raises(ConnectionError, match=rf"could not reach the Dask scheduler '{address}' within 1"):
+        with dask_client(address, connect_timeout=1):
+            pass
+    assert time.monotonic() - start < 10
+    with pytest.raises(FileNotFoundError, match="scheduler file"):
+        with dask_client("missing-scheduler.json"):
+            pass
+    from dask.distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=None) as cluster:  # one that runs: connected
+        with dask_client(cluster.scheduler_address) as client:
+            assert client.scheduler_info()["address"] == cluster.scheduler_address
+
+
+def test_every_parameter_file_names_only_its_chapters_parameters():
+    """What the book injects (book/params/*.yml) is declared in the chapter's parameters cell, so the check's
+    refusal of unknown names cannot stop `make book`."""
+    import ast
+
+    import yaml
+
+    for path in sorted((REPO / "book" / "params").glob("*.yml")):
+        notebook = REPO / "book" / f"{path.name.split('.')[0]}.ipynb"
+        cell = next(c for c in json.loads(notebook.read_text())["cells"] if "parameters" in c["metadata"].get("tags", []))
+        declared = {s.target.id for s in ast.parse("".join(cell["source"])).body if isinstance(s, ast.AnnAssign)}
+        assert set(yaml.safe_load(path.read_text()) or {}) <= declared, path.name
