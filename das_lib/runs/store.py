@@ -137,7 +137,8 @@ def _try_lock(path: Path) -> FileLock | None:
 
 
 class Claim:
-    """A per-cell lock taken without waiting: `held` says whether this process got it. Use as a context manager."""
+    """A per-cell lock taken without waiting: `held` says whether this process got it (False too while another
+    claim of this process holds the cell). Use as a context manager, or call `release`."""
 
     def __init__(self, path: Path):
         self.path = path
