@@ -158,6 +158,20 @@ def answer_tokens_under(forward: InterventionForward, data: InterchangeData, bat
     return torch.cat(tokens).cpu()
 
 
+def answers_both_ways(forward: InterventionForward, data: InterchangeData, batch_size: int = 256
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) each, on the CPU: the answers under the intervention read over the data's answer tokens and over the
+    whole vocabulary (the paper's reading), from one evaluation: the full head's logits hold both."""
+    whole = data.read_over(None)  # the same examples (a cache finds them), with the vocabulary's logits
+    ours, vocabulary = [], []
+    with torch.no_grad(), parametrize.cached():
+        for start in range(0, len(data), batch_size):
+            logits = forward(whole.select(slice(start, start + batch_size)))
+            vocabulary.append(predicted_tokens(logits, None))
+            ours.append(predicted_tokens(over_answers(logits, data.answers), data.answers))
+    return torch.cat(ours).cpu(), torch.cat(vocabulary).cpu()
+
+
 def correct_pairs(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
     """(N,) bool on the CPU: is each example's intervened answer (`answer_tokens_under`) its counterfactual label?"""
     if len(data) == 0:

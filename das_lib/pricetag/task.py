@@ -18,6 +18,7 @@ role covers (a chat template's '<|im_end|>'), a name made from its text and orde
 from __future__ import annotations
 
 import bisect
+import random
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -30,8 +31,12 @@ from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
 from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import answer_logits
+from das_lib.pricetag import programs
 from das_lib.pricetag.game import (
     ANSWERS,
+    CONTROLS,
+    HYPOTHESES,
+    Hypothesis,
     INSTRUCTIONS,
     TEMPLATES,
     answer_word,
@@ -39,6 +44,8 @@ from das_lib.pricetag.game import (
     render_input,
     render_instruction,
     render_prompt,
+    sample_game,
+    sample_pair,
     task_label,
 )
 
@@ -104,6 +111,36 @@ class PriceTagTask:
             )
         if self.template == "chat" and not getattr(self.tokenizer, "chat_template", None):
             raise ValueError("template 'chat' needs a tokenizer with a chat template; this one has none (use 'alpaca')")
+
+    # -- the task as the method needs it (das_lib.method.task.Task) ---------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        """What fixes the prompts: template, instruction variant, context."""
+        return {"template": self.template, "variant": self.variant, "context": self.context}
+
+    def hypotheses(self) -> dict[str, Hypothesis]:
+        """The paper's four hypotheses, by key."""
+        return dict(HYPOTHESES)
+
+    def controls(self) -> dict[str, Hypothesis]:
+        """The control task (game.CONTROLS), by key."""
+        return dict(CONTROLS)
+
+    def family(self, settings: Mapping[str, Any]) -> tuple[Hypothesis, ...]:
+        """The generated space of programs (das_lib.pricetag.programs), fixed by n_brackets, seed and thresholds."""
+        return programs.space(settings["n_brackets"], settings["seed"], tuple(settings["thresholds"])).candidates
+
+    def sample_pair(self, rng: random.Random) -> tuple[dict[str, int], dict[str, int]]:
+        """A (base, source) pair of games, the amount's region of each drawn uniformly (game.sample_pair)."""
+        return sample_pair(rng)
+
+    def sample_input(self, rng: random.Random) -> dict[str, int]:
+        """A game of the factual task's distribution."""
+        return sample_game(rng)
+
+    def accuracy(self, model: nn.Module, inputs: Sequence[Mapping[str, int]], vocabulary: bool = False) -> float:
+        """`task_accuracy` of `model` on the games `inputs`."""
+        return task_accuracy(model, self, inputs, vocabulary=vocabulary)
 
     # -- text ---------------------------------------------------------------------------------------
 

@@ -1,115 +1,111 @@
-"""What a sweep found, as a reviewer would accept it: chosen on validation pairs, reported on test pairs.
+"""What a grid found, as a reviewer would accept it: chosen on validation, reported on test, per variable, with
+nested candidates tested rather than ranked as rivals.
 
-A sweep records, for every cell, which of its validation and test pairs the alignment got right and which
-doing nothing got right (das_lib.runs.jobs). From a sweep's frame (`Sweep.frame`):
+`finding(grid)` reads a finished grid through das_lib.runs.protocol:
 
-- `chosen`: per hypothesis, the site of highest validation IIA over the first seed's grid, then among the
-  seeds trained there the one of highest validation IIA: nothing is chosen on the test pairs.
-- `summary`: that choice reported on the test pairs, each number with its 95% interval: the IIA (exact
-  binomial), the gain over doing nothing on the same pairs (paired bootstrap), the IIA on the pairs whose
-  label differs from the base's own answer (where doing nothing cannot be right), the IIA of each
-  variable of a two-variable hypothesis, and the spread over the seeds at the chosen site.
-- `ranking`: the hypotheses by gain, and the interval of the difference between the first two, pair by
-  pair on the same test pairs (every hypothesis of a sweep labels the same pool).
+- each candidate's site, chosen on validation pairs, and its validation score there;
+- which candidates *contain* others: every variable of the smaller one has, on every pair of the pool, the
+  label function of a variable of the larger one (Left Boundary is Left and Right Boundary's left variable).
+  Such candidates are not rivals. A candidate each of whose variables is realised on the validation pairs
+  (its gain's 95% interval lies above 0) *subsumes* the candidates it contains: the finer program holds
+  all they hold and more, with its own evidence for the rest. It takes the best validation score of itself
+  and those it subsumes, and they are listed with it rather than against it. Where a variable of the finer
+  one is not realised, it subsumes nothing and every candidate stands on its own score;
+- the candidates ordered by that validation score (the winner, the runner-up and the whole ranking are
+  chosen on validation), with the plain and the raw orders beside it;
+- the test report of each at its site (score and raw score with intervals over pairs and seeds), and of
+  each of its variables (IIA, gain over doing nothing, normalised gain, recall of predicted changes);
+- the set of rivals (candidates the winner does not subsume) the test pairs do not separate from the winner
+  (a max-statistic bootstrap), and `named`: the winner when that set is the winner alone, else None (a page
+  then gives the set, not a name).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from das_lib import paper
-from das_lib.method.metrics import normalised_or_nan
-from das_lib.method.stats import binomial_interval, bootstrap_interval, paired_difference
-from das_lib.pricetag.game import CONTROLS, get_hypothesis
-
-LEVEL = 0.95  # every interval the book reports
+from das_lib.method.sites import Site
+from das_lib.runs import protocol
+from das_lib.runs.grid import Grid
+from das_lib.runs.pools import SPLITS
 
 
-def flags(bits: str) -> np.ndarray:
-    """A record's per-pair string ("0110...") as an int array (signed: differences of two are -1, 0 or 1)."""
-    return np.frombuffer(bits.encode(), dtype=np.uint8).astype(np.int64) - ord("0")
+@dataclass
+class Finding:
+    """A finished grid read by the protocol (see the module docstring)."""
+
+    sites: dict[str, Site]
+    order: list[str]  # by validation score, subsumed candidates taking their place after the one subsuming them
+    plain_order: list[str]  # by each candidate's own validation score
+    raw_order: list[str]  # by each candidate's own raw validation score (summed gains)
+    table: pd.DataFrame  # protocol.report on the test pairs, by candidate, in `order`
+    variables: pd.DataFrame  # protocol.variables on the test pairs, by (candidate, variable)
+    validation: pd.DataFrame  # protocol.variables on the validation pairs
+    contains: dict[str, list[str]]
+    subsumes: dict[str, list[str]]
+    top: list[str]
+    named: str | None
+    margin: tuple[float, float, float] | None  # the winner's score minus the runner-up's on the test pairs
+
+    @property
+    def first(self) -> str:
+        return self.order[0]
+
+    @property
+    def second(self) -> str | None:
+        """The runner-up: the best candidate the winner does not subsume."""
+        rivals = [c for c in self.order[1:] if c not in self.subsumes[self.first]]
+        return rivals[0] if rivals else None
+
+    def realised(self, candidate: str, split: str = "test") -> dict[str, bool]:
+        """Per variable of `candidate`: does its gain's 95% interval on `split` lie above 0?"""
+        rows = (self.variables if split == "test" else self.validation).loc[candidate]
+        return {str(v): bool(rows.loc[v, "gain low"] > 0) for v in rows.index}
 
 
-def chosen(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per hypothesis (index: its key), the frame's row chosen on validation: the site of highest validation IIA
-    over the first seed's grid (first of equals in grid order), then the seed of highest validation IIA there."""
-    rows = {}
-    first_seed = frame["seed"].min()
-    for h in frame["hypothesis"].unique():
-        grid = frame[(frame["hypothesis"] == h) & (frame["seed"] == first_seed)]
-        site = grid.loc[grid["val_iia"].idxmax()]
-        here = frame[(frame["hypothesis"] == h) & (frame["layer"] == site["layer"]) & (frame["position"] == site["position"])]
-        rows[h] = here.loc[here["val_iia"].idxmax()]
-    return pd.DataFrame(rows).T
+def contains(grid: Grid, candidates: Sequence[str]) -> dict[str, list[str]]:
+    """candidate -> the candidates with fewer variables whose every variable has the label function of one of its
+    own on every pair of the pool (all three splits)."""
+    functions = {c: [tuple(row) for row in np.concatenate([grid.labels(c, s) for s in SPLITS], axis=1)] for c in candidates}
+    return {a: [b for b in candidates if len(functions[b]) < len(functions[a]) and set(functions[b]) <= set(functions[a])]
+            for a in candidates}
 
 
-def _iia_interval(correct: np.ndarray) -> tuple[float, float]:
-    return binomial_interval(int(correct.sum()), len(correct), LEVEL)
+def refined_order(plain: list[str], scores: dict[str, float], subsumes: dict[str, list[str]]) -> list[str]:
+    """`plain` reordered: a candidate that subsumes others takes the best score of itself and them, and those it
+    subsumes follow it; the rest keep their own scores."""
+    owner = {a: c for c in plain for a in subsumes[c] if subsumes[c]}
+    effective = {c: max([scores[c]] + [scores[a] for a in subsumes[c]]) for c in plain}
+    heads = sorted((c for c in plain if c not in owner or owner[c] == c),
+                   key=lambda c: (-np.nan_to_num(effective[c], nan=-np.inf), plain.index(c)))
+    out: list[str] = []
+    for c in heads:
+        out += [c] + [a for a in plain if owner.get(a) == c and a not in out]
+    return out + [c for c in plain if c not in out]
 
 
-def cell_numbers(row: pd.Series) -> dict[str, float]:
-    """One cell's test numbers with intervals (`iia_and_gain`), and its IIA on the pairs whose label differs
-    from the base's own answer (where doing nothing is never right)."""
-    correct, changed = flags(row["correct"]), flags(row["changed"]).astype(bool)
-    return {**iia_and_gain(correct, flags(row["none_correct"])), "pairs": len(correct), "changed pairs": int(changed.sum()),
-            "IIA on changed": correct[changed].mean() if changed.any() else float("nan")}
-
-
-def summary(frame: pd.DataFrame, task_acc: float) -> pd.DataFrame:
-    """Per hypothesis (index: its key): the site and seed chosen on validation, their validation IIA, and on
-    the test pairs the numbers of `cell_numbers`, the IIA of each variable, the normalised IIA, the seeds'
-    spread at that site, the majority rate and the paper's max IIA for Alpaca 7B."""
-    rows = {}
-    for h, row in chosen(frame).iterrows():
-        at_site = frame[(frame["hypothesis"] == h) & (frame["layer"] == row["layer"]) & (frame["position"] == row["position"])]
-        numbers = cell_numbers(row)
-        variables = flags(row["variable"])
-        by_variable = {f"IIA {name}": flags(row["correct"])[variables == v].mean()
-                       for v, name in enumerate(get_hypothesis(h).variables) if len(get_hypothesis(h).variables) > 1}
-        rows[h] = {"best site": f"L{int(row['layer'])} {row['position']}", "layer": int(row["layer"]),
-                   "position": row["position"], "seed": int(row["seed"]), "validation IIA": row["val_iia"], **numbers,
-                   **by_variable, "normalised": normalised_or_nan(numbers["IIA"], task_acc, row["dummy"]),
-                   "mean over seeds": at_site["iia"].mean(), "min over seeds": at_site["iia"].min(),
-                   "max over seeds": at_site["iia"].max(), "seeds": len(at_site), "dummy": row["dummy"],
-                   "paper (Alpaca 7B)": paper.MAX_IIA.get(h)}
-    return pd.DataFrame(rows).T.infer_objects()
-
-
-def ranking(frame: pd.DataFrame) -> dict[str, float | str]:
-    """The hypothesis of largest test gain at its chosen site (control tasks aside), the runner-up, and the
-    difference of their gains with its interval, pair by pair on the same test pairs (`margin`, `margin_low`,
-    `margin_high`)."""
-    picks = chosen(frame)
-    by = {h: gains(r) for h, r in picks.iterrows() if h not in CONTROLS}
-    order = sorted(by, key=lambda h: -by[h].mean())
-    out: dict[str, float | str] = {"first": order[0]}
-    if len(order) > 1:
-        first, second = by[order[0]], by[order[1]]
-        if len(first) != len(second):
-            raise ValueError("the hypotheses were not scored on the same test pairs; rerun the sweep (it shares one pool)")
-        low, high = bootstrap_interval(first - second, level=LEVEL)
-        out |= {"second": order[1], "margin": float((first - second).mean()), "margin_low": low, "margin_high": high}
-    return out
-
-
-def gains(row: pd.Series) -> np.ndarray:
-    """Per test pair: did the alignment get the label where doing nothing did not (+1), the reverse (-1), or neither (0)."""
-    return (flags(row["correct"]) - flags(row["none_correct"])).astype(float)
-
-
-def versus(row: pd.Series, null_gains: np.ndarray) -> dict[str, float]:
-    """How far the gain of `row` (a chosen cell) lies above a null's on the same test pairs (`null_gains`, per
-    pair as `gains` gives them): the mean difference and its 95% interval (paired bootstrap)."""
-    ours = gains(row)
-    if len(ours) != len(null_gains):
-        raise ValueError(f"the null was scored on {len(null_gains)} pairs, the finding on {len(ours)}: not the same pairs")
-    low, high = bootstrap_interval(ours - null_gains, level=LEVEL)
-    return {"difference": float((ours - null_gains).mean()), "difference low": low, "difference high": high}
-
-
-def iia_and_gain(correct: np.ndarray, none: np.ndarray) -> dict[str, float]:
-    """A null's test numbers with their intervals, as `cell_numbers` gives a cell's: IIA and gain over doing nothing."""
-    low, high = _iia_interval(correct)
-    gain, gain_low, gain_high = paired_difference(correct, none, level=LEVEL)
-    return {"IIA": correct.mean(), "IIA low": low, "IIA high": high, "unintervened": none.mean(), "gain": gain,
-            "gain low": gain_low, "gain high": gain_high}
+def finding(grid: Grid, candidates: Sequence[str] | None = None, runs: pd.DataFrame | None = None) -> Finding:
+    """The finding of a finished grid over `candidates` (default: all of the grid's but its control tasks)."""
+    runs = grid.runs() if runs is None else runs
+    candidates = list(candidates or [c for c in grid.spec.candidates if c not in grid.task.controls()])
+    runs = runs[runs["candidate"].isin(candidates)]
+    grid_runs = runs[runs["seed"].isin(grid.spec.seeds) & (runs["data_seed"] == grid.spec.data_seed)]
+    chosen = protocol.choose_sites(grid_runs)
+    sites = {c: chosen[c] for c in candidates}
+    names = {c: grid.candidate(c).variables for c in candidates}
+    validation = protocol.variables(runs, sites, names, split="val")
+    contained = contains(grid, candidates)
+    realised_val = {c: bool((validation.loc[c]["gain low"] > 0).all()) for c in candidates}
+    subsumes = {c: [a for a in contained[c] if realised_val[c]] for c in candidates}
+    val_scores = protocol.report(runs, sites, candidates, split="val")
+    plain = protocol.order(runs, sites)
+    order = refined_order(plain, val_scores["score"].astype(float).to_dict(), subsumes)
+    rivals = [c for c in order[1:] if c not in subsumes[order[0]]]
+    top = protocol.top_set(runs, sites, order[0], rivals)
+    margin = protocol.margin(runs, sites, order[0], rivals[0]) if rivals else None
+    return Finding(sites, order, plain, protocol.order(runs, sites, "raw"), protocol.report(runs, sites, order),
+                   protocol.variables(runs, sites, names), validation, contained, subsumes, top,
+                   order[0] if top == [order[0]] else None, margin)
