@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from das_lib.method import illusion, illusory
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, PlainPathWarning, make_forward
+from das_lib.method.fastpath import CachedForward, make_forward
+from das_lib.method.fastpath_checks import fast_path_problem
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention, NeuronIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward
@@ -196,11 +196,10 @@ def test_an_illusion_built_on_purpose_is_flagged(standin):
     assert dormant["variance"] < 0.05 and dormant["read"] > spaces.read_share  # read, never varying
     assert disconnected["read"] < spaces.read_share and disconnected["read_space_share"] < 1e-9  # never read ...
     assert disconnected["decoding"] > 0.8  # ... but it tells the left boundary's two values apart
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PlainPathWarning)
-        copy = illusory.amplified_copy(model, site, a, 9.0, spaces)  # the stand-in reads a too weakly (README)
-        copy_spaces = illusion.site_spaces(copy, site, pool, ids, fast=False)
-        diagnosis = illusion.diagnose(copy, site, v, test, copy_spaces, ids, fast=False)
+    copy = illusory.amplified_copy(model, site, a, 9.0, spaces)  # the stand-in reads a too weakly (benchmarks/README)
+    assert "Llama layout" in fast_path_problem(copy, site)  # the fast path would skip the wrapped layer: refused
+    copy_spaces = illusion.site_spaces(copy, site, pool, ids, fast=False)  # the copy runs on the plain path
+    diagnosis = illusion.diagnose(copy, site, v, test, copy_spaces, ids, fast=False)
     assert illusory.profile(a, copy_spaces, states, left)["read"] > 5 * dormant["read"]
     verdict = illusion.reading(diagnosis)
     assert verdict["verdict"] == "illusion", diagnosis.table
