@@ -24,7 +24,9 @@ trained intervention) at a site, from two things measured once per site (`site_s
 = U projected out of R (Makelov et al.'s row-space and null-space parts: orthogonal to each other, and
 together they contain U); *active* = U's directions of variance above the share, *dormant* = the rest
 (inside U: orthogonal, spanning U); and *read_and_active* = the active directions of the connected part:
-what the layers above read and the inputs move. `diagnose` patches each part alone (h_base + P (h_source
+what the layers above read and the inputs move. A direction of U whose projection into a part is shorter
+than MIN_NORM is left out of that part: re-orthonormalised, the faint shadow of a large U in R would
+otherwise become whole directions of R that U barely touches (and carry other variables). `diagnose` patches each part alone (h_base + P (h_source
 - h_base), P the projector onto the part) on test pairs, with its gain over doing nothing (pair by pair,
 paired-bootstrap interval); the gain of U's top-m variance directions, m = 1, 2, 4, ..., k (the
 dose-response); and how far the patched states leave the natural ones: their energy in the pool's
