@@ -28,7 +28,7 @@ from das_lib.method import illusion, illusory
 from das_lib.method.fastpath import make_forward
 from das_lib.method.interventions import BoundlessDASIntervention
 from das_lib.method.sites import Site
-from das_lib.method.training import TrainConfig, train_intervention
+from das_lib.method.training import TrainConfig, answer_tokens_under, train_intervention
 from das_lib.models.load import load_model
 from das_lib.models.standin.planted import load_planted
 from das_lib.pricetag.game import sample_pairs
@@ -69,7 +69,7 @@ def trained_subspace(model, task, site: Site, args) -> torch.Tensor:
     return illusion.learned_subspace(intervention, 0)
 
 
-def illusion_cases(model, site: Site, pool, games: list, test, spaces: illusion.SiteSpaces, ids, planted_left: torch.Tensor,
+def illusion_cases(model, site: Site, pool, games: list, test, spaces: illusion.SiteSpaces, planted_left: torch.Tensor,
                    factors: list[float]) -> list[dict]:
     """The illusion built on purpose, in the stand-in and in copies reading its dormant direction `factor` times as
     strongly (with the planted subspace checked in each copy); `games`: the pool's games in the order of its states."""
@@ -80,21 +80,21 @@ def illusion_cases(model, site: Site, pool, games: list, test, spaces: illusion.
              "b (disconnected)": illusory.profile(b, spaces, states, left),
              "d (left's mean difference, for scale)": illusory.profile(illusory.mean_difference(states, left), spaces,
                                                                        states, left)}
-    rows = [show("illusion (a + b)/sqrt 2, stand-in as it is", illusion.diagnose(model, site, v, test, spaces, ids), notes)]
+    rows = [show("illusion (a + b)/sqrt 2, stand-in as it is", illusion.diagnose(model, site, v, test, spaces), notes)]
     nothing = illusion.FixedSubspace(torch.zeros(spaces.d, 0))
-    natural = illusion.margins(make_forward(model, site, nothing, [pool]), pool, ids) > 0
+    natural = answer_tokens_under(make_forward(model, site, nothing, [pool]), pool)
     for factor in factors:
         copy = illusory.amplified_copy(model, site, a, factor, spaces)  # runs on the plain path (fast=False)
-        copy_spaces = illusion.site_spaces(copy, site, pool, ids, fast=False)
-        answers = illusion.margins(make_forward(copy, site, nothing, [pool], fast=False), pool, ids) > 0
+        copy_spaces = illusion.site_spaces(copy, site, pool, fast=False)
+        answers = answer_tokens_under(make_forward(copy, site, nothing, [pool], fast=False), pool)
         notes = {"a (dormant)": illusory.profile(a, copy_spaces, states, left),
                  "b (disconnected)": illusory.profile(b, copy_spaces, states, left),
                  "copy": {"read dims": copy_spaces.read.shape[1], "answers changed": int((answers != natural).sum()),
                           "of prompts": len(pool)}}
         rows.append(show(f"illusion (a + b)/sqrt 2, copy reading a x{factor:g}",
-                         illusion.diagnose(copy, site, v, test, copy_spaces, ids, fast=False), notes))
+                         illusion.diagnose(copy, site, v, test, copy_spaces, fast=False), notes))
         rows.append(show(f"planted subspace, copy reading a x{factor:g}",
-                         illusion.diagnose(copy, site, planted_left, test, copy_spaces, ids, fast=False)))
+                         illusion.diagnose(copy, site, planted_left, test, copy_spaces, fast=False)))
     return rows
 
 
@@ -112,14 +112,13 @@ def main() -> None:
     model, tokenizer = load_model("standin")
     planted, meta = load_planted()
     task = PriceTagTask(tokenizer, "standin")
-    ids = task.answer_ids()
     planted_site = Site(meta["site"]["layer"], meta["site"]["position"])
     planted_left = illusion.learned_subspace(planted, 0)
     pool_pairs = sample_pairs("left_right", args.pool_pairs, seed=POOL_SEED)
     test_pairs = sample_pairs("left", args.test_pairs, seed=TEST_SEED)
     pool = task.interchange_data(pool_pairs, "last")
     test = task.interchange_data(test_pairs, "last")
-    spaces = illusion.site_spaces(model, planted_site, pool, ids)
+    spaces = illusion.site_spaces(model, planted_site, pool)
     print(f"stand-in, left boundary; pool {args.pool_pairs} pairs ({2 * args.pool_pairs} states, {args.pool_pairs} "
           f"gradients), {args.test_pairs} test pairs; read share {spaces.read_share}, active share "
           f"{spaces.active_share}, min norm {illusion.MIN_NORM}")
@@ -130,23 +129,23 @@ def main() -> None:
     leak = {"U's top-variance direction": {"energy share in the pool's dormant space":
                                            float((spaces.dormant_space().T @ top).pow(2).sum())}}
     rows = [show(f"planted subspace at {planted_site}",
-                 illusion.diagnose(model, planted_site, planted_left, test, spaces, ids), leak)]
+                 illusion.diagnose(model, planted_site, planted_left, test, spaces), leak)]
 
     learned = trained_subspace(model, task, planted_site, args)
     rows.append(show(f"Boundless DAS at {planted_site} (planted)",
-                     illusion.diagnose(model, planted_site, learned, test, spaces, ids,
+                     illusion.diagnose(model, planted_site, learned, test, spaces,
                                        references={"planted": planted_left})))
 
     empty_site = Site(0, "last")
-    empty_spaces = illusion.site_spaces(model, empty_site, pool, ids)
+    empty_spaces = illusion.site_spaces(model, empty_site, pool)
     print(f"\n{empty_site}: read space {empty_spaces.read.shape[1]} dims, pool's dormant space "
           f"{empty_spaces.dormant_space().shape[1]} dims")
     learned = trained_subspace(model, task, empty_site, args)
     rows.append(show(f"Boundless DAS at {empty_site} (nothing planted)",
-                     illusion.diagnose(model, empty_site, learned, test, empty_spaces, ids)))
+                     illusion.diagnose(model, empty_site, learned, test, empty_spaces)))
 
     rows += illusion_cases(model, planted_site, pool, [*(p.base for p in pool_pairs), *(p.source for p in pool_pairs)],
-                           test, spaces, ids, planted_left, args.factors)
+                           test, spaces, planted_left, args.factors)
     print("\n### Summary (gain: IIA minus doing nothing's, pair by pair, 95% paired-bootstrap interval)")
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"\n{time.perf_counter() - start:.0f} s on {args.threads} thread(s)")

@@ -45,9 +45,10 @@ def tiny():
         base={"input_ids": torch.randint(0, V, (N, T), generator=g)},
         source={"input_ids": torch.randint(0, V, (N, T), generator=g)},
         base_pos=torch.full((N,), T - 1), source_pos=torch.full((N,), T - 1), variable=torch.zeros(N, dtype=torch.long),
-        labels=torch.tensor(ANSWERS)[torch.randint(0, 2, (N,), generator=g)], roles=("last",))
+        labels=torch.tensor(ANSWERS)[torch.randint(0, 2, (N,), generator=g)], roles=("last",),
+        answers=torch.tensor(ANSWERS))
     site = Site(0, "last")
-    return model, site, data, illusion.site_spaces(model, site, data, ANSWERS)
+    return model, site, data, illusion.site_spaces(model, site, data)
 
 
 def random_basis(k: int, seed: int) -> torch.Tensor:
@@ -103,12 +104,14 @@ def test_margin_gradients_are_the_same_on_both_paths_and_match_a_finite_differen
     nothing = illusion.FixedSubspace(torch.zeros(D, 0))  # margin_gradients puts its own probe in its place
     fast = make_forward(model, site, nothing, [data])
     assert isinstance(fast, CachedForward)
-    plain, margins = illusion.margin_gradients(PlainForward(model, site, nothing), data, ANSWERS)
-    assert torch.allclose(illusion.margin_gradients(fast, data, ANSWERS)[0], plain, atol=1e-5)
+    plain, margins = illusion.margin_gradients(PlainForward(model, site, nothing), data)
+    assert torch.allclose(illusion.margin_gradients(fast, data)[0], plain, atol=1e-5)
     assert torch.allclose(spaces.gradients, plain, atol=1e-5)
     step = 1e-3 * spaces.mean_variance() ** 0.5 * spaces.read[:, 0]  # small beside the states' own spread
-    shifted = illusion.margins(PlainForward(model, site, ShiftBy(step)), data, ANSWERS)
-    assert torch.allclose(shifted.double() - margins, plain @ step, atol=1e-3 * margins.abs().max())
+    with torch.no_grad():
+        logits = PlainForward(model, site, ShiftBy(step))(data)  # over the two answers: (N, 2)
+    shifted = (logits[:, 0] - logits[:, 1]).double()
+    assert torch.allclose(shifted - margins, plain @ step, atol=1e-3 * margins.abs().max())
 
 
 class ShiftBy(torch.nn.Module):
@@ -126,9 +129,10 @@ def test_bad_input_is_refused(tiny):
         illusion.parts(torch.ones(D, 2), spaces)
     with pytest.raises(ValueError, match="site's width"):
         illusion.parts(random_basis(2, 0)[:-1], spaces)
-    wrong = data.relabelled(data.variable, torch.full((N,), 5), None)
-    with pytest.raises(ValueError, match="one of the two answer tokens"):
-        illusion.diagnose(model, site, random_basis(2, 0), wrong, spaces, ANSWERS)
+    with pytest.raises(ValueError, match="two answer tokens"):
+        illusion.diagnose(model, site, random_basis(2, 0), data.read_over(None), spaces)
+    with pytest.raises(ValueError, match="two answer tokens"):
+        illusion.site_spaces(model, site, data.read_over(torch.tensor([*ANSWERS, 9])))
     with pytest.raises(TypeError, match="rotated-space"):
         illusion.learned_subspace(NeuronIntervention(D, [0, 1]))
     with pytest.raises(ValueError, match="orthogonal"):
@@ -170,17 +174,16 @@ def standin():
     pool_pairs = sample_pairs("left_right", 128, seed=3)
     pool = task.interchange_data(pool_pairs, site.position)
     test = task.interchange_data(sample_pairs("left", 256, seed=7), site.position)
-    ids = task.answer_ids()
-    spaces = illusion.site_spaces(model, site, pool, ids)
+    spaces = illusion.site_spaces(model, site, pool)
     states = torch.cat(illusion.site_states(model, site, pool))
     games = [p.base for p in pool_pairs] + [p.source for p in pool_pairs]  # in the order of site_states
     left = torch.tensor([g["amount"] >= g["lb"] for g in games])
-    return model, site, pool, test, ids, spaces, states, left, illusion.learned_subspace(planted, 0)
+    return model, site, pool, test, spaces, states, left, illusion.learned_subspace(planted, 0)
 
 
 def test_the_planted_subspace_passes(standin):
-    model, site, _, test, ids, spaces, _, _, planted = standin
-    diagnosis = illusion.diagnose(model, site, planted, test, spaces, ids)
+    model, site, _, test, spaces, _, _, planted = standin
+    diagnosis = illusion.diagnose(model, site, planted, test, spaces)
     verdict = illusion.reading(diagnosis)
     assert verdict["verdict"] == "passes", diagnosis.table
     assert verdict["read_and_active_interval"][0] > 0.2  # the faithful part does what the whole does
@@ -190,7 +193,7 @@ def test_the_planted_subspace_passes(standin):
 
 
 def test_an_illusion_built_on_purpose_is_flagged(standin):
-    model, site, pool, test, ids, spaces, states, left, planted = standin
+    model, site, pool, test, spaces, states, left, planted = standin
     a, b, v = illusory.construct(states, left, spaces)
     dormant, disconnected = illusory.profile(a, spaces, states, left), illusory.profile(b, spaces, states, left)
     assert dormant["variance"] < 0.05 and dormant["read"] > spaces.read_share  # read, never varying
@@ -198,8 +201,8 @@ def test_an_illusion_built_on_purpose_is_flagged(standin):
     assert disconnected["decoding"] > 0.8  # ... but it tells the left boundary's two values apart
     copy = illusory.amplified_copy(model, site, a, 9.0, spaces)  # the stand-in reads a too weakly (benchmarks/README)
     assert "Llama layout" in fast_path_problem(copy, site)  # the fast path would skip the wrapped layer: refused
-    copy_spaces = illusion.site_spaces(copy, site, pool, ids, fast=False)  # the copy runs on the plain path
-    diagnosis = illusion.diagnose(copy, site, v, test, copy_spaces, ids, fast=False)
+    copy_spaces = illusion.site_spaces(copy, site, pool, fast=False)  # the copy runs on the plain path
+    diagnosis = illusion.diagnose(copy, site, v, test, copy_spaces, fast=False)
     assert illusory.profile(a, copy_spaces, states, left)["read"] > 5 * dormant["read"]
     verdict = illusion.reading(diagnosis)
     assert verdict["verdict"] == "illusion", diagnosis.table

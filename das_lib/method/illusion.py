@@ -13,7 +13,7 @@ trained intervention) at a site, from two things measured once per site (`site_s
   A direction is *active* when the states' variance along it exceeds ACTIVE_SHARE of the mean
   per-dimension variance s^2 (trace / d), else dormant.
 - the *read space* R: from the per-prompt gradients g of the answer margin (logit of the first answer
-  word minus the second) with respect to the site's state, through the layers above, at the pool's base
+  token minus the second) with respect to the site's state, through the layers above, at the pool's base
   prompts: the right singular vectors u of the gradients along which a move of one typical per-dimension
   standard deviation s changes the margin, in RMS over the prompts, by more than READ_SHARE of the
   margin's own spread (its standard deviation over the prompts): RMS(g . u) s > READ_SHARE x sd(margin).
@@ -40,12 +40,14 @@ dormant directions over that of the pool's own states (1: as natural).
   paired difference lies above 0): part of U's effect comes from elsewhere;
 - "passes": both lie above 0, and U does not beat read_and_active.
 
-A pair's answer is the more likely of the two answer words (the sign of the margin), as the book reads it.
+The data name the task's two answer tokens (`InterchangeData.answers`, as PriceTagTask encodes them): the
+margin is the first one's logit minus the second's, and a pair's answer is the more likely of the two
+(das_lib.method.readout), as the book reads it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import numpy as np
 import pandas as pd
@@ -57,7 +59,7 @@ from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import RotatedSpaceIntervention
 from das_lib.method.sites import Site, capture
 from das_lib.method.stats import binomial_interval, paired_difference
-from das_lib.method.training import InterventionForward, PlainForward
+from das_lib.method.training import InterventionForward, PlainForward, correct_pairs
 
 READ_SHARE = 0.02  # read: a move of one typical standard deviation along it moves the margin by this share of its spread
 ACTIVE_SHARE = 0.1  # active: variance above this share of the mean per-dimension variance of the site's states
@@ -134,13 +136,12 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _check_answers(answer_ids: Sequence[int], data: InterchangeData | None = None) -> None:
-    """Refuse answer ids that are not two different tokens, and labels of `data` that are neither."""
-    if len(answer_ids) != 2 or answer_ids[0] == answer_ids[1]:
-        raise ValueError(f"answer_ids must be two different token ids (first, second), got {answer_ids}")
-    if data is not None and not torch.isin(data.labels.cpu(), torch.tensor(list(answer_ids))).all():
-        raise ValueError(f"the test pairs' labels must be one of the two answer tokens {tuple(answer_ids)}; some are "
-                         f"not (e.g. {sorted(set(data.labels.tolist()) - set(answer_ids))[:3]})")
+def _check_answers(data: InterchangeData, name: str) -> None:
+    """Refuse data that do not name exactly two answer tokens (their labels are among them: InterchangeData checks)."""
+    if data.answers is None or data.answers.numel() != 2:
+        got = "none" if data.answers is None else data.answers.tolist()
+        raise ValueError(f"the {name} pairs must name the task's two answer tokens (InterchangeData.answers), got {got}: "
+                         "encode them with PriceTagTask.interchange_data, or name them with data.read_over(ids)")
 
 
 def site_states(model: nn.Module, site: Site, data: InterchangeData, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,16 +156,17 @@ def site_states(model: nn.Module, site: Site, data: InterchangeData, batch_size:
     return torch.cat(out[0]), torch.cat(out[1])
 
 
-def margin_gradients(forward: InterventionForward, data: InterchangeData, answer_ids: Sequence[int],
+def margin_gradients(forward: InterventionForward, data: InterchangeData,
                      batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """(gradients (N, d), margins (N,)), float64: each base prompt's answer margin (logit of answer_ids[0] minus
-    answer_ids[1]) and its gradient with respect to the prompt's state at the forward's site, through the layers
-    above."""
+    """(gradients (N, d), margins (N,)), float64: each base prompt's answer margin (the logit of the data's first
+    answer token minus the second's) and its gradient with respect to the prompt's state at the forward's site,
+    through the layers above."""
+    _check_answers(data, "gradient")
     probe, grads, values = _Probe(), [], []
     probed = _with(forward, probe)
     for start in range(0, len(data), batch_size):
         logits = probed(data.select(slice(start, start + batch_size)))
-        margin = logits[:, answer_ids[0]].float() - logits[:, answer_ids[1]].float()
+        margin = logits[:, 0].float() - logits[:, 1].float()  # logits over data.answers (das_lib.method.readout)
         grads.append(torch.autograd.grad(margin.sum(), probe.delta)[0].double().cpu())  # rows are independent
         values.append(margin.detach().double().cpu())
     return torch.cat(grads), torch.cat(values)
@@ -208,12 +210,11 @@ class SiteSpaces:
         return float((self.gradients @ u).pow(2).mean().sqrt()) * self.mean_variance() ** 0.5 / self.margin_spread
 
 
-def site_spaces(model: nn.Module, site: Site, pool: InterchangeData, answer_ids: Sequence[int],
-                read_share: float = READ_SHARE, active_share: float = ACTIVE_SHARE, fast: bool = True,
+def site_spaces(model: nn.Module, site: Site, pool: InterchangeData, read_share: float = READ_SHARE, active_share: float = ACTIVE_SHARE, fast: bool = True,
                 batch_size: int = 128) -> SiteSpaces:
     """The natural spread (the pool's base and source states) and the read space (margin gradients at the pool's
     base prompts) at `site`."""
-    _check_answers(answer_ids)
+    _check_answers(pool, "pool")
     if not read_share > 0 or not active_share > 0:
         raise ValueError(f"read_share and active_share must be > 0, got {read_share}, {active_share}")
     if len(pool) < 2:
@@ -224,7 +225,7 @@ def site_spaces(model: nn.Module, site: Site, pool: InterchangeData, answer_ids:
     centred = states - states.mean(0)
     covariance = centred.T @ centred / (len(states) - 1)
     forward = make_forward(model, site, _Probe(), [pool], fast=fast)
-    gradients, values = margin_gradients(forward, pool, answer_ids, batch_size)
+    gradients, values = margin_gradients(forward, pool, batch_size)
     spread = float(values.std())
     if spread == 0:
         raise ValueError("the margin is the same on every prompt of the pool: draw a pool whose answers differ")
@@ -272,18 +273,6 @@ def parts(basis: torch.Tensor, spaces: SiteSpaces, min_norm: float = MIN_NORM) -
             "dormant": directions[:, ~active], "read_and_active": c_directions[:, c_variances > spaces.active_share]}
 
 
-def margins(forward: InterventionForward, data: InterchangeData, answer_ids: Sequence[int],
-            batch_size: int = 256) -> torch.Tensor:
-    """(N,) float on the CPU: each pair's answer margin (logit of answer_ids[0] minus answer_ids[1]) under the
-    forward's intervention."""
-    out = []
-    with torch.no_grad():
-        for start in range(0, len(data), batch_size):
-            logits = forward(data.select(slice(start, start + batch_size)))
-            out.append((logits[:, answer_ids[0]].float() - logits[:, answer_ids[1]].float()).cpu())
-    return torch.cat(out)
-
-
 @dataclass
 class Diagnosis:
     """What `diagnose` measured: one row per part (`table`), the dose-response (`dose`), per-pair correctness."""
@@ -302,11 +291,11 @@ class Diagnosis:
 
 
 def diagnose(model: nn.Module, site: Site, basis: torch.Tensor, test: InterchangeData, spaces: SiteSpaces,
-             answer_ids: Sequence[int], references: Mapping[str, torch.Tensor] | None = None, fast: bool = True,
-             level: float = 0.95, seed: int = 0, min_norm: float = MIN_NORM) -> Diagnosis:
+             references: Mapping[str, torch.Tensor] | None = None, fast: bool = True, level: float = 0.95,
+             seed: int = 0, min_norm: float = MIN_NORM) -> Diagnosis:
     """Patch U (`basis`) and each of its parts alone on `test` (see the module docstring). `references`: named
     (d, j) orthonormal bases (e.g. a planted subspace); U's part inside and outside each is patched too."""
-    _check_answers(answer_ids, test)
+    _check_answers(test, "test")
     test = test.to(_device(model))
     named = parts(basis, spaces, min_norm)
     for name, reference in (references or {}).items():
@@ -318,14 +307,12 @@ def diagnose(model: nn.Module, site: Site, basis: torch.Tensor, test: Interchang
     base_states, source_states = site_states(model, site, test)
     dormant = spaces.dormant_space()
     natural = float(torch.diagonal(dormant.T @ spaces.covariance @ dormant).sum())  # the pool's energy there
-    is_first = (test.labels.cpu() == answer_ids[0]).numpy()
 
     def answers(part: torch.Tensor) -> np.ndarray:
         """Was each test pair's answer its label, with `part` patched (an empty part patches nothing)."""
         if part.shape[1] == 0 and "none" in correct:
             return correct["none"]
-        patched = _with(forward, FixedSubspace(part).to(_device(model)))
-        return (margins(patched, test, answer_ids) > 0).numpy() == is_first
+        return correct_pairs(_with(forward, FixedSubspace(part).to(_device(model))), test).numpy()
 
     def off_manifold(part: torch.Tensor) -> float:
         """The patched states' energy in the pool's dormant directions over the pool's own."""
