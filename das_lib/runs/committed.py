@@ -1,46 +1,109 @@
-"""Sweeps run elsewhere (on a GPU) and committed with das_lib, to be shown beside a chapter's own run.
+"""Finished cells committed with das_lib, for the chapters whose evidence costs more than a build affords, and
+the check every build makes of them.
 
-`save(frame, name, about)` writes a sweep's frame (one row per cell: the `Sweep.frame` columns, per-pair
-results included) and what ran it to das_lib/assets/runs/NAME.json; `load(name)` reads it back, or None
-when no such run was committed. A chapter says which run each figure comes from.
+A committed store (das_lib/assets/stores/NAME) is an ordinary `Store` that one documented command made
+(`python -m das_lib.book.stores regenerate NAME`; its `manifest.json` says when, how and in how long), kept
+with the alignment files of the cells a chapter reads back and the records of all others. A chapter run
+with the store's own parameters finds its cells there (`seed` copies them into the chapter's working store,
+so a run with other parameters trains its own), and then retrains some of them from scratch into a fresh
+store (`verify`): the headline cell and each hypothesis's chosen cell. A recomputed cell whose test score
+falls outside the committed cell's 95% interval fails the build (`CommittedMismatch`), and the chapter says
+which numbers this build recomputed.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import pandas as pd
 
-RUNS_DIR = Path(__file__).resolve().parents[1] / "assets" / "runs"
+from das_lib.method.outcome import Outcome, candidate_score
+from das_lib.runs import protocol
+from das_lib.runs.grid import Cell, Grid
+from das_lib.runs.jobs import run_job
+from das_lib.runs.store import Store
+
+STORES = Path(__file__).resolve().parents[1] / "assets" / "stores"
+MANIFEST = "manifest.json"
 
 
-def save(frame: pd.DataFrame, path: str | Path, about: dict[str, Any]) -> Path:
-    """Write `frame` and `about` (device, date, parameters, task accuracy...) as one JSON file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"about": about, "frame": json.loads(frame.to_json(orient="records"))}, indent=1))
-    return path
+class CommittedMismatch(AssertionError):
+    """A cell retrained by this build scores outside the committed cell's interval."""
 
 
-def load(name: str) -> tuple[pd.DataFrame, dict[str, Any]] | None:
-    """The committed run `name` (das_lib/assets/runs/NAME.json): its frame and what ran it, or None."""
-    path = RUNS_DIR / f"{name}.json"
-    if not path.exists():
-        return None
-    data = json.loads(path.read_text())
-    return pd.DataFrame(data["frame"]), data["about"]
+def path(name: str) -> Path:
+    """Where the committed store `name` lives."""
+    return STORES / name
 
 
-def about(sweep: Any, seconds: float) -> dict[str, Any]:
-    """What ran a sweep, as `save` records it: the device, torch, the model's task accuracy, the grid's size,
-    the training budget and pair counts, and the sweep's seconds."""
-    import torch
+def manifest(name: str) -> dict[str, Any] | None:
+    """How the committed store `name` was made (command, date, machine, seconds), or None if there is none."""
+    file = path(name) / MANIFEST
+    return json.loads(file.read_text()) if file.exists() else None
 
-    spec = sweep.spec
-    device = torch.cuda.get_device_name(0) if str(sweep.runner.device).startswith("cuda") else str(sweep.runner.device)
-    return {"device": device, "torch": torch.__version__, "task_accuracy": sweep.recorded_task_accuracy(),
-            "layers": len(sweep.layers), "positions": len(sweep.positions), "steps": spec.train.steps,
-            "batch_size": spec.train.batch_size, "orthogonal_map": spec.train.orthogonal_map, "n_train": spec.n_train,
-            "n_val": spec.n_val, "n_test": spec.n_test,
-            "sweep_seconds": seconds}
+
+def seed(store: Store, name: str) -> int:
+    """Copy the records (and kept files) of the committed store `name` that `store` lacks; returns how many."""
+    source = path(name)
+    if not source.is_dir() or source.resolve() == store.root.resolve():
+        return 0
+    copied = 0
+    for folder in sorted(p for p in source.iterdir() if (p / "record.json").exists()):
+        if not (store.root / folder.name / "record.json").exists():
+            shutil.copytree(folder, store.root / folder.name, dirs_exist_ok=True)
+            copied += 1
+    return copied
+
+
+def prune(store: Store, keep: Iterable[str]) -> int:
+    """Delete the alignment files of every record but those whose hash is in `keep` (their records stay, marked
+    `alignment: None`); returns how many were deleted."""
+    keep, deleted = set(keep), 0
+    for folder in sorted(p for p in store.root.iterdir() if (p / "record.json").exists()):
+        if folder.name in keep:
+            continue
+        record = json.loads((folder / "record.json").read_text())
+        stem = record["results"].get("alignment")
+        if stem is None:
+            continue
+        for suffix in (".safetensors", ".json"):
+            (folder / f"{stem}{suffix}").unlink(missing_ok=True)
+        record["results"]["alignment"] = None
+        (folder / "record.json").write_text(json.dumps(record, indent=1, sort_keys=True))
+        deleted += 1
+    return deleted
+
+
+def verify(grid: Grid, cells: Iterable[Cell], scratch: str | Path) -> pd.DataFrame:
+    """Retrain `cells` of `grid` from scratch into the fresh store `scratch` and compare each with its record in the
+    grid's store: one row per cell with the committed test score and its 95% interval (over pairs) and the
+    recomputed score. Raises CommittedMismatch, naming the cells, if a recomputed score lies outside its interval."""
+    fresh = Store(scratch)
+    fresh.clear()
+    again = Grid(grid.spec, fresh, grid.device, grid.loaded, progress=False)
+    rows = []
+    for cell in cells:
+        committed = grid.record(cell)
+        if committed is None:
+            raise KeyError(f"cell {cell} has no record in {grid.store.root} to verify")
+        grid.runner  # noqa: B018  (the grid's model, loaded once for the cells retrained here)
+        run_job(again.config(cell), str(fresh.root), grid.device)
+        mine, theirs = (Outcome.from_dict(r["results"]["outcomes"]["test"]) for r in (again.record(cell), committed))
+        runs = pd.DataFrame([{"candidate": cell.candidate, "layer": cell.layer, "position": cell.position, "seed": 0,
+                              "data_seed": 0, "test": theirs, "majority": 0.0}])
+        table = protocol.report(runs, {cell.candidate: cell.site()}, [cell.candidate])
+        score = float(candidate_score(mine.correct, mine.none, mine.changed))
+        low, high = float(table.loc[cell.candidate, "score low"]), float(table.loc[cell.candidate, "score high"])
+        rows.append({"cell": f"{cell.candidate} L{cell.layer} {cell.position} seed {cell.seed}",
+                     "committed": float(table.loc[cell.candidate, "score"]), "low": low, "high": high,
+                     "recomputed": score, "within": low <= score <= high,
+                     "same answers": float((mine.correct == theirs.correct).mean())})
+    out = pd.DataFrame(rows).set_index("cell")
+    bad = out.index[~out["within"]].tolist()
+    if bad:
+        raise CommittedMismatch(f"retrained cells {bad} score outside the committed cells' 95% intervals "
+                                f"({out.loc[bad, ['committed', 'low', 'high', 'recomputed']].to_dict('index')}): the "
+                                "committed store no longer matches this code; regenerate it (das_lib.book.stores)")
+    return out

@@ -1,96 +1,103 @@
 """The checks that rule out a broken or an over-eager search, run with the same calls as the search itself.
 
-A positive control is a model with a planted mechanism, searched the same way and at the same budget: a
-search that cannot find what was planted proves nothing when it finds nothing elsewhere. Three nulls,
-each of which the finding must beat on the same test pairs (`findings.versus`), and each able to fail:
+A positive control is a model with a planted mechanism, searched with the same grid, readout, pairs and
+budget (`positive_control`): a search that cannot find what was planted proves nothing when it finds
+nothing elsewhere, and `control_passes` says whether it found it. The nulls, each of which a finding must
+beat on the same test pairs, and each able to fail:
 
-- the control task (das_lib.pricetag.game.CONTROLS): labels from a random readout of an input variable no
-  hypothesis names, trained and tested like a hypothesis, in the same sweep: how well an alignment fits
-  labels that no mechanism explains;
-- a random subspace of the learned size at the finding's site (`random_subspace`): what swapping that many
-  dimensions does when they are not the learned ones;
-- the same search on the same architecture with random weights (`random_weights_search`): what the
-  search finds in a network that computes nothing.
+- the same grid on the same architecture with random weights (`random_weights`): what the search finds
+  in a network that computes nothing. Read over the answer tokens, a random network answers near its
+  majority rate (das_lib.method.readout), so its IIA of doing nothing is no artefact of the reading;
+- random subspaces of the learned size at the finding's site (`random_subspaces`): the finding's
+  alignment with its learned rotation replaced by random ones, its boundaries kept, as a distribution;
+- the control task (the task's `controls()`), trained and tested like a hypothesis in the same grid.
 """
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
-from typing import Sequence
+from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
+from das_lib.method.outcome import Outcome, candidate_score
 from das_lib.method.subspaces import random_rotation_like
 from das_lib.models.load import random_weights_copy
-from das_lib.pricetag.game import CONTROLS
+from das_lib.models.standin import planted_for
 from das_lib.runs import findings
-from das_lib.runs.spec import Cell, SweepSpec
-from das_lib.runs.sweep import Sweep
+from das_lib.runs.grid import Cell, Grid, GridSpec
+from das_lib.runs.sweep import task_settings
 
 
-def control_spec(spec: SweepSpec, model: str, layers: Sequence[int], positions: Sequence[str]) -> SweepSpec:
-    """`spec`'s sweep (same hypotheses, seeds, training budget and pairs) on `model`, a model with a planted
-    mechanism, at `layers` ([]: every layer) and `positions` (its own token roles; []: `spec`'s), in float32."""
-    return replace(spec, model=model, layers=tuple(layers) or None, positions=tuple(positions) or spec.positions,
-                   dtype="float32")
+def planted(model: str) -> dict[str, Any] | None:
+    """What was planted in `model`: {"candidate", "variables", "layer", "position"}, or None (nothing was)."""
+    found = planted_for(model)
+    if found is None:
+        return None
+    meta = found[1]
+    return {"candidate": meta["hypothesis"], "variables": list(meta["variables"]), "layer": meta["site"]["layer"],
+            "position": meta["site"]["position"]}
 
 
-def positive_control(spec: SweepSpec, model: str, layers: Sequence[int], positions: Sequence[str], store: str,
-                     device: str = "cpu", fresh: bool = False) -> Sweep:
-    """The sweep of `control_spec`, run into `store` (emptied first if `fresh`)."""
-    sweep = Sweep(control_spec(spec, model, layers, positions), store, device)
-    if fresh:
-        sweep.store.clear()
-    sweep.run(progress=False)
-    return sweep
+def control_spec(spec: GridSpec, model: str, layers: Sequence[int] = (), positions: Sequence[str] = ()) -> GridSpec:
+    """`spec`'s grid (candidates, seeds, budget, pairs) on `model`, a model with a planted mechanism, at `layers`
+    ([]: every layer of it) and `positions` (its own token roles; []: `spec`'s), in float32 with its own prompts."""
+    from das_lib.models.load import load_config
+
+    layers = tuple(layers) or tuple(range(load_config(model).num_hidden_layers))
+    return replace(spec, model=model, task_settings=task_settings(model), layers=layers,
+                   positions=tuple(positions) or spec.positions, dtype="float32")
 
 
-def random_subspace(sweep: Sweep, row: pd.Series, seed: int = 0) -> np.ndarray:
-    """Per test pair (0/1): is the model's answer the label of `row`'s hypothesis when `row`'s alignment (a
-    row of `findings.chosen`) has its learned rotation replaced by a random one, keeping its boundaries: a
-    random subspace of the learned size at the same site."""
-    cell = Cell(row["hypothesis"], int(row["layer"]), str(row["position"]), int(row["seed"]))
-    learned, record = sweep.load_alignment(cell)
-    reference = random_rotation_like(learned.to(sweep.runner.device), seed)
-    runner = sweep.runner
-    tokens = runner.predictions(record["config"], reference.eval())
-    return (tokens == runner.hypothesis_data(record["config"]).data["test"].labels.cpu()).numpy().astype(int)
+def control_passes(finding: findings.Finding, model: str) -> dict[str, Any]:
+    """Did the search find the planted mechanism: the planted program first on validation (`first`), at the
+    planted site chosen on validation (`site`), each planted variable realised on the test pairs (`variables`);
+    `passed` when all three hold."""
+    truth = planted(model)
+    if truth is None:
+        raise ValueError(f"{model!r} has no planted mechanism to check the search against")
+    key = truth["candidate"]
+    site = finding.sites.get(key)
+    realised = finding.realised(key) if key in finding.sites else {}
+    checks = {"first": finding.first == key,
+              "site": site is not None and (site.layer, site.position) == (truth["layer"], truth["position"]),
+              "variables": bool(realised) and all(realised.values())}
+    return {**checks, "passed": all(checks.values()), "planted": key, "planted_site": f"L{truth['layer']} {truth['position']}",
+            "found_site": "" if site is None else f"L{site.layer} {site.position}"}
 
 
-def random_weights_search(spec: SweepSpec, hypotheses: Sequence[str], store: str, device: str = "cpu",
-                          seed: int = 0) -> Sweep:
-    """`spec`'s search for `hypotheses` (same grid, seeds, budget and pairs) on the same architecture with its
-    weights drawn at random (`models.load.random_weights_copy`), run into `store`."""
-    null = replace(spec, model=random_weights_copy(spec.model, seed), hypotheses=tuple(hypotheses))
-    sweep = Sweep(null, store, device)
-    sweep.run(progress=False)
-    return sweep
+def random_weights(spec: GridSpec, store: str, device: str = "cpu", seed: int = 0) -> Grid:
+    """`spec`'s grid (same candidates, sites, seeds, budget and pairs) on the same architecture with its weights
+    drawn at random (`models.load.random_weights_copy`), run into `store`."""
+    grid = Grid(replace(spec, model=random_weights_copy(spec.model, seed)), store, device, progress=False)
+    grid.run()
+    return grid
 
 
-def nulls(sweep: Sweep, finding: str, store: str, null_grid: bool = False, seed: int = 0) -> pd.DataFrame:
-    """The chosen cell of the hypothesis `finding` beside the three nulls, on the same test pairs: per row the
-    site, the test IIA and the gain over doing nothing with their 95% intervals, and how far the finding's
-    gain lies above the null's (paired). The control task and (unless `null_grid`: over the sweep's whole
-    grid) the random-weights search run at the finding's site, with the sweep's seeds and budget; the
-    random-weights search goes to `store`."""
-    spec = sweep.spec
-    row = findings.chosen(sweep.frame()).loc[finding]
-    here = dict(layers=(int(row["layer"]),), positions=(str(row["position"]),),
-                seeds=tuple(dict.fromkeys((*spec.seeds, *spec.best_site_seeds))), best_site_seeds=())
-    control = Sweep(replace(spec, hypotheses=tuple(CONTROLS), **here), sweep.store, sweep.device, sweep.loaded)
-    control.run(progress=False)
-    none = findings.flags(row["none_correct"])
-    random = random_subspace(sweep, row, seed)  # before the random-weights model takes the model's place in memory
-    random_model = random_weights_search(spec if null_grid else replace(spec, **here), [finding], store, sweep.device, seed)
-    with warnings.catch_warnings():  # a random network answers at chance: its normalised IIA is undefined, as expected
-        warnings.simplefilter("ignore")
-        found = {"control task": findings.chosen(control.frame()).iloc[0],
-                 "random weights": findings.chosen(random_model.frame()).loc[finding]}
-    rows = {"finding": {**findings.cell_numbers(row), "site": f"L{int(row['layer'])} {row['position']}"}}
-    for name, null in found.items():
-        rows[name] = {**findings.cell_numbers(null), "site": f"L{int(null['layer'])} {null['position']}",
-                      **findings.versus(row, findings.gains(null))}
-    rows["random subspace"] = {**findings.iia_and_gain(random, none), "site": rows["finding"]["site"],
-                               **findings.versus(row, (random - none).astype(float))}
-    return pd.DataFrame(rows).T
+def random_subspaces(grid: Grid, finding: findings.Finding, candidate: str, draws: int = 20) -> pd.DataFrame:
+    """One row per draw: the test score of `candidate`'s alignment at its chosen site (first seed, grid data seed)
+    with its learned rotation replaced by a random one, its boundaries kept (subspaces of the learned size that
+    were not learned), beside the learned alignment's own score on the same pairs."""
+    site = finding.sites[candidate]
+    cell = Cell(candidate, site.layer, site.position, grid.spec.seeds[0], grid.spec.data_seed)
+    learned, record = grid.load_alignment(cell)
+    config, runner = record["config"], grid.runner
+    labels = grid.labels(candidate, "test")
+    learned_outcome = Outcome.from_dict(record["results"]["outcomes"]["test"])
+    rows = []
+    for draw in range(draws):
+        tokens = runner.predictions(config, random_rotation_like(learned.to(runner.device), draw).eval())
+        outcome = replace(learned_outcome, correct=(tokens.numpy() == labels))
+        rows.append({"draw": draw, "score": float(candidate_score(outcome.correct, outcome.none, outcome.changed)),
+                     "iia": float(outcome.correct.mean())})
+    return pd.DataFrame(rows).assign(learned=float(candidate_score(learned_outcome.correct, learned_outcome.none,
+                                                                   learned_outcome.changed)))
+
+
+def null_table(finding: findings.Finding, nulls: dict[str, findings.Finding]) -> pd.DataFrame:
+    """The finding's winner beside each null's winner (each chosen on its own validation pairs): site, score and
+    raw score on the test pairs with their intervals, and the IIA of doing nothing beside the majority rate."""
+    rows = {"finding": finding.table.loc[finding.first]}
+    for name, null in nulls.items():
+        rows[name] = null.table.loc[null.first]
+    return pd.DataFrame(rows).T[["site", "score", "score low", "score high", "raw", "raw low", "raw high", "majority"]]
+

@@ -151,7 +151,9 @@ def report(runs: pd.DataFrame, sites: Mapping[str, Site], candidates: Sequence[s
     for e in evidences:
         here = chosen[chosen["candidate"] == e.candidate]
         per_run = [float(candidate_score(o.correct, o.none, o.changed)) for o in here[split]]
-        rows[e.candidate] |= {"site": str(sites[e.candidate]).replace("@", " "), "layer": sites[e.candidate].layer,
+        rows[e.candidate] |= {"iia": float(np.mean([o.correct.mean() for o in here[split]])),
+                              "none": float(np.mean([o.none.mean() for o in here[split]])),
+                              "site": str(sites[e.candidate]).replace("@", " "), "layer": sites[e.candidate].layer,
                               "position": sites[e.candidate].position, "variables": here[split].iloc[0].variables,
                               "runs": e.runs(), "data seeds": len(e.by_data), "pairs": here[split].iloc[0].pairs,
                               "runs min": min(per_run), "runs max": max(per_run), "majority": here["majority"].mean()}
