@@ -189,6 +189,11 @@ def model_source(name: str) -> tuple[str, str | None]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string ('standin', 'smollm2', a path or a hub id), got {name!r}")
     path = Path(name).expanduser()
+    if name.startswith(RANDOM_PREFIX):  # "random:SEED:NAME": NAME's architecture with random weights (made once)
+        seed, _, base = name[len(RANDOM_PREFIX):].partition(":")
+        if not seed.isdigit() or not base:
+            raise ValueError(f"{name!r}: a random-weights model is named 'random:SEED:NAME', e.g. 'random:0:smollm2-pricetag'")
+        return random_weights_copy(base, int(seed)), None
     if name == "standin":
         if not (STANDIN_DIR / "config.json").exists():
             raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.models.standin`")
@@ -303,6 +308,15 @@ def _load_merged(name: str, base: str, device: str, dtype: str | torch.dtype) ->
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+RANDOM_PREFIX = "random:"
+
+
+def random_weights_name(name: str, seed: int = 0) -> str:
+    """The `load_model` name of `name`'s architecture with weights drawn at random from `seed`: the same on every
+    machine (a record's config names it so), its files made once under CACHE_DIR (`random_weights_copy`)."""
+    return f"{RANDOM_PREFIX}{seed}:{name}"
 
 
 def random_weights_copy(name: str, seed: int = 0) -> str:

@@ -29,6 +29,7 @@ grid have no record, so that nothing is ever chosen or reported from a grid that
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,6 +51,9 @@ from das_lib.runs.identity import run_identity
 from das_lib.runs.jobs import Runner, layers_of, run_job, runner_for
 from das_lib.runs.store import Store
 from das_lib.tasks import make_task
+
+
+READ_LOG = "DAS_LIB_READ_LOG"  # environment variable: a file each alignment read back is listed in (book.stores)
 
 
 class IncompleteGrid(LookupError):
@@ -138,6 +142,7 @@ class Grid:
         tokenizer = load_tokenizer(spec.model)  # the grid is planned without loading the weights
         self.task = make_task(spec.task, tokenizer, spec.task_settings)
         self.identity = run_identity(spec.model, spec.dtype, device)
+        self._labels: dict[tuple, np.ndarray] = {}
         n_layers, roles = load_config(spec.model).num_hidden_layers, self.task.searched_roles()
         bad_layers = [l for l in spec.layers if not 0 <= l < n_layers]  # noqa: E741
         bad_positions = [p for p in spec.positions if p not in roles]
@@ -200,8 +205,11 @@ class Grid:
     def labels(self, key: str, split: str = "test", data_seed: int | None = None) -> np.ndarray:
         """(V, N) the counterfactual label tokens of candidate `key`'s variables on a split of the pool (without
         the model: the pairs and the causal model fix them)."""
-        design = self.spec.design(self.spec.data_seed if data_seed is None else data_seed)
-        return pools.labels(self.task, self.candidate(key), pools.pairs(self.task, design)[split])[0]
+        key_ = (key, split, self.spec.data_seed if data_seed is None else data_seed)
+        if key_ not in self._labels:
+            design = self.spec.design(key_[2])
+            self._labels[key_] = pools.labels(self.task, self.candidate(key), pools.pairs(self.task, design)[split])[0]
+        return self._labels[key_]
 
     def record(self, cell: Cell) -> dict[str, Any] | None:
         """The finished record of `cell`, or None."""
@@ -245,13 +253,24 @@ class Grid:
 
         return len(self.store.share(configs, run))  # cells another process holds are waited for, not run twice
 
+    def measure_task(self) -> dict[str, float]:
+        """Run the model's task-accuracy job alone (unless recorded) and return `task_record`."""
+        with self.store.using():
+            self._execute([self.task_config()], None, False, None)
+        return self.task_record()
+
     # ---- reading --------------------------------------------------------------------------------
-    def task_accuracy(self, vocabulary: bool = False) -> float:
-        """The model's task accuracy as the grid recorded it (over the answer tokens, or the whole vocabulary)."""
+    def task_record(self) -> dict[str, float]:
+        """The model's task accuracy as the grid recorded it: over the answer tokens (`task_accuracy`), over the
+        whole vocabulary (`task_accuracy_vocabulary`), and the share of the more common answer (`majority`)."""
         record = self.store.get(self.task_config())
         if record is None:
             raise IncompleteGrid(f"the task accuracy of {self.spec.model!r} is not in the store {self.store.root}: run the grid")
-        return record["results"]["task_accuracy_vocabulary" if vocabulary else "task_accuracy"]
+        return record["results"]
+
+    def task_accuracy(self, vocabulary: bool = False) -> float:
+        """The model's recorded task accuracy (over the answer tokens, or the whole vocabulary)."""
+        return self.task_record()["task_accuracy_vocabulary" if vocabulary else "task_accuracy"]
 
     def runs(self, cells: list[Cell] | None = None) -> pd.DataFrame:
         """One row per cell of `cells` (default: all of `cells()`): the cell, its site, its validation and test
@@ -292,7 +311,13 @@ class Grid:
         record = self.record(cell)
         if record is None:
             raise IncompleteGrid(f"cell {cell} is not in the store {self.store.root}: run the grid first")
+        if record["results"]["alignment"] is None:
+            raise IncompleteGrid(f"the alignment of {cell} was not kept (a committed store keeps the files of the cells "
+                                 f"its chapter reads back): train it again into a fresh store")
         path = self.store.root / record["hash"] / record["results"]["alignment"]
+        if os.environ.get(READ_LOG):  # a run making a committed store lists the alignments it reads back
+            with open(os.environ[READ_LOG], "a") as log:
+                log.write(record["hash"] + "\n")
         try:
             intervention, _ = load_intervention(path, self.runner.model.config.hidden_size, self.runner.device)
         except Exception as err:  # noqa: BLE001  (any unreadable file: named, set aside, rerun)
