@@ -2,9 +2,12 @@
 check that a model answers a setting at all, the cross-hypothesis matrix, and a grid that is not all there."""
 from __future__ import annotations
 
+import json
+import random
 import re
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +17,7 @@ import torch
 from das_lib import paper
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.outcome import candidate_score
+from das_lib.method.seeds import setting_games_seed
 from das_lib.method.stats import binomial_interval, paired_difference
 from das_lib.method.training import PlainForward, TrainConfig, answer_tokens_under
 from das_lib.models.standin import build_tokenizer
@@ -23,7 +27,7 @@ from das_lib.runs import crosscheck, findings, grids, reuse
 from das_lib.runs import robustness as rb
 from das_lib.runs import robustness_table as rt
 from das_lib.runs.grid import Cell, Grid, IncompleteGrid
-from das_lib.runs.sweep import sweep_spec
+from das_lib.runs.sweep import spec_from_params, sweep_spec
 
 TEMPLATE = "standin"
 KINDS = ["standard", "fixed_bracket", "sibling", "correct_only", "incorrect_only"]
@@ -114,7 +118,7 @@ def test_sibling_labels_are_true_and_false(tok):
     true_id, false_id = tok.convert_tokens_to_ids("True"), tok.convert_tokens_to_ids("False")
     assert task.answer_ids() == (true_id, false_id)
     assert {true_id, false_id}.isdisjoint(PriceTagTask(tok, TEMPLATE).answer_ids())
-    assert "say True only" in task.prompt(sample_game(__import__("random").Random(0)))
+    assert "say True only" in task.prompt(sample_game(random.Random(0)))
 
 
 # --- what a setting's pairs can mean --------------------------------------------------------------
@@ -254,7 +258,7 @@ def test_the_whole_grid_gives_the_heatmaps_and_the_papers_statistics(grid, resul
 
 def test_the_settings_task_accuracy_and_majority_are_measured_on_their_games(tok, grid, result):
     setting = next(s for s in result.settings if s.key == "fixed_unseen")
-    rng = __import__("random").Random(__import__("das_lib.method.seeds", fromlist=["x"]).setting_games_seed(0))
+    rng = random.Random(setting_games_seed(0))
     games = [sample_game(rng, setting.bracket) for _ in range(40)]
     row = result.checks.loc["fixed_unseen"]
     assert row["majority"] == majority_rate_of_games(games)
@@ -333,3 +337,41 @@ def test_grid_stats_are_the_papers_columns():
 def test_paper_rows_agree_with_the_sweeps_numbers():
     for key in ("left", "left_right"):
         assert paper.ROBUSTNESS[get_hypothesis(key).title][0] == paper.MAX_IIA[key]
+
+
+# --- chapter 6 opens chapter 5's grid -------------------------------------------------------------------
+
+
+def parameter_defaults(chapter: str) -> dict:
+    """The defaults of a chapter's parameters cell."""
+    cells = json.loads((Path(__file__).resolve().parents[1] / "book" / chapter).read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    values: dict = {}
+    exec("".join(cell["source"]), values)  # the cell holds literal assignments only
+    values.pop("__builtins__")
+    return values
+
+
+class Reading(dict):
+    """A dict that remembers which keys were read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_chapter_6_builds_chapter_5s_grid_from_the_same_parameters():
+    """Chapter 6 builds its grid with spec_from_params from its own parameters, whose defaults are chapter 5's
+    wherever chapter 5 has the parameter (the candidates aside: a cell's config does not hold the list), so that
+    with the defaults it opens chapter 5's store and finds chapter 5's cells there."""
+    six, five = parameter_defaults("06_robustness.ipynb"), parameter_defaults("05_sweep.ipynb")
+    reading = Reading(six)
+    spec = spec_from_params(reading)
+    assert set(spec.candidates) == {s.hypothesis for s in rb.make_settings()}
+    shared = (reading.read - {"hypotheses"}) & set(five)
+    assert {"model", "layers", "positions", "seeds", "steps", "batch_size", "n_train", "n_val", "n_test"} <= shared
+    assert {k: six[k] for k in [*shared, "store"]} == {k: five[k] for k in [*shared, "store"]}
