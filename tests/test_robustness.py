@@ -217,6 +217,18 @@ def test_the_reported_cell_is_the_findings_site_and_its_best_seed_on_validation(
     assert reuse.chosen_cell(grid, moved, "left").site() == other["left"]
 
 
+def test_the_seed_is_chosen_on_validation_not_on_test(grid, finding):
+    """Runs whose validation outcomes favour seed 1 and whose test outcomes favour seed 0: seed 1 is chosen."""
+    site = finding.sites["left"]
+    runs = grid.runs([Cell("left", site.layer, site.position, s) for s in (0, 1)]).reset_index(drop=True)
+    for column, best in (("val", 1), ("test", 0)):
+        outcomes = list(runs[column])
+        outcomes[best] = replace(outcomes[best], correct=np.ones_like(outcomes[best].correct), none=np.zeros_like(outcomes[best].none))
+        outcomes[1 - best] = replace(outcomes[1 - best], correct=np.zeros_like(outcomes[1 - best].correct))
+        runs[column] = outcomes
+    assert reuse.chosen_cell(grid, finding, "left", runs).seed == 1
+
+
 def test_the_chosen_cells_numbers_by_hand_on_the_plain_path(tok, grid, result):
     """The sibling's outcome of the chosen cell, computed here pair by pair on the plain hooked forward, and its
     intervals from das_lib.method.stats."""

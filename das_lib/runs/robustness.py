@@ -150,7 +150,6 @@ def settings_table(settings: Sequence[Setting]) -> pd.DataFrame:
     } for s in settings]).set_index("key")
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Pairs of a setting
 

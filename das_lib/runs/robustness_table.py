@@ -121,8 +121,8 @@ def headline_numbers(result: RobustnessResult) -> dict[str, Any]:
         theirs = paper.ROBUSTNESS.get(s.paper) if s.paper else None
         for i, name in enumerate(("paper_max_iia", "paper_corr", "paper_var")):
             out[f"{name}_{k}"] = theirs[i] if theirs else nan
-    contexts = [s.key for s in result.settings if s.context is not None]
-    out["corr_context"] = float(np.nanmean([out[f"corr_{k}"] for k in contexts])) if contexts and grid is not None else nan
+    known = [out[f"corr_{s.key}"] for s in result.settings if s.context is not None and not np.isnan(out[f"corr_{s.key}"])]
+    out["corr_context"] = float(np.mean(known)) if known else nan
     out["at_chance"] = [s.title for s in result.settings if not result.checks.loc[s.key, "answers"]]
     out["transferred"] = [s.title for s in result.settings if result.checks.loc[s.key, "answers"]
                           and s.key in result.outcomes and bool((chosen.loc[s.key, "gain low"] > 0).all())]
