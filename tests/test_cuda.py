@@ -148,31 +148,31 @@ def test_planted_iia_on_the_gpu():
 
 
 @pytest.fixture(scope="module")
-def gpu_sweep(tmp_path_factory):
-    from das_lib.runs.spec import SweepSpec
-    from das_lib.runs.sweep import Sweep
-    spec = SweepSpec(model="standin", hypotheses=("left",), layers=(1,), positions=("last", "resp_colon"),
-                     train=TrainConfig(steps=20, batch_size=32), n_train=128, n_test=64, n_task=50)
-    sweep = Sweep(spec, tmp_path_factory.mktemp("sweep"), CUDA)
-    sweep.run(progress=False)
-    return sweep
+def gpu_grid(tmp_path_factory):
+    from das_lib.runs.grid import Grid
+    from das_lib.runs.sweep import sweep_spec
+    spec = sweep_spec("standin", ["left", "left_right"], [1], ["last", "resp_colon"], train=TrainConfig(steps=20, batch_size=32),
+                      n_train=128, n_val=32, n_test=64, n_task=50)
+    grid = Grid(spec, tmp_path_factory.mktemp("grid"), CUDA, progress=False)
+    grid.run()
+    return grid
 
 
-def test_a_two_cell_sweep_on_the_gpu(gpu_sweep):
-    records = [record for _, record in gpu_sweep.finished(gpu_sweep.grid())]
-    assert len(records) == 2
+def test_a_four_cell_grid_on_the_gpu(gpu_grid):
+    records = [gpu_grid.record(cell) for cell in gpu_grid.cells()]
+    assert len(records) == 4 and all(r is not None for r in records)
     assert all(r["config"]["model"]["device"] == "cuda" and r["results"]["device"].startswith("cuda") for r in records)
     assert all(r["results"]["path"] == "fast (shared cache)" for r in records)
 
 
-def test_evaluate_grid_on_the_gpu(gpu_sweep):
-    from das_lib.pricetag.game import sample_pairs
-    from das_lib.runs.reuse import alignment_table, standard_match
-    from das_lib.runs.robustness import evaluate_grid
-    runner = gpu_sweep.runner
-    table = alignment_table(gpu_sweep.store, standard_match("standin", "float32", gpu_sweep.task.template, CUDA), ["left"])
-    rows = evaluate_grid(runner.model, gpu_sweep.task, sample_pairs("left", 32, 5), table, gpu_sweep.store)
-    assert len(rows) == 2 and set(rows["path"]) == {"fast"} and rows["iia"].between(0, 1).all()
+def test_robustness_and_the_cross_matrix_on_the_gpu(gpu_grid):
+    from das_lib.runs import crosscheck, findings, reuse, robustness_table
+    finding = findings.finding(gpu_grid)
+    result = reuse.robustness_of(gpu_grid, finding, ["standard", "sibling"], 32, 32, 64, whole_grid=True)
+    table = robustness_table.chosen_table(result)
+    assert len(table) == 5 and table["iia"].between(0, 1).all() and len(result.cells) == 3 * 2
+    matrix = crosscheck.cross_matrix(gpu_grid, finding)
+    assert matrix.iia.shape == (3, 3) and (matrix.pairs.to_numpy().diagonal() == 64).all()
 
 
 def test_chapter_4_under_papermill_on_the_gpu_in_bfloat16(tmp_path):
