@@ -68,7 +68,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.workers < 1:
         ap.error(f"--workers must be >= 1, got {args.workers}")
-    spec = spec_from_params({**chapter_params(args.params), "device": args.device})
+    values = chapter_params(args.params)
+    if not values["budget"]:
+        ap.error("give the parameter file a budget: [steps, batch, training pairs] (the chapter calibrates one; this script cannot)")
+    spec = spec_from_params({**values, "device": args.device})
     grid = Grid(spec, args.store, args.device, progress=False)  # a bad grid is refused here, before any process starts
     start = time.perf_counter()
     # CUDA cannot be used in a forked process; on a Linux CPU a fork spares each worker the imports (seconds)

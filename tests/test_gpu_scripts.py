@@ -14,8 +14,8 @@ from das_lib.runs.sweep import spec_from_params
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = {"model": "standin", "hypotheses": ["left"], "layers": [1], "positions": ["resp_colon", "last"], "seeds": [0],
-        "extra_seeds": [1], "extra_data_seeds": [], "steps": 2, "batch_size": 8, "orthogonal_map": "cayley",
-        "n_train": 16, "n_val": 8, "n_test": 8, "n_task": 8, "data_seed": 0, "dtype": "float32"}
+        "extra_seeds": [1], "extra_data_seeds": [], "budget": [2, 8, 16], "orthogonal_map": "cayley",
+        "n_val": 8, "n_test": 8, "n_task": 8, "data_seed": 0, "dtype": "float32"}
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_processes_sharing_one_store_train_every_cell_once(tmp_path):
 
 def test_the_chapter_builds_its_grid_with_the_same_call():
     """chapter 8 and the GPU script share spec_from_params, so the script's records are the chapter's."""
-    assert "spec_from_params(globals())" in (ROOT / "book" / "08_finetuned.ipynb").read_text()
+    assert "sweep.spec_from_params(globals()" in (ROOT / "book" / "08_finetuned.ipynb").read_text()
 
 
 def test_assemble_without_the_parts_prints_nothing(tmp_path):
@@ -64,7 +64,7 @@ def test_every_parameter_set_of_chapter_8_makes_valid_grids_for_the_model_and_it
     from das_lib.runs import controls
 
     values = workers.chapter_params(None if params is None else ROOT / "book" / "params" / f"08_finetuned.{params}.yml")
-    spec = spec_from_params(values)
+    spec = spec_from_params(values, values["budget"] or values["budgets"][0])
     assert len(Grid(spec, tmp_path / "model", progress=False).grid_cells()) > 0  # a bad grid is refused, naming the roles
     control = controls.control_spec(spec, values["control"], values["control_layers"], values["control_positions"])
     assert len(Grid(control, tmp_path / "control", progress=False).grid_cells()) > 0

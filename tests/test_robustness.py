@@ -385,5 +385,5 @@ def test_chapter_6_builds_chapter_5s_grid_from_the_same_parameters():
     spec = spec_from_params(reading)
     assert set(spec.candidates) == {s.hypothesis for s in rb.make_settings()}
     shared = (reading.read - {"hypotheses"}) & set(five)
-    assert {"model", "layers", "positions", "seeds", "steps", "batch_size", "n_train", "n_val", "n_test"} <= shared
+    assert {"model", "layers", "positions", "seeds", "budget", "n_val", "n_test"} <= shared
     assert {k: six[k] for k in [*shared, "store"]} == {k: five[k] for k in [*shared, "store"]}

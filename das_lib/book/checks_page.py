@@ -188,3 +188,19 @@ def planted_values(model: str, finding: Finding, titles: Mapping[str, str]) -> d
     return {"planted": titles.get(key, key), "planted_site": f"L{truth['layer']} {truth['position']}",
             "planted_found": f"L{site.layer} {site.position}",
             "planted_realised": ", ".join(f"{v} {'yes' if ok else 'no'}" for v, ok in realised.items())}
+
+
+def summary_table(finding: Finding, titles: Mapping[str, str], nulls: Mapping[str, Finding], control: Finding,
+                  control_titles: Mapping[str, str]) -> pd.DataFrame:
+    """The landing page's small table: each hypothesis at its chosen site, each null's best, and the positive
+    control's planted program, with the test score and its interval and which variables are realised."""
+    def row(name: str, f: Finding, key: str, names: Mapping[str, str]) -> dict[str, str]:
+        t, realised = f.table.loc[key], f.realised(key)
+        held = [v for v, ok in realised.items() if ok]
+        return {"": name, "site": t["site"], "score [95%]": with_interval(t["score"], t["score low"], t["score high"]),
+                "variables realised": f"{len(held)} of {len(realised)}" + (f" ({', '.join(held)})" if held else "")}
+
+    rows = [row(titles.get(c, c), finding, c, titles) for c in finding.order]
+    rows += [row(f"null: {name} ({titles.get(f.first, f.first)})", f, f.first, titles) for name, f in nulls.items()]
+    rows.append(row(f"positive control: {control_titles.get(control.first, control.first)}", control, control.first, control_titles))
+    return pd.DataFrame(rows).set_index("")

@@ -14,6 +14,7 @@ so the answer of each prompt in a batch is read at the last position.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -22,7 +23,7 @@ import socket
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -247,7 +248,8 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
     require_hub(source)
     check_directory(source, gguf_file, weights=False)
     with reading(source, gguf_file):  # names the file: no such directory, unknown hub id, a truncated GGUF
-        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+        tokenizer = _read_once("tokenizer", source, gguf_file, lambda: AutoTokenizer.from_pretrained(
+            source, **({"gguf_file": gguf_file} if gguf_file else {})))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # Llama's tokenizer has none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -263,7 +265,24 @@ def load_config(name: str = "standin") -> PretrainedConfig:
     require_hub(source)
     check_directory(source, gguf_file, weights=False)
     with reading(source, gguf_file):
-        return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+        return _read_once("config", source, gguf_file, lambda: AutoConfig.from_pretrained(
+            source, **({"gguf_file": gguf_file} if gguf_file else {})))
+
+
+_READ: dict[tuple, Any] = {}  # what a GGUF file gave, by (kind, file, size, modification time)
+
+
+def _read_once(kind: str, source: str, gguf_file: str | None, read: Callable[[], Any]) -> Any:
+    """`read()`, made once per process for a GGUF file while its size and modification time stay the same (reading
+    a tokenizer or a config from a GGUF parses the whole file: seconds, again and again for every grid), as a copy."""
+    if gguf_file is None:
+        return read()
+    path = Path(source) / gguf_file
+    stat = path.stat()
+    key = (kind, str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _READ:
+        _READ[key] = read()
+    return copy.deepcopy(_READ[key])
 
 
 def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:

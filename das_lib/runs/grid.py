@@ -100,7 +100,7 @@ class GridSpec:
     data_seed: int = 0
     separate: Mapping[str, Any] | None = None  # pools.design's `separate`: pairs chosen to separate a family
     task: str = "pricetag"  # das_lib.tasks name
-    n_task: int = 1000  # inputs the model's task accuracy is measured on
+    n_task: int = 1000  # inputs the model's task accuracy is measured on (0: not measured)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -116,8 +116,8 @@ class GridSpec:
             problems.append(f"seeds {both} are both grid seeds and extra seeds")
         if self.data_seed in self.extra_data_seeds:
             problems.append(f"data seed {self.data_seed} is the grid's own and an extra data seed")
-        if self.n_task < 1:
-            problems.append(f"n_task must be >= 1, got {self.n_task}")
+        if self.n_task < 0:
+            problems.append(f"n_task must be >= 0 (0: not measured), got {self.n_task}")
         try:
             pools.design(self.n_train, self.n_val, self.n_test, self.data_seed, self.separate)
         except ValueError as err:
@@ -226,7 +226,7 @@ class Grid:
         bar = tqdm(total=len(self.grid_cells()) + n_extra, desc="grid", unit="cell",
                    disable=not self.progress or client is not None)
         with self.store.using():
-            self._execute([self.task_config()], client, gpu, None)
+            self._execute([self.task_config()] if self.spec.n_task else [], client, gpu, None)
             for phase in (self.grid_cells, self.extra_cells):  # the chosen sites are known once the grid is finished
                 configs = [self.config(c) for c in phase()]
                 todo = [c for c in configs if self.store.get(c) is None]

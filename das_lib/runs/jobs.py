@@ -211,8 +211,8 @@ class Runner:
         inputs = [task.sample_input(rng) for _ in range(config["n_games"])]
         reference = next(iter(task.hypotheses().values())).model  # every hypothesis gives the factual answer
         answers = [reference.predict(x) for x in inputs]
-        return {"task_accuracy": task.accuracy(self.model, inputs),
-                "task_accuracy_vocabulary": task.accuracy(self.model, inputs, vocabulary=True),
+        accuracy = task.accuracy(self.model, inputs)
+        return {"task_accuracy": accuracy["answers"], "task_accuracy_vocabulary": accuracy["vocabulary"],
                 "majority": max(answers.count(a) for a in set(answers)) / len(answers)}
 
 

@@ -74,7 +74,7 @@ class ProgramSearch:
         spec = GridSpec(model=s.model, task_settings=task_settings(s.model), candidates=tuple(candidates),
                         layers=tuple(layers), positions=tuple(positions), seeds=tuple(seeds or s.seeds),
                         extra_seeds=tuple(extra), train=s.train, rank=s.rank, n_train=s.n_train, n_val=s.n_val,
-                        n_test=s.n_test, data_seed=s.data_seed, separate=s.separate(), dtype=s.dtype)
+                        n_test=s.n_test, data_seed=s.data_seed, separate=s.separate(), n_task=0, dtype=s.dtype)
         return Grid(spec, self.store, self.device, progress=self.progress)
 
     # ---- the groups -----------------------------------------------------------------------------
