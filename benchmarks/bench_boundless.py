@@ -11,14 +11,15 @@ cross-entropy barely rewards a right alignment and the boundary penalty wins), a
 temperature starts at 50 * d / 4096 (at least 1): the paper's 50 was for d = 4096, and on d = 64 it
 makes the mask almost flat.
 
-Run it in the benchmark environment (see benchmarks/README.md):
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py            # full table
-    PYTHONPATH=. .venv-bench/bin/python benchmarks/bench_boundless.py --quick    # a smoke run
+Run it in the benchmark environment (see benchmarks/README.md), which `make bench` creates:
+    make bench                       # full table
+    make bench BENCH_ARGS=--quick    # a smoke run (tests/test_bench_boundless.py runs it in the main environment)
 """
 from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -40,8 +41,12 @@ from das_lib.method.training import PlainForward, TrainConfig, lr_factor, next_b
 
 try:
     import pyvene as pv
-except ImportError:  # the main environment has no pyvene: das_lib columns only
+except ImportError:  # without pyvene: das_lib's columns only
     pv = None
+
+# Float32 logits of magnitude ~10 agree to ~1e-5 when the computations are the same (benchmarks/README.md);
+# a wrong position, rotation convention or schedule moves them by far more.
+MAX_LOGIT_DIFF = 1e-3
 
 MODELS = {
     "4L d64": dict(hidden_size=64, intermediate_size=256, num_hidden_layers=4, num_attention_heads=4),
@@ -126,6 +131,16 @@ class Pyvene:
         return seconds, iia
 
 
+def check_agreement(logits: dict[str, torch.Tensor], tolerance: float = MAX_LOGIT_DIFF) -> float:
+    """The largest difference between any two methods' logits; an error if it exceeds `tolerance`."""
+    diff = max((a - b).abs().max().item() for a, b in itertools.combinations(logits.values(), 2))
+    if not diff <= tolerance:
+        raise RuntimeError(f"{' / '.join(logits)} do not compute the same thing: their logits at the shared start differ "
+                           f"by up to {diff:.3g} (more than {tolerance:g}); timing them side by side would compare "
+                           "different computations, so fix the implementation before benchmarking")
+    return diff
+
+
 def das_lib_train(forward, iv, data, config, eval_data=None) -> tuple[float, float | None]:
     """das_lib's own training loop: (seconds, IIA)."""
     result = train_intervention(forward, iv, data, config, eval_data, progress=False)
@@ -169,13 +184,13 @@ def run_cell(model_name: str, model, layer: int, position: int, args, iia: bool)
     if pv is not None:
         pyv = Pyvene(model, site, position, rotation)
         methods["pyvene"] = lambda cfg, ev=None: pyv.train(train, cfg, ev)
-        # the same computation: identical logits at the shared starting point
-        batch = test.select(slice(0, 32))
-        iv_fast.temperature = iv_plain.temperature = 5.0
         pyv.intervenable.set_temperature(torch.tensor(5.0))
-        with torch.no_grad():
-            row["max_logit_diff"] = max((fast(batch) - pyv(batch)).abs().max().item(),
-                                        (plain(batch) - pyv(batch)).abs().max().item())
+    iv_fast.temperature = iv_plain.temperature = 5.0
+    batch = test.select(slice(0, 32))
+    with torch.no_grad():  # the same computation: the same logits at the shared starting point
+        logits = {"fast": fast(batch), "plain": plain(batch)} | ({"pyvene": pyv(batch)} if pv is not None else {})
+    row["compared"] = list(logits)
+    row["max_logit_diff"] = check_agreement(logits)
     t_start = max(1.0, 50.0 * d / 4096)
     short = TrainConfig(steps=args.timing_steps, batch_size=args.batch, lr=args.lr, boundary_lr=args.boundary_lr,
                         temperature_start=t_start)

@@ -8,16 +8,16 @@ import torch
 from torch.nn import functional as F
 from transformers import (
     GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM,
-    MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+    MistralConfig, MistralForCausalLM, PreTrainedModel, Qwen2Config, Qwen2ForCausalLM,
 )
 
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import (
     CachedForward, FastPathMismatch, FastPathUnavailable, PlainPathWarning, caches_or_plain, make_forward, shared_caches,
 )
-from das_lib.method.fastpath_checks import CHECK_FACTOR, CHECK_FLOOR, check_tolerance
+from das_lib.method.fastpath_checks import CHECK_FACTOR, CHECK_FLOOR, check_tolerance, self_disagreement
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
-from das_lib.method.sites import Site
+from das_lib.method.sites import Site, capture
 from das_lib.method.training import PlainForward, TrainConfig, evaluate, train_intervention
 
 V, D, T, N = 40, 32, 10, 24
@@ -313,3 +313,16 @@ def test_the_check_tolerance_is_a_small_multiple_of_the_models_own_disagreement(
     assert check_tolerance(0.0, torch.bfloat16) == CHECK_FLOOR[torch.bfloat16]  # never below the dtype's rounding
     assert check_tolerance(1e-7, torch.float32) == CHECK_FLOOR[torch.float32]
     assert 2 <= CHECK_FACTOR <= 4  # above: a rotary offset at layer 16 passes; below: the other rounding order fails
+
+
+def test_the_self_check_switches_attention_without_transformers_5s_setter(llama, monkeypatch):
+    """transformers 4.x (pyvene's environment in `make bench`) has no `set_attn_implementation`; the self-check
+    then sets the config field its attention reads at every call, and measures what the setter measures."""
+    data = make_data(torch.full((N,), T - 1))
+    reference = capture(llama, Site(SMALL["num_hidden_layers"] - 1), data.base, data.base_pos)
+    with_setter = self_disagreement(llama, data, reference)
+    monkeypatch.delattr(PreTrainedModel, "set_attn_implementation", raising=False)
+    assert not hasattr(llama, "set_attn_implementation")
+    without_setter = self_disagreement(llama, data, reference)
+    assert without_setter == with_setter > 0  # eager rounds otherwise than SDPA: the switch took effect
+    assert llama.config._attn_implementation == "sdpa"  # and was undone

@@ -9,6 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
+from das_lib.method.readout import check_answers
+
 
 def rows_on(rows: np.ndarray, device: torch.device) -> torch.Tensor:
     """Row numbers kept on the host, as an index tensor on `device`. To a GPU they are copied from pinned
@@ -25,6 +27,8 @@ class InterchangeData:
 
     `roles` names the position columns (one name for (N,) positions, k names for (N, k)), so that a
     forward can check that a site's position is the one the data was encoded at; None: unnamed.
+    `answers` are the token ids of the task's answers, (A,): the model's answer is read over them
+    (das_lib.method.readout); None reads it over the whole vocabulary (the paper's reading).
 
     Every dataset made by the constructor (or `dataclasses.replace`, which may change any tensor) gets a
     new `origin`; `select` and `to` keep their parent's, with `ids`, the rows of the parent's examples
@@ -42,6 +46,7 @@ class InterchangeData:
     labels: torch.Tensor  # (N,) class or token id of the counterfactual output
     base_labels: torch.Tensor | None = None  # (N,) the model's expected factual answer on the base
     roles: tuple[str, ...] | None = None
+    answers: torch.Tensor | None = None  # (A,) token ids the answer is read over; None: the whole vocabulary
     origin: str = field(init=False, repr=False, compare=False)
     ids: np.ndarray | None = field(init=False, repr=False, compare=False)  # (N,) rows in `origin`; None: 0..N-1
     positions_checked: bool = field(init=False, repr=False, compare=False)
@@ -53,6 +58,8 @@ class InterchangeData:
         for name, t in [*self.base.items(), *self.source.items(), ("variable", self.variable)]:
             if len(t) != n:
                 raise ValueError(f"InterchangeData: {name} has {len(t)} rows but there are {n} labels")
+        if self.answers is not None:
+            check_answers(self.answers, self.labels)
         if self.roles is not None and self.base_pos is not None:
             columns = 1 if self.base_pos.dim() == 1 else self.base_pos.shape[1]
             if len(self.roles) != columns:
@@ -108,6 +115,8 @@ class InterchangeData:
         device = self.labels.device
         new.variable, new.labels = variable.to(device), labels.to(device)
         new.base_labels = None if base_labels is None else base_labels.to(device)
+        if new.answers is not None:
+            check_answers(new.answers.cpu(), labels.cpu())
         return new
 
     def column(self, j: int) -> "InterchangeData":
@@ -117,7 +126,18 @@ class InterchangeData:
 
     def to(self, device: str | torch.device) -> "InterchangeData":
         """A copy on `device`."""
-        return self._derived(self.ids, lambda t: t.to(device))
+        new = self._derived(self.ids, lambda t: t.to(device))
+        new.answers = None if self.answers is None else self.answers.to(device)
+        return new
+
+    def read_over(self, answers: torch.Tensor | None) -> "InterchangeData":
+        """The same examples (the same origin) read over other answer tokens; None: the whole vocabulary."""
+        new = self._derived(self.ids, lambda t: t)
+        if answers is not None:
+            check_answers(answers.cpu(), self.labels.cpu())
+            answers = answers.to(self.labels.device)
+        new.answers = answers
+        return new
 
     def check_position(self, position: str | None) -> None:
         """Refuse a site whose position is not the one (named) role these examples are encoded at."""

@@ -226,17 +226,19 @@ def prefix_keys_values(layers: Sequence[tuple[int, nn.Module]], n_layers: int, h
 
 
 def output_logits(model: nn.Module, hidden: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's output head on last-layer states (B, d): logits (B, V), or (B, A) of the tokens `answers` (A,).
-
-    Final norm, output embedding and the final soft-capping of Gemma-style configs, as the model's own forward."""
-    head = model.get_output_embeddings()
-    weight, bias = head.weight, head.bias
-    if answers is not None:
-        weight = weight.index_select(0, answers)
-        bias = None if bias is None else bias.index_select(0, answers)
-    logits = F.linear(model.model.norm(hidden), weight, bias)
+    """The model's output head on the last layer's states (B, d): logits over the vocabulary (B, V), or only the
+    rows of the answer tokens `answers` (A,) (das_lib.method.readout): (B, A), the same numbers as the full head's
+    columns, without computing the vocabulary's other logits. Final norm, output embedding and, for Gemma-style
+    configs, the final soft-capping, as the model's own forward pass."""
+    head, normed = model.get_output_embeddings(), model.model.norm(hidden)
+    if answers is None:
+        logits = head(normed)
+    else:
+        weight = head.weight.index_select(0, answers.to(head.weight.device))
+        bias = None if head.bias is None else head.bias.index_select(0, answers.to(head.bias.device))
+        logits = F.linear(normed, weight, bias)
     cap = getattr(model.config, "final_logit_softcapping", None)
-    if cap:
+    if cap:  # in the model's order: tanh(logits / cap) * cap
         logits = torch.tanh(logits / cap) * cap
     return logits
 

@@ -286,7 +286,7 @@ class CachedForward:
         new = self.intervention(select_positions(suffix, local, check=False), store.source.index_select(0, rows),
                                 batch.variable)
         hidden = self._upper_layers(store, rows_host, write_positions(suffix, local, new, check=False), rows)
-        return decoder_layers.output_logits(self.model, hidden)
+        return decoder_layers.output_logits(self.model, hidden, batch.answers)
 
 
 def shared_cache(

@@ -50,13 +50,25 @@ def self_disagreement(model: nn.Module, data: InterchangeData, reference: torch.
     other = "eager" if current != "eager" else "sdpa"
     last = Site(len(find_layers(model)) - 1)
     positions = torch.full((len(data),), data.base["input_ids"].shape[1] - 1, dtype=torch.long, device="cpu")
-    model.set_attn_implementation(other)
+    _set_attention(model, other)
     try:
         with torch.no_grad():
             theirs = capture(model, last, data.base, positions)
     finally:
-        model.set_attn_implementation(current)
+        _set_attention(model, current)
     return relative_error(theirs, reference)
+
+
+def _set_attention(model: nn.Module, implementation: str) -> None:
+    """Switch `model`'s attention to `implementation` ("sdpa" or "eager") under transformers 5.x or 4.x."""
+    if hasattr(model, "set_attn_implementation"):  # transformers 5.x
+        model.set_attn_implementation(implementation)
+        return
+    # transformers 4.x (4.48 on) has no setter, but its attention layers and mask builder read the config's
+    # field at every call; a submodule may hold its own copy of the config, so every one is set.
+    configs = {id(m.config): m.config for m in model.modules() if hasattr(getattr(m, "config", None), "_attn_implementation")}
+    for config in configs.values():
+        config._attn_implementation = implementation
 
 
 def check_tolerance(noise: float, dtype: torch.dtype) -> float:

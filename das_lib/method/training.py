@@ -24,11 +24,13 @@ from tqdm.auto import tqdm
 from das_lib import paper
 from das_lib.method.data import InterchangeData
 from das_lib.method.interventions import ORTHOGONAL_MAPS, BoundlessDASIntervention, RotatedSpaceIntervention, resolve_map
+from das_lib.method.readout import answer_targets, over_answers, predicted_tokens
 from das_lib.method.sites import Site, answer_logits, capture, intervened_logits
 
 
 class InterventionForward(Protocol):
-    """Computes the answer logits (B, V) of a batch under the intervention."""
+    """Computes the answer logits of a batch under the intervention: over `batch.answers` when the batch names
+    them, (B, A), else over the vocabulary, (B, V) (das_lib.method.readout)."""
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor: ...
 
@@ -44,8 +46,9 @@ class PlainForward:
         check = not batch.positions_checked  # checking on a GPU would read the positions back at every step
         with torch.no_grad():
             source_vectors = capture(self.model, self.site, batch.source, batch.source_pos, check)
-        return intervened_logits(self.model, self.site, batch.base, batch.base_pos, source_vectors, self.intervention,
-                                 batch.variable, check)
+        logits = intervened_logits(self.model, self.site, batch.base, batch.base_pos, source_vectors, self.intervention,
+                                   batch.variable, check)
+        return over_answers(logits, batch.answers)
 
 
 @dataclass
@@ -144,31 +147,32 @@ def make_optimizer(intervention: nn.Module, config: TrainConfig) -> torch.optim.
 
 
 def answer_tokens_under(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
-    """(N,) on the CPU: the token the model answers on each example under the intervention (its argmax). The
-    tokens stay on the data's device and are read once at the end, and the rotation of a parametrized
-    intervention is computed once for the whole evaluation, not once per batch."""
+    """(N,) on the CPU: the token the model answers on each example under the intervention (the most likely of
+    the data's answer tokens, or of the vocabulary: das_lib.method.readout). The tokens stay on the data's
+    device and are read once at the end, and the rotation of a parametrized intervention is computed once for
+    the whole evaluation, not once per batch."""
     tokens = []
     with torch.no_grad(), parametrize.cached():
         for start in range(0, len(data), batch_size):
-            tokens.append(forward(data.select(slice(start, start + batch_size))).argmax(-1))
+            tokens.append(predicted_tokens(forward(data.select(slice(start, start + batch_size))), data.answers))
     return torch.cat(tokens).cpu()
 
 
 def correct_pairs(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
-    """(N,) bool on the CPU: is the argmax of each example's intervened answer logits its counterfactual label?"""
+    """(N,) bool on the CPU: is each example's intervened answer (`answer_tokens_under`) its counterfactual label?"""
     if len(data) == 0:
         raise ValueError("cannot evaluate on zero examples")
     return answer_tokens_under(forward, data, batch_size) == data.labels.cpu()
 
 
 def evaluate(forward: InterventionForward, data: InterchangeData, batch_size: int = 256) -> float:
-    """IIA: how often the argmax of the intervened answer logits equals the counterfactual label."""
+    """IIA: how often the intervened answer (`answer_tokens_under`) is the counterfactual label."""
     return correct_pairs(forward, data, batch_size).float().mean().item()
 
 
 def answer_tokens(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
-    """(N,) on the CPU: the token the model answers on each base, left alone."""
-    return answer_tokens_under(lambda batch: answer_logits(model, batch.base), data, batch_size)
+    """(N,) on the CPU: the token the model answers on each base, left alone (read as `answer_tokens_under` reads)."""
+    return answer_tokens_under(lambda batch: over_answers(answer_logits(model, batch.base), batch.answers), data, batch_size)
 
 
 def unintervened_correct(model: nn.Module, data: InterchangeData, batch_size: int = 256) -> torch.Tensor:
@@ -185,7 +189,8 @@ def data_fingerprint(data: InterchangeData) -> str:
     """A short hash of every tensor of `data`: a checkpoint only resumes on the same examples."""
     h = hashlib.sha256()
     tensors = {**{f"base.{k}": v for k, v in data.base.items()}, **{f"source.{k}": v for k, v in data.source.items()},
-               "base_pos": data.base_pos, "source_pos": data.source_pos, "variable": data.variable, "labels": data.labels}
+               "base_pos": data.base_pos, "source_pos": data.source_pos, "variable": data.variable, "labels": data.labels,
+               "answers": data.answers}
     for name in sorted(tensors):
         if tensors[name] is not None:
             h.update(name.encode())
@@ -244,11 +249,12 @@ def next_batch(data: InterchangeData, order: np.ndarray, cursor: int, batch_size
 STAT_NAMES = ("loss", "task_loss", "batch_iia", "boundary_dims", "finite")  # what a step records, in order
 
 
-def _step_stats(loss: torch.Tensor, task_loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+def _step_stats(loss: torch.Tensor, task_loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor,
                 boundary_dims: torch.Tensor) -> torch.Tensor:
-    """The step's statistics (STAT_NAMES) as one tensor on the device: read later, with others, in one transfer."""
+    """The step's statistics (STAT_NAMES) as one tensor on the device: read later, with others, in one transfer
+    (`targets`: the classes of `logits` the labels are, as the loss takes them)."""
     with torch.no_grad():
-        hits = (logits.argmax(-1) == labels).float().mean()
+        hits = (logits.argmax(-1) == targets).float().mean()
         finite = torch.isfinite(logits).all().float()
         return torch.stack([loss.detach().float(), task_loss.detach().float(), hits, boundary_dims.float(), finite])
 
@@ -340,9 +346,9 @@ def train_intervention(
         if boundless:
             row["temperature"] = temperature_at(step, config, intervention.r)  # the schedule's value, not its float32 copy
             intervention.temperature = row["temperature"]
-        logits = forward(batch)
-        labels = batch.labels.to(logits.device)
-        task_loss = nn.functional.cross_entropy(logits.float(), labels)
+        logits = forward(batch)  # over the batch's answer tokens, or the vocabulary (das_lib.method.readout)
+        targets = answer_targets(batch.labels.to(logits.device), batch.answers)
+        task_loss = nn.functional.cross_entropy(logits.float(), targets)
         loss = task_loss
         boundary = torch.zeros((), device=logits.device)
         if boundless:
@@ -354,7 +360,7 @@ def train_intervention(
         optimizer.step()
         if rotated:
             intervention.rotation.retract()  # the "qr" map's step ends back on the orthonormal matrices
-        pending.append((row, _step_stats(loss, task_loss, logits, labels, boundary)))
+        pending.append((row, _step_stats(loss, task_loss, logits, targets, boundary)))
         last = step + 1 == config.steps
         evaluating = eval_data is not None and config.eval_every and (step + 1) % config.eval_every == 0
         saving = path is not None and ((step + 1) % checkpoint_every == 0 or last)

@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
+from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import answer_logits
 from das_lib.pricetag.game import (
     ANSWERS,
@@ -229,6 +230,10 @@ class PriceTagTask:
             self._answer_ids = (ids[0], ids[1])
         return self._answer_ids
 
+    def answer_tensor(self) -> torch.Tensor:
+        """(2,) the answer tokens (yes, no) as a tensor: what every answer is read over (das_lib.method.readout)."""
+        return torch.tensor(self.answer_ids(), dtype=torch.long, device="cpu")
+
     def answer_id(self, label: bool) -> int:
         """The answer token id of a boolean label."""
         if not isinstance(label, bool):
@@ -299,7 +304,8 @@ class PriceTagTask:
         if isinstance(role, str):
             pos = pos[:, 0]
         return InterchangeData(base={k: v[:n] for k, v in inputs.items()}, source={k: v[n:] for k, v in inputs.items()},
-                               base_pos=pos[:n], source_pos=pos[n:], **self.targets(pairs), roles=tuple(names))
+                               base_pos=pos[:n], source_pos=pos[n:], **self.targets(pairs), roles=tuple(names),
+                               answers=self.answer_tensor())
 
     def targets(self, pairs: Sequence[CounterfactualPair]) -> dict[str, torch.Tensor]:
         """What `pairs` ask of an intervention, as tensors: the variable each intervenes on, the counterfactual
@@ -340,20 +346,24 @@ def roles_table(tasks: Mapping[str, PriceTagTask], game: Mapping[str, int]) -> p
     return pd.DataFrame({name: task.roles(game) for name, task in tasks.items()}).loc[searched].T
 
 
-def model_answers(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64) -> torch.Tensor:
-    """(N,) bool: did the model's argmax at the answer position equal the correct answer token."""
+def model_answers(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64,
+                  vocabulary: bool = False) -> torch.Tensor:
+    """(N,) bool: is the model's answer the correct answer token: the more likely of the two answer tokens (the
+    readout of das_lib.method.readout), or with `vocabulary` the argmax over the whole vocabulary (the paper's)."""
     device = next(model.parameters()).device
     expected = torch.tensor([task.answer_id(task_label(g)) for g in games], dtype=torch.long, device="cpu")
+    answers = None if vocabulary else task.answer_tensor()
     predicted = []
     with torch.no_grad():
         for start in range(0, len(games), batch_size):
             inputs = {k: v.to(device) for k, v in task.encode(games[start : start + batch_size]).items()}
-            predicted.append(answer_logits(model, inputs).argmax(-1).cpu())
+            predicted.append(predicted_tokens(over_answers(answer_logits(model, inputs), answers), answers).cpu())
     return torch.cat(predicted) == expected
 
 
-def task_accuracy(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64) -> float:
-    """Share of `games` the model answers correctly (argmax at the answer position)."""
+def task_accuracy(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64,
+                  vocabulary: bool = False) -> float:
+    """Share of `games` the model answers correctly (`model_answers`: over the answer tokens, or the vocabulary)."""
     if not games:
         raise ValueError("no games given")
-    return model_answers(model, task, games, batch_size).float().mean().item()
+    return model_answers(model, task, games, batch_size, vocabulary).float().mean().item()

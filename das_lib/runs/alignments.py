@@ -24,6 +24,7 @@ from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
 from das_lib.method.metrics import normalised_or_nan
 from das_lib.method.seeds import split_seeds
+from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import Site, answer_logits, capture, layer_module
 from das_lib.method.subspaces import captured_variation, effective_neurons, neuron_weights, random_rotation_like, subspace
 from das_lib.method.stats import beats, paired_difference
@@ -94,9 +95,12 @@ def intervention_example(
     intervention (exact, plain hooked forward), and the causal model's counterfactual answer."""
     device = next(layer_module(model, site).parameters()).device
     data = task.interchange_data([pair], site.position).to(device)
-    decode = lambda logits: task.tokenizer.decode([int(logits.argmax(-1)[0])]).strip()  # noqa: E731
+    def decode(logits: torch.Tensor) -> str:  # the answer as every IIA reads it (das_lib.method.readout)
+        return task.tokenizer.decode([int(predicted_tokens(logits, data.answers)[0])]).strip()
+
     with torch.no_grad():
-        on_base, on_source = decode(answer_logits(model, data.base)), decode(answer_logits(model, data.source))
+        on_base = decode(over_answers(answer_logits(model, data.base), data.answers))
+        on_source = decode(over_answers(answer_logits(model, data.source), data.answers))
         after = decode(PlainForward(model, site, intervention)(data))
     row = pairs_table([pair], task.variant).iloc[0]  # the games and the causal model's answers
     return pd.Series({
