@@ -21,11 +21,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from das_lib.method.sites import main_output
 
+try:  # transformers 5: a cache is a list of layers
+    from transformers.cache_utils import DynamicLayer
+except ImportError:  # transformers 4.x (make bench's environment): lists of keys and values
+    DynamicLayer = None
+
 CACHE_ARGS = ("cache", "past_key_values", "past_key_value")  # the names a transformers layer takes its cache by
+POSITION_ARGS = ("position_ids", "cache_position")  # per-position index tensors, cut to the queries on their last axis
 IMPLEMENTATIONS = ("sdpa", "eager")  # the attention implementations whose masks are plain tensors
 
 
@@ -89,22 +94,22 @@ class Recorder:
         self.rotary_kinds: list[dict[int, int]] = []
         self.allowed: list[list[torch.Tensor]] = []  # per pass, per kind of that pass
         self.rotary: list[list[tuple[torch.Tensor, torch.Tensor]]] = []
-        self.positions: list[torch.Tensor | None] = []
+        self.positions: list[dict[str, torch.Tensor]] = []
         self.rows: list[int] = []
         self.cache_arg, self.unchanged = "cache", {}
 
     def add(self, arguments: dict[int, dict[str, Any]], rows: int) -> None:
         """Record one pass's arguments (layer index -> keyword arguments); refuse (UnknownArguments) a tensor
         argument the fast path does not know how to cut to the suffix."""
-        masks, rotary, positions = {}, {}, None
+        masks, rotary, positions = {}, {}, {}
         for layer, kwargs in arguments.items():
             for name, value in kwargs.items():
                 if name == "attention_mask":
                     masks[layer] = value
                 elif name == "position_embeddings" and isinstance(value, tuple) and len(value) == 2:
                     rotary[layer] = value
-                elif name == "position_ids":
-                    positions = value
+                elif name in POSITION_ARGS and isinstance(value, torch.Tensor) and value.shape[-1] == self.length:
+                    positions[name] = value
                 elif name in CACHE_ARGS:
                     self.cache_arg = name
                 elif isinstance(value, (torch.Tensor, tuple, list, dict)):
@@ -159,13 +164,18 @@ class Recorder:
             return cos[0], sin[0]
         return torch.cat(cos), torch.cat(sin)
 
-    def position_ids(self) -> torch.Tensor | None:
-        """The position ids the layers were given, (rows, T): one row when the data has none of its own."""
-        if self.positions[0] is None:
-            return None
-        if all(p.shape[0] == 1 for p in self.positions):
-            return self.positions[0]
-        return torch.cat([p.expand(n, -1) for p, n in zip(self.positions, self.rows)])
+    def position_arguments(self) -> dict[str, torch.Tensor]:
+        """The per-position arguments the layers were given (position ids (rows, T), a cache position (T,)), over
+        every pass: one row when the data has no positions of its own."""
+        out = {}
+        for name, first in self.positions[0].items():
+            parts = [p[name] for p in self.positions]
+            if first.dim() == 1 or all(p.shape[0] == 1 for p in parts):
+                out[name] = first
+            else:
+                out[name] = torch.cat([p.expand(n, -1) for p, n in zip(parts, self.rows)])
+        return out
+
 
 def hides_last(allowed: torch.Tensor) -> np.ndarray:
     """(rows,) on the host: does the last query of each row have a key hidden (padding, a sliding window)?"""
@@ -180,10 +190,10 @@ def as_mask(allowed: torch.Tensor | None, implementation: str, dtype: torch.dtyp
 
 
 def layer_arguments(layout: Layout, masks: Sequence[torch.Tensor | None], rotary: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                    positions: torch.Tensor | None, cache: DynamicCache) -> dict[int, dict[str, Any]]:
+                    positions: dict[str, torch.Tensor], cache: DynamicCache | None) -> dict[int, dict[str, Any]]:
     """Each layer's keyword arguments, as the model's forward pass gives them, from the kinds' masks and rotary tables."""
     return {layer: {"attention_mask": masks[layout.mask_kind[layer]], "position_embeddings": rotary[layout.rotary_kind[layer]],
-                    "position_ids": positions, layout.cache_arg: cache, **layout.unchanged} for layer in layout.mask_kind}
+                    **positions, layout.cache_arg: cache, **layout.unchanged} for layer in layout.mask_kind}
 
 
 def split_tables(table: torch.Tensor, widths: Sequence[int]) -> list[torch.Tensor]:
@@ -191,15 +201,27 @@ def split_tables(table: torch.Tensor, widths: Sequence[int]) -> list[torch.Tenso
     return list(torch.split(table, list(widths), dim=-1))
 
 
-def prefix_cache(n_layers: int, keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor]) -> DynamicCache:
-    """A DynamicCache over `n_layers` layers holding `keys` and `values` (B, kv_heads, P, head_dim) at their layers."""
+def prefix_cache(n_layers: int, keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor],
+                 empty: torch.Tensor) -> DynamicCache:
+    """A DynamicCache over `n_layers` layers holding `keys` and `values` (B, kv_heads, P, head_dim) at their layers
+    and `empty` (a tensor of no elements, on the device) at the others, which their first update fills."""
     cache = DynamicCache()
-    for j in range(n_layers):
-        layer = DynamicLayer()
-        if j in keys:  # set, not appended with update(): that would copy them
-            layer.keys, layer.values, layer.device, layer.is_initialized = keys[j], values[j], keys[j].device, True
+    if DynamicLayer is None:  # transformers 4.x: an empty slot is set by the first update, a full one extended
+        cache.key_cache = [keys.get(j, empty) for j in range(n_layers)]
+        cache.value_cache = [values.get(j, empty) for j in range(n_layers)]
+        return cache
+    for j in range(n_layers):  # set, not appended with update(): that would copy the prefix
+        layer = DynamicLayer()  # (and its own start, torch.tensor([]), is copied from the host)
+        layer.keys, layer.values, layer.device, layer.is_initialized = keys.get(j, empty), values.get(j, empty), empty.device, True
         cache.layers.append(layer)
     return cache
+
+
+def cached(cache: DynamicCache, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values a DynamicCache holds at `layer`."""
+    if DynamicLayer is None:
+        return cache.key_cache[layer], cache.value_cache[layer]
+    return cache.layers[layer].keys, cache.layers[layer].values
 
 
 def run_layers(layers: Sequence[tuple[int, nn.Module]], hidden: torch.Tensor, arguments: dict[int, dict[str, Any]]) -> torch.Tensor:
@@ -215,14 +237,10 @@ def prefix_keys_values(layers: Sequence[tuple[int, nn.Module]], n_layers: int, h
     """The keys and values of the prefix positions in `layers`, recomputed from the site's prefix states `hidden`
     (B, P, d), with `arguments` cut to the prefix. No gradients: the intervention acts at positions >= P, which a
     causal model's prefix never sees."""
-    cache = DynamicCache()
-    empty = hidden.new_empty(0)  # what DynamicLayer starts from, made here (its own is copied from the host)
-    for j in range(n_layers):
-        layer = DynamicLayer()
-        layer.keys, layer.values, layer.device, layer.is_initialized = empty, empty, hidden.device, True
-        cache.layers.append(layer)
+    cache = prefix_cache(n_layers, {}, {}, hidden.new_empty(0))
     run_layers(layers, hidden, {j: {**a, cache_arg: cache} for j, a in arguments.items()})
-    return {j: cache.layers[j].keys for j, _ in layers}, {j: cache.layers[j].values for j, _ in layers}
+    keys_values = {j: cached(cache, j) for j, _ in layers}
+    return {j: kv[0] for j, kv in keys_values.items()}, {j: kv[1] for j, kv in keys_values.items()}
 
 
 def output_logits(model: nn.Module, hidden: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:

@@ -258,7 +258,7 @@ class CachedForward:
                      if needed else None for m, needed in zip(store.masks, masks_needed)]
             tables = zip(decoder_layers.split_tables(pick_rows(cos, rows), layout.rotary_widths),
                          decoder_layers.split_tables(pick_rows(sin, rows), layout.rotary_widths))
-            positions = None if store.position_ids is None else pick_rows(store.position_ids, rows)[:, queries]
+            positions = {name: (pick_rows(t, rows) if t.dim() == 2 else t)[..., queries] for name, t in store.positions.items()}
             return decoder_layers.layer_arguments(layout, masks, list(tables), positions, cache)
 
         if store.prefix_hidden is not None:  # strategy "site": recompute the prefix's keys and values
@@ -269,7 +269,7 @@ class CachedForward:
         else:  # positions >= P: see longer_prefix
             prefix_keys = {j: k[:, :, :prefix].index_select(0, rows) for (j, _), k in zip(upper, store.keys)}
             prefix_values = {j: v[:, :, :prefix].index_select(0, rows) for (j, _), v in zip(upper, store.values)}
-        cache = decoder_layers.prefix_cache(n_layers, prefix_keys, prefix_values)
+        cache = decoder_layers.prefix_cache(n_layers, prefix_keys, prefix_values, hidden.new_empty(0))
         # the last query sees every key unless one is hidden from it; the others see the later keys only
         needed = [hidden.shape[1] > 1 or store.hidden_at_last(k, rows_host) for k in range(len(store.masks))]
         args = arguments(slice(prefix, None), slice(None), needed, store.cos, store.sin, cache)

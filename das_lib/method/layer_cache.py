@@ -38,7 +38,7 @@ class LayerCache:
     sin: torch.Tensor
     masks: list[torch.Tensor]  # per mask kind (Layout): (N or 1, 1, T, T) bool, True where a query sees a key
     hides: list[np.ndarray | None]  # per mask kind, on the host: does row i's last query have a key hidden (None: no row)
-    position_ids: torch.Tensor | None  # (N or 1, T), as the model's layers were given them
+    positions: dict[str, torch.Tensor]  # the layers' per-position arguments: position ids (N or 1, T), ... (T,)
     layout: Layout  # which mask and rotary kind each layer above the site reads
     inputs_index: dict[bytes, int]  # the same rows keyed by inputs only (see `column_view`)
     base_pos: torch.Tensor  # (N,) or (N, k) the positions the cache was built for
@@ -73,7 +73,8 @@ class LayerCache:
     def nbytes(self) -> int:
         """Memory the cached tensors take."""
         tensors = [self.suffix, self.source, self.cos, self.sin, *self.keys, *self.values, *self.masks]
-        tensors += [t for t in (self.prefix_hidden, self.prefix_cos, self.prefix_sin, self.position_ids) if t is not None]
+        tensors += [t for t in (self.prefix_hidden, self.prefix_cos, self.prefix_sin) if t is not None]
+        tensors += list(self.positions.values())
         return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -180,10 +181,10 @@ def build(model: nn.Module, data: InterchangeData, sites: Sequence[int], chunk_s
             recorder.add(arguments, len(batch))
         if not keep_prefix_states:
             for i, j in enumerate(upper):
-                layer = collector.layers[j]
+                k, v = decoder_layers.cached(collector, j)
                 cut = lambda t: t if end == length else t[:, :, :end].clone()  # noqa: E731  (no view of all T kept)
-                keys[i].append(cut(layer.keys))
-                values[i].append(cut(layer.values))
+                keys[i].append(cut(k))
+                values[i].append(cut(v))
         for l, vectors in capture_layers(model, sites, batch.source, batch.source_pos).items():
             source[l].append(vectors)
     if keep_prefix_states:  # strategy "site": no keys and values kept, the prefix states instead
@@ -193,15 +194,15 @@ def build(model: nn.Module, data: InterchangeData, sites: Sequence[int], chunk_s
     if recorder.rows:
         layout, masks = recorder.layout(), recorder.masks()
         cos, sin = recorder.tables()
-        position_ids = recorder.position_ids()
+        positions = recorder.position_arguments()
     else:  # the site is the last layer: no layer runs above it
-        layout, masks, position_ids = Layout({}, {}, ()), [], None
+        layout, masks, positions = Layout({}, {}, ()), [], {}
         cos = sin = torch.zeros(1, length, 0, device=data.base["input_ids"].device)
     hides = [decoder_layers.hides_last(m) for m in masks]
     common = dict(
         index={key: i for i, key in enumerate(row_keys(data))}, prefix_len=prefix,
         cos=cos[:, prefix:].clone(), sin=sin[:, prefix:].clone(), masks=masks,
-        hides=[h if h.any() else None for h in hides], position_ids=position_ids, layout=layout,
+        hides=[h if h.any() else None for h in hides], positions=positions, layout=layout,
         origin=data.origin, row_of_id=id_table(data.row_ids(), np.arange(len(data))),
         inputs_index={key: i for i, key in enumerate(row_keys(data, positions=False))},
         base_pos=data.base_pos, source_pos=data.source_pos,
