@@ -13,8 +13,10 @@ decoder layer is the model's own module, called as the model's forward pass call
 """
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -201,11 +203,40 @@ def split_tables(table: torch.Tensor, widths: Sequence[int]) -> list[torch.Tenso
     return list(torch.split(table, list(widths), dim=-1))
 
 
+class _Stored(Exception):
+    """Raised by a `SuffixCache` once the layer it stops at has stored its keys and values."""
+
+
+class SuffixCache(DynamicCache):
+    """A DynamicCache that can stop a layer right after it stored its keys and values (`keys_only`)."""
+
+    stop_at: int | None = None
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        out = super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        if layer_idx == self.stop_at:
+            raise _Stored
+        return out
+
+
+def keys_only(layer: nn.Module, index: int, hidden: torch.Tensor, arguments: dict[str, Any], cache: SuffixCache) -> None:
+    """Append the keys and values of `hidden`'s positions in decoder layer `index` to `cache`, computing nothing
+    more of the layer (its attention and MLP): the model's own layer, stopped once its cache is updated."""
+    cache.stop_at = index
+    try:
+        layer(hidden, **arguments)
+    except _Stored:
+        pass
+    finally:
+        cache.stop_at = None
+
+
 def prefix_cache(n_layers: int, keys: dict[int, torch.Tensor], values: dict[int, torch.Tensor],
-                 empty: torch.Tensor) -> DynamicCache:
-    """A DynamicCache over `n_layers` layers holding `keys` and `values` (B, kv_heads, P, head_dim) at their layers
-    and `empty` (a tensor of no elements, on the device) at the others, which their first update fills."""
-    cache = DynamicCache()
+                 empty: torch.Tensor) -> SuffixCache:
+    """A cache over `n_layers` layers holding `keys` and `values` (B, kv_heads, P, head_dim) at their layers and
+    `empty` (a tensor of no elements, on the device) at the others, which their first update fills."""
+    cache = SuffixCache()
     if DynamicLayer is None:  # transformers 4.x: an empty slot is set by the first update, a full one extended
         cache.key_cache = [keys.get(j, empty) for j in range(n_layers)]
         cache.value_cache = [values.get(j, empty) for j in range(n_layers)]
@@ -236,11 +267,35 @@ def prefix_keys_values(layers: Sequence[tuple[int, nn.Module]], n_layers: int, h
                        arguments: dict[int, dict[str, Any]], cache_arg: str) -> tuple[dict[int, torch.Tensor], dict[int, torch.Tensor]]:
     """The keys and values of the prefix positions in `layers`, recomputed from the site's prefix states `hidden`
     (B, P, d), with `arguments` cut to the prefix. No gradients: the intervention acts at positions >= P, which a
-    causal model's prefix never sees."""
+    causal model's prefix never sees. (The last layer's outputs are never read: it only stores its keys.)"""
     cache = prefix_cache(n_layers, {}, {}, hidden.new_empty(0))
-    run_layers(layers, hidden, {j: {**a, cache_arg: cache} for j, a in arguments.items()})
+    arguments = {j: {**a, cache_arg: cache} for j, a in arguments.items()}
+    hidden = run_layers(layers[:-1], hidden, arguments)
+    index, last = layers[-1]
+    keys_only(last, index, hidden, arguments[index], cache)
     keys_values = {j: cached(cache, j) for j, _ in layers}
     return {j: kv[0] for j, kv in keys_values.items()}, {j: kv[1] for j, kv in keys_values.items()}
+
+
+@contextmanager
+def shared_kv_heads(device: torch.device) -> Iterator[None]:
+    """On the CPU, let transformers' SDPA attention read grouped key/value heads in place (enable_gqa) while a
+    mask is given too, as it does without one, instead of copying them once per query head (its choice for the
+    CUDA kernels): the same numbers, and a step of SmolLM2 (3 key/value heads for 9) at a 7-token suffix ~10%
+    faster (benchmarks/bench_fastpath_arch.py). Outside the context the setting is as it was."""
+    if device.type != "cpu":
+        yield
+        return
+    name = "TRANSFORMERS_SDPA_FORCE_GQA"  # read by transformers 5 at every attention call
+    before = os.environ.get(name)
+    os.environ[name] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
 
 
 def output_logits(model: nn.Module, hidden: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:

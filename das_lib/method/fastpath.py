@@ -45,7 +45,7 @@ from das_lib.method.fastpath_checks import (
     self_disagreement,
 )
 from das_lib.method.layer_cache import LayerCache
-from das_lib.method.sites import Site, find_layers, layer_module, select_positions, write_positions
+from das_lib.method.sites import Site, find_layers, layer_module, main_output, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
 
 
@@ -245,35 +245,48 @@ class CachedForward:
         same on the cache's device, when the caller has them); the last layer output (B, d) at the answer."""
         if not self.upper:  # the site is the last layer
             return hidden[:, -1]
-        rows = rows_on(rows_host, store.suffix.device) if rows is None else rows
-        prefix, n_layers = store.prefix_len, self.site.layer + 1 + len(self.upper)
-        upper = list(enumerate(self.upper, start=self.site.layer + 1))
-        implementation = self.model.config._attn_implementation
-        layout = store.layout
+        with decoder_layers.shared_kv_heads(hidden.device):
+            return self._run_upper(store, rows_host, hidden, rows)
 
-        def arguments(queries: slice, keys: slice, masks_needed: list[bool], cos: torch.Tensor, sin: torch.Tensor,
-                      cache: object) -> dict[int, dict]:
-            """The layers' arguments for these rows, cut to `queries` x `keys` (the masks to those needed)."""
-            masks = [decoder_layers.as_mask(pick_rows(m, rows)[:, :, queries, keys], implementation, hidden.dtype)
-                     if needed else None for m, needed in zip(store.masks, masks_needed)]
+    def _run_upper(self, store: LayerCache, rows_host: np.ndarray, hidden: torch.Tensor,
+                   rows: torch.Tensor | None) -> torch.Tensor:
+        """`_upper_layers` (see there), once the site is below the last layer."""
+        rows = rows_on(rows_host, store.suffix.device) if rows is None else rows
+        prefix, n, n_layers = store.prefix_len, hidden.shape[1], self.site.layer + 1 + len(self.upper)
+        upper = list(enumerate(self.upper, start=self.site.layer + 1))
+        implementation, layout = self.model.config._attn_implementation, store.layout
+
+        def arguments(queries: slice, needed: list[bool], cos: torch.Tensor, sin: torch.Tensor, cache: object) -> dict[int, dict]:
+            """The layers' arguments for these rows and the query positions `queries` (start, stop: absolute),
+            which see the keys before `queries.stop` (the masks only where `needed`; `cos`, `sin`: their tables)."""
+            masks = [decoder_layers.as_mask(pick_rows(m, rows)[:, :, queries, : queries.stop], implementation, hidden.dtype)
+                     if need else None for m, need in zip(store.masks, needed)]
             tables = zip(decoder_layers.split_tables(pick_rows(cos, rows), layout.rotary_widths),
                          decoder_layers.split_tables(pick_rows(sin, rows), layout.rotary_widths))
             positions = {name: (pick_rows(t, rows) if t.dim() == 2 else t)[..., queries] for name, t in store.positions.items()}
             return decoder_layers.layer_arguments(layout, masks, list(tables), positions, cache)
 
+        every = [True] * len(store.masks)
         if store.prefix_hidden is not None:  # strategy "site": recompute the prefix's keys and values
-            on_prefix = arguments(slice(0, prefix), slice(0, prefix), [True] * len(store.masks), store.prefix_cos,
-                                  store.prefix_sin, None)
+            on_prefix = arguments(slice(0, prefix), every, store.prefix_cos, store.prefix_sin, None)
             prefix_keys, prefix_values = decoder_layers.prefix_keys_values(
                 upper, n_layers, store.prefix_hidden.index_select(0, rows), on_prefix, layout.cache_arg)
         else:  # positions >= P: see longer_prefix
             prefix_keys = {j: k[:, :, :prefix].index_select(0, rows) for (j, _), k in zip(upper, store.keys)}
             prefix_values = {j: v[:, :, :prefix].index_select(0, rows) for (j, _), v in zip(upper, store.values)}
         cache = decoder_layers.prefix_cache(n_layers, prefix_keys, prefix_values, hidden.new_empty(0))
-        # the last query sees every key unless one is hidden from it; the others see the later keys only
-        needed = [hidden.shape[1] > 1 or store.hidden_at_last(k, rows_host) for k in range(len(store.masks))]
-        args = arguments(slice(prefix, None), slice(None), needed, store.cos, store.sin, cache)
-        return decoder_layers.run_layers(upper, hidden, args)[:, -1]
+        # the last query sees every key unless one is hidden from it (masks then dropped: SDPA runs faster
+        # without); the other queries never see the later keys
+        at_last = [store.hidden_at_last(k, rows_host) for k in range(len(store.masks))]
+        end = prefix + n
+        hidden = decoder_layers.run_layers(upper[:-1], hidden, arguments(
+            slice(prefix, end), every if n > 1 else at_last, store.cos, store.sin, cache))
+        index, top = upper[-1]  # the output head reads the answer only: the top layer's keys and values at
+        if n > 1:  # every position, its attention and MLP at the last one
+            decoder_layers.keys_only(top, index, hidden[:, :-1], arguments(
+                slice(prefix, end - 1), [False] * len(at_last), store.cos[:, :-1], store.sin[:, :-1], cache)[index], cache)
+        last = arguments(slice(end - 1, end), at_last, store.cos[:, -1:], store.sin[:, -1:], cache)[index]
+        return main_output(top(hidden[:, -1:], **last))[:, -1]
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
         if self.intervention is None:
