@@ -407,7 +407,7 @@ def make_forward(
     if problem is None:
         try:
             return CachedForward(model, site, intervention, data)
-        except FastPathMismatch as err:
+        except FastPathUnavailable as err:  # a mismatch, or layers given arguments the fast path cannot cut
             problem = str(err)
     plain_path_notice(problem)
     return PlainForward(model, site, intervention)
