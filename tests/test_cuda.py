@@ -67,7 +67,12 @@ def prompts(n: int = 64, length: int = 40, seed: int = 0) -> InterchangeData:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layer", [0, 15, 30])
 def test_fast_equals_plain_at_depth(dtype, layer):
-    model, data = deep_llama(dtype), prompts()
+    assert_fast_equals_plain(deep_llama(dtype), layer, dtype)
+
+
+def assert_fast_equals_plain(model: torch.nn.Module, layer: int, dtype: torch.dtype) -> CachedForward:
+    """The fast path at `layer` on `prompts()` gives the plain path's logits, to float32's rounding or bfloat16's."""
+    data = prompts()
     torch.manual_seed(0)
     intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, device=CUDA)
     intervention.temperature = 1.0
@@ -77,22 +82,14 @@ def test_fast_equals_plain_at_depth(dtype, layer):
     assert ours.device.type == "cuda"
     noise = fast.check_result["model_noise"]
     assert relative_error(ours, theirs) <= (1e-4 if dtype == torch.float32 else max(3 * noise, 1e-2)), fast.check_result
+    return fast
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layer", [0, 3, 5, 8])  # the first, a sliding one, a global one, a middle one
 def test_gemma_fast_equals_plain(dtype, layer):
-    model, data = deep_gemma(dtype), prompts()
-    torch.manual_seed(0)
-    intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, device=CUDA)
-    intervention.temperature = 1.0
-    fast = CachedForward(model, Site(layer, "x"), intervention, [data])  # its self-check refuses a mismatch
+    fast = assert_fast_equals_plain(deep_gemma(dtype), layer, dtype)
     assert fast.stores[0].layout.n_masks == 2  # the sliding layers' window and the global layers' mask
-    with torch.no_grad():
-        ours, theirs = fast(data), PlainForward(model, Site(layer, "x"), intervention)(data)
-    assert ours.device.type == "cuda"
-    noise = fast.check_result["model_noise"]
-    assert relative_error(ours, theirs) <= (1e-4 if dtype == torch.float32 else max(3 * noise, 1e-2)), fast.check_result
 
 
 def test_save_on_the_gpu_and_load_on_the_cpu(tmp_path):

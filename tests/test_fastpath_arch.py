@@ -14,15 +14,14 @@ import torch
 from torch.nn import functional as F
 
 from conftest import GEMMA_LAYER_TYPES, GEMMA_WINDOW, TINY_VOCAB, TINY_WIDTH, tiny_gemma
-from das_lib.method.data import InterchangeData
+from test_fastpath import D, N, T, V, loss_and_grads, make_data  # the Llama-only tests' random prompts and loss
 from das_lib.method.fastpath import CachedForward, FastPathMismatch, PlainPathWarning, make_forward, shared_caches
 from das_lib.method.fastpath_checks import relative_error
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, train_intervention
 
-V, D, T, N = TINY_VOCAB, TINY_WIDTH, 10, 24
-assert T > GEMMA_WINDOW  # the window hides keys from the later queries
+assert (V, D) == (TINY_VOCAB, TINY_WIDTH) and T > GEMMA_WINDOW  # the window hides keys from the later queries
 
 
 def left_padding(n: int = N, every: int = 1) -> torch.Tensor:
@@ -31,25 +30,6 @@ def left_padding(n: int = N, every: int = 1) -> torch.Tensor:
     for i in range(0, n, every):
         mask[i, : i % 3] = 0
     return mask
-
-
-def make_data(positions: torch.Tensor, seed: int = 1, mask: torch.Tensor | None = None) -> InterchangeData:
-    g = torch.Generator().manual_seed(seed)
-    n = len(positions)
-    base = {"input_ids": torch.randint(0, V, (n, T), generator=g)}
-    source = {"input_ids": torch.randint(0, V, (n, T), generator=g)}
-    if mask is not None:
-        base["attention_mask"], source["attention_mask"] = mask, mask
-    return InterchangeData(base, source, positions, positions.clone(), torch.zeros(n, dtype=torch.long),
-                           torch.randint(0, V, (n,), generator=g))
-
-
-def loss_and_grads(forward, intervention, data) -> tuple[torch.Tensor, float, list[torch.Tensor]]:
-    intervention.zero_grad()
-    logits = forward(data)
-    loss = F.cross_entropy(logits, data.labels)
-    loss.backward()
-    return logits.detach(), loss.item(), [p.grad.clone() for p in intervention.parameters()]
 
 
 def assert_same_as_plain(model, site: Site, intervention, data, forward=None) -> float:
