@@ -48,12 +48,6 @@ from das_lib.method.layer_cache import LayerCache
 from das_lib.method.sites import Site, find_layers, layer_module, main_output, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
 
-
-def pick_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Rows of a per-example table, or its one shared row for every example (a table that does not vary by row)."""
-    # index_select: several times faster than t[rows] for gathering rows of a cache
-    return table.index_select(0, rows) if table.shape[0] > 1 else table
-
 class CachedForward:
     """Intervened answer logits computed from per-dataset caches (see the module docstring).
 
@@ -254,23 +248,16 @@ class CachedForward:
         rows = rows_on(rows_host, store.suffix.device) if rows is None else rows
         prefix, n, n_layers = store.prefix_len, hidden.shape[1], self.site.layer + 1 + len(self.upper)
         upper = list(enumerate(self.upper, start=self.site.layer + 1))
-        implementation, layout = self.model.config._attn_implementation, store.layout
+        implementation = self.model.config._attn_implementation
 
         def arguments(queries: slice, needed: list[bool], cos: torch.Tensor, sin: torch.Tensor, cache: object) -> dict[int, dict]:
-            """The layers' arguments for these rows and the query positions `queries` (start, stop: absolute),
-            which see the keys before `queries.stop` (the masks only where `needed`; `cos`, `sin`: their tables)."""
-            masks = [decoder_layers.as_mask(pick_rows(m, rows)[:, :, queries, : queries.stop], implementation, hidden.dtype)
-                     if need else None for m, need in zip(store.masks, needed)]
-            tables = zip(decoder_layers.split_tables(pick_rows(cos, rows), layout.rotary_widths),
-                         decoder_layers.split_tables(pick_rows(sin, rows), layout.rotary_widths))
-            positions = {name: (pick_rows(t, rows) if t.dim() == 2 else t)[..., queries] for name, t in store.positions.items()}
-            return decoder_layers.layer_arguments(layout, masks, list(tables), positions, cache)
+            return store.arguments(rows, queries, needed, cos, sin, cache, implementation, hidden.dtype)
 
         every = [True] * len(store.masks)
         if store.prefix_hidden is not None:  # strategy "site": recompute the prefix's keys and values
             on_prefix = arguments(slice(0, prefix), every, store.prefix_cos, store.prefix_sin, None)
             prefix_keys, prefix_values = decoder_layers.prefix_keys_values(
-                upper, n_layers, store.prefix_hidden.index_select(0, rows), on_prefix, layout.cache_arg)
+                upper, n_layers, store.prefix_hidden.index_select(0, rows), on_prefix, store.layout.cache_arg)
         else:  # positions >= P: see longer_prefix
             prefix_keys = {j: k[:, :, :prefix].index_select(0, rows) for (j, _), k in zip(upper, store.keys)}
             prefix_values = {j: v[:, :, :prefix].index_select(0, rows) for (j, _), v in zip(upper, store.values)}

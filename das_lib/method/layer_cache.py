@@ -70,12 +70,32 @@ class LayerCache:
             return False
         return bool(hides[0]) if len(hides) == 1 else bool(hides[rows].any())  # one row: shared by every example
 
+    def arguments(self, rows: torch.Tensor, queries: slice, needed: list[bool], cos: torch.Tensor, sin: torch.Tensor,
+                  cache: Any, implementation: str, dtype: torch.dtype) -> dict[int, dict[str, Any]]:
+        """The arguments of the layers above the site for `rows` and the query positions `queries` (start, stop:
+        absolute), which see the keys before `queries.stop`: each layer's mask (in the form of the attention
+        `implementation`, only where `needed` by its kind), rotary tables (`cos`, `sin`: those of the queries),
+        positions, and `cache`."""
+        masks = [decoder_layers.as_mask(pick_rows(m, rows)[:, :, queries, : queries.stop], implementation, dtype)
+                 if need else None for m, need in zip(self.masks, needed)]
+        widths = self.layout.rotary_widths
+        tables = zip(decoder_layers.split_tables(pick_rows(cos, rows), widths),
+                     decoder_layers.split_tables(pick_rows(sin, rows), widths))
+        positions = {name: (pick_rows(t, rows) if t.dim() == 2 else t)[..., queries] for name, t in self.positions.items()}
+        return decoder_layers.layer_arguments(self.layout, masks, list(tables), positions, cache)
+
     def nbytes(self) -> int:
         """Memory the cached tensors take."""
         tensors = [self.suffix, self.source, self.cos, self.sin, *self.keys, *self.values, *self.masks]
         tensors += [t for t in (self.prefix_hidden, self.prefix_cos, self.prefix_sin) if t is not None]
         tensors += list(self.positions.values())
         return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def pick_rows(table: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of a per-example table, or its one shared row for every example (a table that does not vary by row)."""
+    # index_select: several times faster than t[rows] for gathering rows of a cache
+    return table.index_select(0, rows) if table.shape[0] > 1 else table
 
 
 def row_keys(data: InterchangeData, positions: bool = True) -> list[bytes]:
