@@ -33,7 +33,6 @@ except ImportError:  # transformers 4.x (make bench's environment): lists of key
 
 CACHE_ARGS = ("cache", "past_key_values", "past_key_value")  # the names a transformers layer takes its cache by
 POSITION_ARGS = ("position_ids", "cache_position")  # per-position index tensors, cut to the queries on their last axis
-IMPLEMENTATIONS = ("sdpa", "eager")  # the attention implementations whose masks are plain tensors
 
 
 class UnknownArguments(ValueError):
@@ -53,6 +52,7 @@ class Layout:
 
     @property
     def n_masks(self) -> int:
+        """How many kinds of attention mask the layers read."""
         return len(set(self.mask_kind.values()))
 
 
@@ -61,7 +61,7 @@ def _kinds(values: dict[int, Any]) -> tuple[dict[int, int], list[Any]]:
     ids: dict[int, int] = {}
     first: list[Any] = []
     kinds = {}
-    for layer, value in sorted(values.items(), key=lambda item: item[0]):
+    for layer, value in sorted(values.items()):
         if id(value) not in ids:
             ids[id(value)] = len(first)
             first.append(value)
