@@ -7,10 +7,18 @@ Every chapter declares what each parameter must be in one schema and calls
 which raises a ParameterError naming the first bad parameter, and writes the checked values back
 (a device 'auto' becomes the device it resolves to). Relations between parameters are checked
 after it with `params.require`.
+
+A chapter's parameters are the names its parameters cell declares with a type (`seed: int = 0`); a
+plain value (number, string, list, dict, None) set under any other name, such as a misspelt
+`-p step 20` that papermill only warns about, stops the chapter with the closest parameter name.
 """
 from __future__ import annotations
 
+import difflib
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, MutableMapping
 
 import torch
@@ -33,6 +41,16 @@ class Rule:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _once(name: str, values: list) -> list:
+    """`values`, or a ParameterError naming the first item listed twice (a grid would run it twice)."""
+    seen = []
+    for v in values:
+        if v in seen:
+            raise ParameterError(f"parameter {name!r} lists {v!r} more than once ({values}); give each value once")
+        seen.append(v)
+    return values
 
 
 @dataclass(frozen=True)
@@ -109,7 +127,7 @@ class OneOf(Rule):
 
 @dataclass(frozen=True)
 class SubsetOf(Rule):
-    """A non-empty list whose items are all in `options`."""
+    """A non-empty list whose items are all in `options`, each once."""
 
     options: Iterable[Any]
 
@@ -120,12 +138,12 @@ class SubsetOf(Rule):
         bad = [v for v in values if v not in options]
         if not values or bad:
             raise ParameterError(f"parameter {name!r} must be a non-empty list drawn from {options}; bad: {bad or 'empty list'}")
-        return values
+        return _once(name, values)
 
 
 @dataclass(frozen=True)
 class IntList(Rule):
-    """A list of integers >= 0 (non-empty with `nonempty`)."""
+    """A list of distinct integers >= 0 (non-empty with `nonempty`)."""
 
     nonempty: bool = False
 
@@ -133,17 +151,17 @@ class IntList(Rule):
         if not isinstance(values, list) or not all(_is_int(v) and v >= 0 for v in values) or (self.nonempty and not values):
             need = "a non-empty" if self.nonempty else "a"
             raise ParameterError(f"parameter {name!r} must be {need} list of integers >= 0, got {values!r}")
-        return values
+        return _once(name, values)
 
 
 @dataclass(frozen=True)
 class TextList(Rule):
-    """A list of non-empty strings (may be empty: [] usually means 'all')."""
+    """A list of distinct non-empty strings (may be empty: [] usually means 'all')."""
 
     def __call__(self, name: str, values: Any) -> list:
         if not isinstance(values, list) or not all(isinstance(v, str) and v for v in values):
             raise ParameterError(f"parameter {name!r} must be a list of non-empty strings, got {values!r}")
-        return values
+        return _once(name, values)
 
 
 @dataclass(frozen=True)
@@ -192,12 +210,90 @@ class Keys(Rule):
         return {key: rule(f"{name}.{key}", value[key]) for key, rule in self.rules.items()}
 
 
-def check(namespace: MutableMapping[str, Any], schema: Mapping[str, Rule | Callable[[Mapping[str, Any]], Rule]]) -> None:
-    """Check every parameter named in `schema`, in order, and write the checked value back.
+def _writable_place(name: str, path: Path) -> None:
+    """A ParameterError unless `path` could be made: its nearest existing ancestor is a writable folder."""
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ParameterError(f"parameter {name!r}: cannot make {str(path)!r}, since {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ParameterError(f"parameter {name!r}: cannot make {str(path)!r}, since {str(parent)!r} is not writable")
+
+
+@dataclass(frozen=True)
+class StorePath(Rule):
+    """A result store: a folder that exists or can be made, not a file (kept as the string given)."""
+
+    def __call__(self, name: str, value: Any) -> str:
+        path = Path(Text()(name, value)).expanduser()
+        if path.exists() and not path.is_dir():
+            raise ParameterError(f"parameter {name!r}: store path {value!r} is a file; give a folder")
+        if path.is_dir():
+            if not os.access(path, os.W_OK | os.X_OK):
+                raise ParameterError(f"parameter {name!r}: store folder {value!r} is not writable")
+        else:
+            _writable_place(name, path)
+        return value
+
+
+@dataclass(frozen=True)
+class OutputFile(Rule):
+    """A file to write (e.g. an export): not a folder, in a folder that exists or can be made; '' (no file)
+    only with `empty`."""
+
+    empty: bool = False
+
+    def __call__(self, name: str, value: Any) -> str:
+        if not Text(empty=self.empty)(name, value):
+            return value
+        path = Path(value).expanduser()
+        if path.is_dir():
+            raise ParameterError(f"parameter {name!r}: {value!r} is a folder; give a file name (e.g. {value.rstrip('/')}/frame.json)")
+        if path.exists() and not os.access(path, os.W_OK):
+            raise ParameterError(f"parameter {name!r}: file {value!r} exists and is not writable")
+        _writable_place(name, path)
+        return value
+
+
+PLAIN = (int, float, str, list, dict, type(None))  # what papermill or a parameter file can inject (bool is an int)
+IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"})  # a kernel's own names
+
+
+def _imported(namespace: Mapping[str, Any], name: str) -> bool:
+    """Whether `namespace[name]` is another module's own `name` (`from das_lib.pricetag.game import HYPOTHESES`),
+    not a value set here (the kernel's namespace is itself the module __main__)."""
+    dicts = (getattr(m, "__dict__", None) for m in list(sys.modules.values()))
+    return any(isinstance(d, dict) and d is not namespace and d.get(name) is namespace[name] for d in dicts)
+
+
+def unknown_names(namespace: Mapping[str, Any], known: Iterable[str]) -> list[str]:
+    """The plain values in `namespace` that are no parameter: not in `known`, not declared with a type
+    (`seed: int = 0`), not private (`_x`), not imported from a module, and not the kernel's own."""
+    known = set(known) | set(namespace.get("__annotations__") or {}) | IPYTHON_NAMES
+    shell = namespace.get("get_ipython")
+    if callable(shell) and shell() is not None:
+        known |= set(shell().user_ns_hidden)
+    return [k for k, v in namespace.items()
+            if not k.startswith("_") and k not in known and isinstance(v, PLAIN) and not _imported(namespace, k)]
+
+
+def check(namespace: MutableMapping[str, Any], schema: Mapping[str, Rule | Callable[[Mapping[str, Any]], Rule]],
+          allow: Iterable[str] = ()) -> None:
+    """Check every parameter named in `schema`, in order, and write the checked value back; first refuse a
+    plain value under a name that is no parameter (see `unknown_names`), suggesting the closest parameter.
 
     A rule that depends on parameters checked before it is given as a function of the namespace
-    (`lambda p: params.SubsetOf(range(p["width"]))`).
+    (`lambda p: params.SubsetOf(range(p["width"]))`). `allow` names the chapter's own plain values set
+    before the check that are not parameters.
     """
+    unknown = unknown_names(namespace, [*schema, *allow])
+    if unknown:
+        names = sorted({*schema, *(namespace.get("__annotations__") or {})})
+        close = difflib.get_close_matches(unknown[0], names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ParameterError(f"unknown parameter {unknown[0]!r} (= {namespace[unknown[0]]!r}): {hint}"
+                             f"this chapter's parameters are {names}")
     for name, rule in schema.items():
         if not isinstance(rule, Rule):
             rule = rule(namespace)

@@ -7,12 +7,15 @@ and the robustness study tests what the model generalises from pretraining (as f
 
 Read top to bottom: the configuration, the training loop (LoRA on every linear layer of every decoder
 layer, loss on the answer token only, fresh games every step), the measurements, and `build`, which
-writes the adapter shipped as das_lib/assets/smollm2_pricetag (`python -m das_lib.models.finetune` rebuilds
-it, about 30 minutes on two cores). `load_model("smollm2-pricetag")` merges the adapter into
+writes an adapter and its training record to a folder: `python -m das_lib.models.finetune` trains one
+(about 30 minutes on two cores) into a new folder under .cache/finetune/ (`load_model(FOLDER)` loads it);
+only `--out das_lib/assets/smollm2_pricetag` writes over the shipped adapter (and so changes the model
+identity of every stored record of it). `load_model("smollm2-pricetag")` merges the shipped adapter into
 the base weights and returns a plain `LlamaForCausalLM`.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import time
@@ -26,8 +29,8 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.models import standin
 from das_lib.models.game_training import GameTraining, config_from_args, lr_at, sample_training_game
-from das_lib.models.load import SMOLLM2_PRICETAG_DIR, load_model
-from das_lib.models.records import read_record, write_record
+from das_lib.models.load import CACHE_DIR, SMOLLM2_PRICETAG_DIR, load_model
+from das_lib.models.records import write_record
 from das_lib.pricetag import game as pricetag
 from das_lib.pricetag.task import PriceTagTask
 
@@ -145,9 +148,30 @@ def save(model: PeftModel, record: dict, out_dir: Path | str) -> Path:
     return out_dir
 
 
+def record_or_none(model_dir: Path | str) -> dict | None:
+    """The training record of a model folder fine-tuned here (config, seconds, loss log, accuracies), or None
+    for any other model (the stand-in, SmolLM2, a checkpoint): they have none."""
+    path = Path(model_dir) / TRAINING_RECORD
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"training record {path} is not valid JSON ({err}): it is truncated or damaged") from None
+
+
 def load_record(adapter_dir: Path | str = ADAPTER_DIR) -> dict:
-    """The training record shipped with the adapter: config, seconds, loss log and accuracies."""
-    return read_record(adapter_dir, TRAINING_RECORD, "python -m das_lib.models.finetune")
+    """The training record of a fine-tuned adapter (by default the shipped one); a FileNotFoundError without one."""
+    record = record_or_none(adapter_dir)
+    if record is not None:
+        return record
+    path = Path(adapter_dir) / TRAINING_RECORD
+    if Path(adapter_dir).resolve() == ADAPTER_DIR.resolve():  # the shipped adapter lost its record
+        raise FileNotFoundError(f"no training record at {path}: restore the shipped adapter with `git checkout -- "
+                                f"{ADAPTER_DIR}`, or retrain it (about 30 minutes) with "
+                                f"`python -m das_lib.models.finetune --out {ADAPTER_DIR}`")
+    raise FileNotFoundError(f"no training record at {path}: only a model fine-tuned by das_lib.models.finetune has "
+                            "one (use finetune.record_or_none where a model may have none)")
 
 
 # What each measured setting of the record is, for a reader.
@@ -182,9 +206,27 @@ def build(cfg: FinetuneConfig, out_dir: Path | str, n_eval: int = 1000, n_other:
     return record
 
 
-if __name__ == "__main__":  # python -m das_lib.models.finetune [OUT_DIR [key=value ...]]: rebuild the adapter
-    import sys
+def default_out() -> Path:
+    """A new folder for a fine-tuning run: .cache/finetune/<date-time> (never das_lib/assets)."""
+    return CACHE_DIR / "finetune" / time.strftime("%Y%m%d-%H%M%S")
 
-    out = sys.argv[1] if len(sys.argv) > 1 else ADAPTER_DIR
-    result = build(config_from_args(sys.argv[2:], FinetuneConfig), out)
+
+def main(argv: list[str] | None = None) -> Path:
+    """`python -m das_lib.models.finetune [--out DIR] [key=value ...]`: train, measure and save an adapter."""
+    parser = argparse.ArgumentParser(prog="python -m das_lib.models.finetune", description=main.__doc__)
+    parser.add_argument("--out", type=Path, default=None, help="folder to write the adapter to (default: a new "
+                        f"folder under {CACHE_DIR / 'finetune'}; {ADAPTER_DIR} only when named here)")
+    parser.add_argument("settings", nargs="*", help="FinetuneConfig settings, e.g. steps=500 lr=0.001")
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args.settings, FinetuneConfig)  # a bad setting stops before any training
+    out = args.out or default_out()
+    if out.exists() and not out.is_dir():
+        parser.error(f"--out {out} is a file; give a folder")
+    result = build(cfg, out)
     print(json.dumps({k: result[k] for k in ("train_seconds", "train_cpu_seconds", "accuracy")}, indent=1))
+    print(f"adapter written to {out}: load it with load_model({str(out)!r})")
+    return out
+
+
+if __name__ == "__main__":
+    main()

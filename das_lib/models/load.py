@@ -20,12 +20,16 @@ import json
 import os
 import re
 import socket
+import struct
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 import torch
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
 
@@ -78,6 +82,88 @@ def resolve_device(value: str) -> str:
     return str(dev)
 
 
+# weight files transformers and peft read from a model directory (a sharded model names its shards in the index)
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json",
+                "adapter_model.safetensors", "adapter_model.bin")
+REFETCH = "re-download or re-copy it"
+
+
+def _json_file(path: Path) -> dict:
+    """A JSON object file of a model directory, or a ValueError naming the file and what is wrong with it."""
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}): it is truncated or damaged; {REFETCH}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path} holds a JSON {type(value).__name__}, not an object; {REFETCH}")
+    return value
+
+
+def check_directory(source: str, gguf_file: str | None, weights: bool) -> None:
+    """For a local model directory: a readable config.json naming its model_type, and with `weights`, weight
+    files whose safetensors headers cover the file (a truncated copy fails here, named); a ValueError or
+    FileNotFoundError naming the file otherwise. Hub ids and GGUF files (see `reading`) pass."""
+    folder = Path(source)
+    if gguf_file is not None or not folder.is_dir():
+        return
+    if (folder / "config.json").is_file() and "model_type" not in _json_file(folder / "config.json"):
+        raise ValueError(f"{folder / 'config.json'} names no model_type (e.g. \"llama\"); {REFETCH}")
+    if not weights:
+        return
+    present = [folder / name for name in WEIGHT_FILES if (folder / name).is_file()]
+    if not present:
+        has = "a config.json" if (folder / "config.json").is_file() else f"an {ADAPTER_CONFIG}"
+        raise FileNotFoundError(f"{folder} has {has} but no weight files (*.safetensors, *.bin: transformers "
+                                "reads model.safetensors, pytorch_model.bin or a sharded index); copy the weights into it")
+    files = [p for p in present if p.suffix == ".safetensors"]
+    for index in (p for p in present if p.name == "model.safetensors.index.json"):
+        files += sorted({folder / f for f in _json_file(index).get("weight_map", {}).values()})
+    for file in files:
+        if not file.is_file():
+            raise FileNotFoundError(f"{file} is missing (named by {folder}'s weight index); {REFETCH}")
+        try:
+            with safe_open(file, "pt"):
+                pass
+        except SafetensorError as err:  # e.g. "incomplete metadata, file not fully covered": cut short
+            raise ValueError(f"weight file {file} is truncated or corrupt ({err}); {REFETCH}") from None
+
+
+def check_gguf(path: Path) -> None:
+    """An empty file, or one that is not GGUF, refused by name before transformers reads it."""
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not magic:
+        raise ValueError(f"GGUF file {path} is empty (0 bytes); {REFETCH}")
+    if magic != b"GGUF":
+        raise ValueError(f"{path} is not a GGUF file (it does not start with 'GGUF'); {REFETCH}")
+
+
+def _name(err: BaseException) -> str:
+    module = type(err).__module__
+    return type(err).__qualname__ if module == "builtins" else f"{module}.{type(err).__qualname__}"
+
+
+@contextmanager
+def reading(source: str, gguf_file: str | None) -> Iterator[None]:
+    """Errors of transformers reading a model turned into ones that name the file: a GGUF file that cannot be
+    parsed (truncated or corrupt), a local directory transformers cannot read, or a hub id it cannot fetch."""
+    if gguf_file is not None:
+        check_gguf(Path(source) / gguf_file)
+    try:
+        yield
+    except (struct.error, EOFError, IndexError, ValueError) as err:
+        if gguf_file is None or "not supported" in str(err):
+            raise
+        raise ValueError(f"GGUF file {Path(source) / gguf_file} could not be parsed: it is truncated or corrupt "
+                         f"({_name(err)}: {err}); {REFETCH}") from err
+    except SafetensorError as err:
+        raise ValueError(f"a weight file in {source} is truncated or corrupt ({err}); {REFETCH}") from err
+    except OSError as err:
+        if Path(source).exists():
+            raise OSError(f"could not read the local model {source!r}: {err}") from err
+        raise _hub_error(source, err) from err
+
+
 def _hub_error(source: str, err: OSError) -> OSError:
     return OSError(
         f"could not load model {source!r}: it is not a local model directory, and the Hugging Face hub "
@@ -117,7 +203,9 @@ def model_source(name: str) -> tuple[str, str | None]:
         return str(STANDIN_PRODUCT_DIR), None
     if name == "smollm2-pricetag":
         if not (SMOLLM2_PRICETAG_DIR / ADAPTER_CONFIG).exists():
-            raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: rebuild it with `python -m das_lib.models.finetune`")
+            raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: restore it with "
+                                    f"`git checkout -- {SMOLLM2_PRICETAG_DIR}` or retrain it (about 30 minutes) with "
+                                    f"`python -m das_lib.models.finetune --out {SMOLLM2_PRICETAG_DIR}`")
         return str(SMOLLM2_PRICETAG_DIR), None
     if name == gemma.NAME:
         gguf = gemma.gemma3_gguf(CACHE_DIR)
@@ -145,7 +233,7 @@ def adapter_base(name: str) -> str | None:
     config = Path(source) / ADAPTER_CONFIG
     if gguf_file is not None or not config.is_file():
         return None
-    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    base = _json_file(config).get("base_model_name_or_path")
     if not base:
         raise ValueError(f"{config} names no base model (base_model_name_or_path); set it to e.g. 'smollm2' or a model path")
     return base
@@ -158,10 +246,9 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
         return load_tokenizer(base)
     source, gguf_file = model_source(name)
     require_hub(source)
-    try:
+    check_directory(source, gguf_file, weights=False)
+    with reading(source, gguf_file):  # names the file: no such directory, unknown hub id, a truncated GGUF
         tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except OSError as err:  # no such directory, hub id unknown, or the hub unreachable (no internet)
-        raise _hub_error(source, err) from err
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # Llama's tokenizer has none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -177,10 +264,9 @@ def load_config(name: str = "standin") -> PretrainedConfig:
         return load_config(base)
     source, gguf_file = model_source(name)
     require_hub(source)
-    try:
+    check_directory(source, gguf_file, weights=False)
+    with reading(source, gguf_file):
         return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
-    except OSError as err:
-        raise _hub_error(source, err) from err
 
 
 def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -201,10 +287,9 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
     if on_gpu:
         kwargs["device_map"] = {"": device}  # every module on this one device
     tokenizer = load_tokenizer(name)
-    try:
+    check_directory(source, gguf_file, weights=True)
+    with reading(source, gguf_file):
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except OSError as err:
-        raise _hub_error(source, err) from err
     if not on_gpu:
         model = model.to(device)
     model.eval()
@@ -218,7 +303,10 @@ def _load_merged(name: str, base: str, device: str, dtype: str | torch.dtype) ->
     from peft import PeftModel  # only adapters need peft
 
     model, tokenizer = load_model(base, device, "float32")
-    model = PeftModel.from_pretrained(model, model_source(name)[0]).merge_and_unload()
+    source = model_source(name)[0]
+    check_directory(source, None, weights=True)
+    with reading(source, None):
+        model = PeftModel.from_pretrained(model, source).merge_and_unload()
     model = model.to(device=device, dtype=_resolve_dtype(dtype)).eval()
     for p in model.parameters():
         p.requires_grad_(False)
