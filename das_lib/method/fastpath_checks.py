@@ -90,9 +90,12 @@ def fast_path_problem(model: nn.Module, site: Site, data: Iterable[InterchangeDa
         return (f"attention implementation {implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS} "
                 "(load the model with attn_implementation='sdpa')")
     layer_module(model, site)  # refuses a layer that does not exist
-    for layer in find_layers(model)[site.layer + 1 :]:
-        if not hasattr(getattr(getattr(layer, "self_attn", None), "k_proj", None), "out_features"):
-            return f"decoder layer {type(layer).__name__} has no self_attn.k_proj (the width of its keys)"
+    for index, layer in enumerate(find_layers(model)[site.layer + 1 :], start=site.layer + 1):
+        # the model's own layers only: a wrapper may change what a layer computes in ways no check here sees
+        if not type(layer).__module__.startswith("transformers.") or not hasattr(
+                getattr(getattr(layer, "self_attn", None), "k_proj", None), "out_features"):
+            return (f"decoder layer {index} is a {type(layer).__name__}, not one of transformers' own decoder layers "
+                    "with self_attn.k_proj (a wrapped or edited layer runs on the plain path)")
     for d in data:
         if d.base_pos is None or d.source_pos is None:
             return "the data has no token positions (the fast path intervenes at token positions)"
