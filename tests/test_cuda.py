@@ -40,6 +40,18 @@ def deep_llama(dtype: torch.dtype, layers: int = 32, width: int = 256) -> torch.
     return model
 
 
+def deep_gemma(dtype: torch.dtype, layers: int = 12, width: int = 256, device: str = CUDA) -> torch.nn.Module:
+    """A narrow Gemma 3 on the GPU: five sliding-window layers to one global, as Gemma 3 270M, with a window of 16
+    tokens (shorter than `prompts`). (Its query and key norms make attention peaked enough at head size 64.)"""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    types = (["sliding_attention"] * 5 + ["full_attention"]) * (layers // 6)
+    config = Gemma3TextConfig(vocab_size=512, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64,
+                              layer_types=types, sliding_window=16, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).to(device, dtype).eval().requires_grad_(False)
+
+
 def prompts(n: int = 64, length: int = 40, seed: int = 0) -> InterchangeData:
     """Padded random prompts intervened three tokens before the end, made on the CPU and moved to the GPU."""
     g = torch.Generator().manual_seed(seed)
@@ -55,7 +67,12 @@ def prompts(n: int = 64, length: int = 40, seed: int = 0) -> InterchangeData:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layer", [0, 15, 30])
 def test_fast_equals_plain_at_depth(dtype, layer):
-    model, data = deep_llama(dtype), prompts()
+    assert_fast_equals_plain(deep_llama(dtype), layer, dtype)
+
+
+def assert_fast_equals_plain(model: torch.nn.Module, layer: int, dtype: torch.dtype) -> CachedForward:
+    """The fast path at `layer` on `prompts()` gives the plain path's logits, to float32's rounding or bfloat16's."""
+    data = prompts()
     torch.manual_seed(0)
     intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, device=CUDA)
     intervention.temperature = 1.0
@@ -65,6 +82,14 @@ def test_fast_equals_plain_at_depth(dtype, layer):
     assert ours.device.type == "cuda"
     noise = fast.check_result["model_noise"]
     assert relative_error(ours, theirs) <= (1e-4 if dtype == torch.float32 else max(3 * noise, 1e-2)), fast.check_result
+    return fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layer", [0, 3, 5, 8])  # the first, a sliding one, a global one, a middle one
+def test_gemma_fast_equals_plain(dtype, layer):
+    fast = assert_fast_equals_plain(deep_gemma(dtype), layer, dtype)
+    assert fast.stores[0].layout.n_masks == 2  # the sliding layers' window and the global layers' mask
 
 
 def test_save_on_the_gpu_and_load_on_the_cpu(tmp_path):

