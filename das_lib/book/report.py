@@ -89,12 +89,15 @@ def planted_site(model: str) -> str | None:
     return None if planted is None else f"L{planted[1]['site']['layer']} {planted[1]['site']['position']}"
 
 
-def cross_table(iia: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """`crosscheck.cross_matrix` as a chapter shows it: each cell's IIA and, in brackets, on how many test pairs."""
-    shown = iia.copy().astype(object)
-    for r in iia.index:
-        for c in iia.columns:
-            shown.loc[r, c] = MISSING if pairs.loc[r, c] == 0 else f"{iia.loc[r, c]:.2f} ({int(pairs.loc[r, c])})"
+def cross_table(matrix: Any) -> pd.DataFrame:
+    """A `crosscheck.CrossMatrix` as a chapter shows it: each cell's IIA with its exact 95% interval and, in
+    brackets, on how many test pairs."""
+    shown = matrix.iia.copy().astype(object)
+    for r in matrix.iia.index:
+        for c in matrix.iia.columns:
+            n = int(matrix.pairs.loc[r, c])
+            shown.loc[r, c] = MISSING if n == 0 else (f"{matrix.iia.loc[r, c]:.2f} [{matrix.low.loc[r, c]:.2f}, "
+                                                      f"{matrix.high.loc[r, c]:.2f}] ({n})")
     return shown
 
 
@@ -140,3 +143,11 @@ def boundary_values(frame: pd.DataFrame) -> dict[str, float]:
     ends = _grid_ends(frame)
     return {"boundary_cells": int(len(ends)), "boundary_cells_shrank": int(ends["shrank"].sum()),
             "width_start": float(ends["boundary_dims_start"].mean()), "width_end": float(ends["boundary_dims"].mean())}
+
+
+def listed(values: Mapping[str, Any], empty: str = "none") -> dict[str, Any]:
+    """`values` with each list or tuple as a page writes it: "a, b and c", or `empty`."""
+    def words(items: Sequence[Any]) -> str:
+        items = [str(i) for i in items]
+        return empty if not items else items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+    return {k: words(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()}

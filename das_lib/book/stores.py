@@ -66,9 +66,11 @@ def prefetch() -> None:
     """Train chapter 8's random-weights grid (its default parameters) into the committed store, while the chapter
     trains the model's grid: the chapter then finds its cells done (or held, and waits)."""
     import papermill
+    import torch
 
     from das_lib.runs import calibration, controls, sweep
 
+    torch.set_num_threads(1)
     values = {k: v["default"] for k, v in papermill.inspect_notebook(str(BOOK / CHAPTERS["finetuned"])).items()}
     values = {k: eval(v) for k, v in values.items()}  # noqa: S307  (the chapter's own literals)
     store = str(committed.path("finetuned"))
