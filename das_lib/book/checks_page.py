@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 
 from das_lib.book.findings_page import with_interval
-from das_lib.runs import committed, controls
+from das_lib.method.outcome import Outcome
+from das_lib.method.sites import Site
+from das_lib.runs import committed, controls, protocol
 from das_lib.runs.findings import Finding
 from das_lib.runs.grid import Cell, Grid
 
@@ -95,36 +97,52 @@ def curve_values(curve: pd.DataFrame, candidate: str, budget: Sequence[int]) -> 
             "largest_budget": f"{int(largest['steps'])} x {int(largest['batch'])}"}
 
 
-def null_values(finding: Finding, nulls: Mapping[str, Finding], subspaces: pd.DataFrame, null_grid: Grid) -> dict[str, Any]:
-    """The numbers the nulls' prose states (`nulls`: "random weights" and "control task" findings)."""
-    rw, control = nulls["random weights"], nulls["control task"]
-    row, c = rw.table.loc[rw.first], control.table.loc[control.first]
-    return {"task_acc": null_grid.task_accuracy(), "task_majority": null_grid.task_record()["majority"],
-            "none": float(row["none"]), "majority": float(row["majority"]), "score": float(row["score"]),
-            "score_low": float(row["score low"]), "score_high": float(row["score high"]), "first": rw.first,
-            "control_score": float(c["score"]), "control_score_low": float(c["score low"]),
-            "control_score_high": float(c["score high"]), "draws": len(subspaces),
-            "subspace_max": float(subspaces["score"].max()), "subspace_p95": float(np.percentile(subspaces["score"], 95)),
-            "subspace_learned": float(subspaces["learned"].iloc[0])}
+def null_row(name: str, finding: Finding, key: str | None = None) -> dict[str, Any]:
+    """A null as one row: a finding's candidate `key` (default its first) at its chosen site, on the test pairs."""
+    key = key or finding.first
+    t = finding.table.loc[key]
+    return {"null": name, "hypothesis": key, "site": t["site"], "score": float(t["score"]), "low": float(t["score low"]),
+            "high": float(t["score high"]), "none": float(t["none"]), "majority": float(t["majority"])}
 
 
-def null_table(finding: Finding, nulls: Mapping[str, Finding], subspaces: pd.DataFrame,
-               titles: Mapping[str, str]) -> pd.DataFrame:
-    """The finding's first hypothesis beside each null's best (chosen on its own validation pairs) and the random
-    subspaces: site, test score and summed gain with intervals, IIA of doing nothing and majority rate."""
-    def row(name: str, f: Finding) -> dict[str, Any]:
-        t = f.table.loc[f.first]
-        return {"": name, "hypothesis": titles.get(f.first, f.first), "site": t["site"],
-                "score [95%]": with_interval(t["score"], t["score low"], t["score high"]),
-                "summed gain [95%]": with_interval(t["raw"], t["raw low"], t["raw high"]),
-                "no intervention": f"{t['none']:.3f}", "majority label": f"{t['majority']:.3f}"}
+def outcome_row(name: str, key: str, site: str, outcome: Outcome) -> dict[str, Any]:
+    """A null that is one evaluation (an `Outcome` on the test pairs, e.g. the whole-state swap) as one row, its
+    interval over the pairs."""
+    runs = pd.DataFrame([{"candidate": key, "layer": 0, "position": "x", "seed": 0, "data_seed": 0, "test": outcome, "majority": 0.0}])
+    t = protocol.report(runs, {key: Site(0, "x")}, [key]).loc[key]
+    return {"null": name, "hypothesis": key, "site": site, "score": float(t["score"]), "low": float(t["score low"]),
+            "high": float(t["score high"]), "none": float(t["none"]), "majority": float("nan")}
 
-    rows = [row("finding", finding)] + [row(name, f) for name, f in nulls.items()]
-    rows.append({"": f"random subspaces ({len(subspaces)} draws)", "hypothesis": titles.get(finding.first, finding.first),
-                 "site": finding.table.loc[finding.first, "site"],
-                 "score [95%]": f"max {subspaces['score'].max():+.3f}, 95th percentile {np.percentile(subspaces['score'], 95):+.3f}",
-                 "summed gain [95%]": "", "no intervention": "", "majority label": ""})
-    return pd.DataFrame(rows).set_index("")
+
+def subspaces_row(name: str, finding: Finding, subspaces: pd.DataFrame) -> dict[str, Any]:
+    """The random subspaces as one row: their 95th percentile (the interval: their range)."""
+    p95 = float(np.percentile(subspaces["score"], 95))
+    return {"null": name, "hypothesis": finding.first, "site": finding.table.loc[finding.first, "site"], "score": p95,
+            "low": float(subspaces["score"].min()), "high": float(subspaces["score"].max()), "none": float("nan"),
+            "majority": float("nan")}
+
+
+def null_table(finding: Finding, rows: Sequence[Mapping[str, Any]], titles: Mapping[str, str]) -> pd.DataFrame:
+    """The finding's first hypothesis beside each null (`null_row`, `outcome_row`, `subspaces_row`): site, test
+    score with its interval, the IIA of doing nothing and the majority rate."""
+    mine = null_row("finding", finding)
+    out = pd.DataFrame([mine, *rows])
+    return pd.DataFrame({"null": out["null"], "hypothesis": [titles.get(h, h) for h in out["hypothesis"]], "site": out["site"],
+                         "score [95%]": [with_interval(v, lo, hi) for v, lo, hi in zip(out["score"], out["low"], out["high"])],
+                         "no intervention": out["none"], "majority label": out["majority"]}).set_index("null")
+
+
+def null_values(rows: Sequence[Mapping[str, Any]], null_grid: Grid, subspaces: pd.DataFrame) -> dict[str, Any]:
+    """The numbers the nulls' prose states: per null row i, `score_i` with `_low`, `_high` (rows by their order:
+    keys `random_weights`, `control`, ... given as `name` slugs), the random network's task accuracy and majority."""
+    out: dict[str, Any] = {"task_acc": null_grid.task_accuracy(), "task_majority": null_grid.task_record()["majority"],
+                           "draws": len(subspaces), "subspace_max": float(subspaces["score"].max()),
+                           "subspace_p95": float(np.percentile(subspaces["score"], 95)),
+                           "subspace_learned": float(subspaces["learned"].iloc[0])}
+    for row in rows:
+        slug = "".join(ch if ch.isalnum() else "_" for ch in row["null"].lower()).strip("_")
+        out |= {f"{slug}": row["score"], f"{slug}_low": row["low"], f"{slug}_high": row["high"], f"{slug}_none": row["none"]}
+    return out
 
 
 def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch: str) -> pd.DataFrame:
@@ -153,27 +171,21 @@ def committed_note(name: str, seeded: int) -> str:
             f"{about['hours']:.1f} hours by `{about['command']}`")
 
 
-def finding_rows(finding: Finding, titles: Mapping[str, str], nulls: Mapping[str, Finding], subspaces: pd.DataFrame,
-                 control: Finding) -> pd.DataFrame:
-    """The rows of the finding figure: each variable's normalised gain at its hypothesis's site, each null's best,
-    the random subspaces' 95th percentile, and the positive control's planted variables, with their intervals."""
+def finding_rows(finding: Finding, titles: Mapping[str, str], nulls: Sequence[Mapping[str, Any]], control: Finding,
+                 control_titles: Mapping[str, str]) -> pd.DataFrame:
+    """The rows of the finding figure: each variable's normalised gain at its hypothesis's site, each null (rows of
+    `null_row` and its kin), and the positive control's planted variables, with their intervals."""
     rows = []
     for (c, v), r in finding.variables.iterrows():
         label = titles.get(c, c) if len(finding.variables.loc[c]) == 1 else f"{titles.get(c, c)}: {v}"
         rows.append({"label": label, "value": r["normalised"], "low": r["normalised low"], "high": r["normalised high"],
                      "group": "hypotheses (model)"})
-    for name, f in nulls.items():
-        t = f.table.loc[f.first]
-        rows.append({"label": f"{name}: {titles.get(f.first, f.first)}", "value": t["score"], "low": t["score low"],
-                     "high": t["score high"], "group": "nulls"})
-    p95 = float(np.percentile(subspaces["score"], 95))
-    rows.append({"label": f"random subspaces (95th pct of {len(subspaces)})", "value": p95, "low": p95, "high": p95,
-                 "group": "nulls"})
+    for n in nulls:
+        rows.append({"label": n["null"], "value": n["score"], "low": n["low"], "high": n["high"], "group": "nulls"})
     for (c, v), r in control.variables.loc[[control.first]].iterrows():
-        rows.append({"label": f"planted stand-in: {v}", "value": r["normalised"], "low": r["normalised low"],
-                     "high": r["normalised high"], "group": "positive control"})
+        rows.append({"label": f"planted stand-in: {control_titles.get(c, c)}: {v}", "value": r["normalised"],
+                     "low": r["normalised low"], "high": r["normalised high"], "group": "positive control"})
     return pd.DataFrame(rows).set_index("label")
-
 
 
 def planted_values(model: str, finding: Finding, titles: Mapping[str, str]) -> dict[str, str]:
@@ -190,17 +202,61 @@ def planted_values(model: str, finding: Finding, titles: Mapping[str, str]) -> d
             "planted_realised": ", ".join(f"{v} {'yes' if ok else 'no'}" for v, ok in realised.items())}
 
 
-def summary_table(finding: Finding, titles: Mapping[str, str], nulls: Mapping[str, Finding], control: Finding,
+def summary_table(finding: Finding, titles: Mapping[str, str], nulls: Sequence[Mapping[str, Any]], control: Finding,
                   control_titles: Mapping[str, str]) -> pd.DataFrame:
-    """The landing page's small table: each hypothesis at its chosen site, each null's best, and the positive
-    control's planted program, with the test score and its interval and which variables are realised."""
-    def row(name: str, f: Finding, key: str, names: Mapping[str, str]) -> dict[str, str]:
+    """The landing page's small table: each hypothesis at its chosen site and which of its variables are realised,
+    each null's score, and the positive control's planted program, with test scores and intervals."""
+    def row(name: str, f: Finding, key: str) -> dict[str, str]:
         t, realised = f.table.loc[key], f.realised(key)
         held = [v for v, ok in realised.items() if ok]
         return {"": name, "site": t["site"], "score [95%]": with_interval(t["score"], t["score low"], t["score high"]),
                 "variables realised": f"{len(held)} of {len(realised)}" + (f" ({', '.join(held)})" if held else "")}
 
-    rows = [row(titles.get(c, c), finding, c, titles) for c in finding.order]
-    rows += [row(f"null: {name} ({titles.get(f.first, f.first)})", f, f.first, titles) for name, f in nulls.items()]
-    rows.append(row(f"positive control: {control_titles.get(control.first, control.first)}", control, control.first, control_titles))
+    rows = [row(titles.get(c, c), finding, c) for c in finding.order]
+    rows += [{"": f"null: {n['null']}", "site": n["site"], "score [95%]": with_interval(n["score"], n["low"], n["high"]),
+              "variables realised": ""} for n in nulls]
+    rows.append(row(f"positive control: {control_titles.get(control.first, control.first)}", control, control.first))
     return pd.DataFrame(rows).set_index("")
+
+
+NULL_NAMES = {"random weights": "random weights", "control task": "control task", "left_shifted": "left shifted",
+              "right_shifted": "right shifted", "amount_copy": "input copy", "matched": "matched control",
+              "whole": "whole-state swap", "subspaces": "random subspaces"}
+
+
+def nulls_of(finding: Finding, random_weights: Finding, control_task: Finding, artefact: Finding, whole: Outcome,
+             subspaces: pd.DataFrame) -> list[dict[str, Any]]:
+    """Every null of chapter 8 as rows (`null_row`, `outcome_row`, `subspaces_row`), in a fixed order and naming."""
+    rows = [null_row(NULL_NAMES["random weights"], random_weights), null_row(NULL_NAMES["control task"], control_task)]
+    for key in artefact.sites:
+        name = NULL_NAMES["matched"] if key.startswith("control_") else NULL_NAMES.get(key, key)
+        rows.append(null_row(name, artefact, key))
+    site = finding.table.loc[finding.first, "site"]
+    rows.append(outcome_row(NULL_NAMES["whole"], finding.first, site, whole))
+    rows.append(subspaces_row(NULL_NAMES["subspaces"], finding, subspaces))
+    return rows
+
+
+def illusion_table(illusions: pd.DataFrame, planted: pd.DataFrame, titles: Mapping[str, str]) -> pd.DataFrame:
+    """`illusion_check.check`'s rows as a page shows them: per variable, U's size and gain, the gains of its read and
+    active part and of its disconnected part, with intervals, and the verdict; the planted control's rows after."""
+    rows = []
+    for frame, owner in ((illusions, "model"), (planted, "planted stand-in")):
+        for (c, v), r in frame.iterrows():
+            rows.append({"model": owner, "hypothesis": titles.get(c, c), "variable": v, "site": r["site"],
+                         "U dims": int(r["U dims"]),
+                         "U gain [95%]": with_interval(r["whole gain"], r["whole gain low"], r["whole gain high"]),
+                         "read and active": f"{int(r['read_and_active dims'])} dims, " + with_interval(
+                             r["read_and_active gain"], r["read_and_active gain low"], r["read_and_active gain high"]),
+                         "disconnected": f"{int(r['disconnected dims'])} dims, " + with_interval(
+                             r["disconnected gain"], r["disconnected gain low"], r["disconnected gain high"]),
+                         "verdict": r["verdict"]})
+    return pd.DataFrame(rows).set_index(["model", "hypothesis", "variable"])
+
+
+def illusion_values(illusions: pd.DataFrame, planted: pd.DataFrame, first: str) -> dict[str, str]:
+    """The verdicts the prose states: the first hypothesis's (per variable) and the planted control's."""
+    def words(frame: pd.DataFrame) -> str:
+        return "; ".join(f"{v}: {r['verdict']}" for (_, v), r in frame.iterrows())
+    return {"verdict": words(illusions.loc[[first]]), "planted_verdict": words(planted),
+            "all_pass": "yes" if (illusions["verdict"] == "passes").all() else "no"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from das_lib.method.causal import CausalModel, Variable
 from das_lib.method.counterfactual import CounterfactualPair, make_pair
@@ -135,11 +135,12 @@ HYPOTHESES: dict[str, Hypothesis] = {
 }
 
 
-# A control task in the spirit of Hewitt and Liang's (2019): a variable of the inputs that no hypothesis
-# names (the amount's whole dollars), read out through a fixed random table (with the lower bound's whole
-# dollars), so that its counterfactual labels are learnable from the inputs but mean nothing. Trained and
-# tested like a hypothesis, it measures how well an alignment fits labels no mechanism explains; a finding
-# must beat it on the same pairs.
+# Nulls as hypotheses: causal models that no mechanism should realise better than the truth, each trained and
+# tested like a hypothesis on the same pairs (das_lib.runs.controls). A finding must beat every one of them.
+#
+# A control task in the spirit of Hewitt and Liang's (2019): a variable of the inputs that no hypothesis names (the
+# amount's whole dollars), read out through a fixed random table (with the lower bound's whole dollars), so that its
+# counterfactual labels are learnable from the inputs but mean nothing.
 CONTROL_SEED = 20_231_229
 _CONTROL_TABLE = [[random.Random(CONTROL_SEED + 10 * i + j).random() < 0.5 for j in range(10)] for i in range(10)]
 CONTROL_TASK = CausalModel(
@@ -151,18 +152,103 @@ CONTROL_TASK = CausalModel(
     ],
     output="answer",
 )
+
+
+def matched_control(key: str, rate: float, bit_rate: float | None = None) -> CausalModel:
+    """A control task on a hypothesis's scale: the game's answer, flipped when the swapped whole dollars of the amount
+    differ from the amount's own and a fixed random table T[lb dollars][swapped dollars][own dollars] says so. On the
+    factual games nothing is flipped, so doing nothing is right wherever a swap flips nothing; the table's bits are
+    set at `bit_rate` (default `rate`), which `matched` tunes so that a swap flips the answer on `rate` of the pool's
+    pairs, the share on which hypothesis `key` predicts a change: its IIA of doing nothing and its ceiling are then
+    the hypothesis's."""
+    if not 0 < rate < 0.9:
+        raise ValueError(f"a matched control flips under 0.9 of the answers, got rate {rate}")
+    rng = random.Random(CONTROL_SEED + 1000)
+    table = [[[rng.random() < (bit_rate or rate) for _ in range(10)] for _ in range(10)] for _ in range(10)]
+    return CausalModel(
+        f"control_{key}", _INPUTS,
+        [Variable("dollars", ("amount",), lambda amount: amount // 100),
+         Variable("answer", ("lb", "ub", "amount", "dollars"), lambda lb, ub, amount, dollars:
+                  (lb <= amount <= ub) != (dollars != amount // 100 and table[lb // 100][dollars][amount // 100]))],
+        output="answer")
+
+
+def changed_rate(key: str | Hypothesis, n: int = 20_000, seed: int = CONTROL_SEED) -> float:
+    """The share of pool pairs (`sample_pair`) on which hypothesis `key` (or a Hypothesis) predicts a change of the
+    answer, over its variables: what a matched control's flips follow (computed from a fixed seed)."""
+    h, rng = (HYPOTHESES[key] if isinstance(key, str) else key), random.Random(seed)
+    pairs = [sample_pair(rng) for _ in range(n)]
+    return sum(h.model.interchange(b, s, (v,)) != h.model.predict(b) for b, s in pairs for v in h.variables) / (n * len(h.variables))
+
+
+def _shifted(name: str, side: str, cents: int) -> CausalModel:
+    """Left and Right Boundary with one bound moved by `cents`: false, but agreeing with the truth on most games."""
+    left = Variable("left", ("amount", "lb"), (lambda amount, lb: amount >= lb + cents) if side == "left" else
+                    (lambda amount, lb: amount >= lb))
+    right = Variable("right", ("amount", "ub"), (lambda amount, ub: amount <= ub - cents) if side == "right" else
+                     (lambda amount, ub: amount <= ub))
+    return CausalModel(name, _INPUTS, [left, right, Variable("answer", ("left", "right"), lambda l, r: bool(l and r))],
+                       output="answer")
+
+
+INPUT_COPY = CausalModel(
+    "amount_copy", _INPUTS,
+    [Variable("price", ("amount",), lambda amount: amount),
+     Variable("answer", ("lb", "ub", "price"), lambda lb, ub, price: lb <= price <= ub)],
+    output="answer")
+SHIFT = 100  # cents: the shifted bounds' offset
 CONTROLS: dict[str, Hypothesis] = {
     "control": Hypothesis("control", "Control task (random readout of the whole dollars)", CONTROL_TASK, ("dollars",)),
+    "left_shifted": Hypothesis("left_shifted", f"Left Boundary shifted by {SHIFT / 100:.2f}",
+                               _shifted("left_shifted", "left", SHIFT), ("left",)),
+    "right_shifted": Hypothesis("right_shifted", f"Right Boundary shifted by {SHIFT / 100:.2f}",
+                                _shifted("right_shifted", "right", SHIFT), ("right",)),
+    "amount_copy": Hypothesis("amount_copy", "Input copy (the amount itself)", INPUT_COPY, ("price",)),
 }
+MATCHED_RATES = {}  # hypothesis -> the rate its matched control flips at (computed on first use, then kept)
+_MATCHED: dict[str, Hypothesis] = {}
+
+
+def matched(key: str) -> Hypothesis:
+    """The control task matched to hypothesis `key`'s IIA of doing nothing and ceiling (`matched_control`), named
+    "control_" + key (made on first use: tuning it takes seconds)."""
+    name = f"control_{key}"
+    if name not in _MATCHED:
+        rate = MATCHED_RATES[key] = round(changed_rate(key), 3)
+        bit_rate = rate
+        for _ in range(3):  # the realised share of flips follows the bits' rate closely but not exactly: tune it
+            made = Hypothesis(name, f"Control task matched to {HYPOTHESES[key].title}",
+                              matched_control(key, rate, bit_rate), ("dollars",))
+            bit_rate = min(0.99, bit_rate * rate / changed_rate(made, n=5_000))
+        _MATCHED[name] = made
+    return _MATCHED[name]
+
+
+class Controls(Mapping[str, Hypothesis]):
+    """CONTROLS and the matched control of every hypothesis ("control_left", ...), each matched one made only when
+    it is looked up."""
+
+    def __getitem__(self, key: str) -> Hypothesis:
+        if key in CONTROLS:
+            return CONTROLS[key]
+        if key.startswith("control_") and key[len("control_"):] in HYPOTHESES:
+            return matched(key[len("control_"):])
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*CONTROLS, *(f"control_{k}" for k in HYPOTHESES)])
+
+    def __len__(self) -> int:
+        return len(CONTROLS) + len(HYPOTHESES)
 
 
 def get_hypothesis(key: str) -> Hypothesis:
     """The hypothesis (or control task) named `key`, with the valid names in the error."""
     if key in HYPOTHESES:
         return HYPOTHESES[key]
-    if key in CONTROLS:
-        return CONTROLS[key]
-    raise KeyError(f"unknown hypothesis {key!r}; choose one of {list(HYPOTHESES)} (or the control task {list(CONTROLS)})")
+    if key in Controls():
+        return Controls()[key]
+    raise KeyError(f"unknown hypothesis {key!r}; choose one of {list(HYPOTHESES)} (or the control tasks {list(Controls())})")
 
 
 def sample_pool(n: int, seed: int, bracket: tuple[int, int] | None = None) -> list[tuple[dict[str, int], dict[str, int]]]:

@@ -34,7 +34,7 @@ from das_lib.method.sites import answer_logits
 from das_lib.pricetag import programs
 from das_lib.pricetag.game import (
     ANSWERS,
-    CONTROLS,
+    Controls,
     HYPOTHESES,
     Hypothesis,
     INSTRUCTIONS,
@@ -122,9 +122,9 @@ class PriceTagTask:
         """The paper's four hypotheses, by key."""
         return dict(HYPOTHESES)
 
-    def controls(self) -> dict[str, Hypothesis]:
-        """The control task (game.CONTROLS), by key."""
-        return dict(CONTROLS)
+    def controls(self) -> Mapping[str, Hypothesis]:
+        """The control tasks and the other nulls trained like hypotheses (game.Controls: each looked up on demand)."""
+        return Controls()
 
     def family(self, settings: Mapping[str, Any]) -> tuple[Hypothesis, ...]:
         """The generated space of programs (das_lib.pricetag.programs), fixed by n_brackets, seed and thresholds."""

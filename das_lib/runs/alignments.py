@@ -147,13 +147,16 @@ def pairs_and_references(
     model: nn.Module, task: PriceTagTask, hypothesis: str, n_train: int, n_test: int, n_task: int, seed: int,
 ) -> tuple[dict[str, list[CounterfactualPair]], dict[str, float]]:
     """Training, scan and test pairs of `hypothesis` (seeds from split_seeds(seed, 3); scan and test have
-    n_test each), and the reference points: the model's task accuracy on n_task fresh games (seed), and
-    on the test pairs the majority rate and the IIA of no intervention."""
+    n_test each), and the reference points: the model's task accuracy on n_task fresh games (seed; over the two
+    answer tokens, and over the whole vocabulary), and on the test pairs the majority rate and the IIA of no
+    intervention."""
     train_seed, scan_seed, test_seed = split_seeds(seed, 3)
     pairs = {"train": sample_pairs(hypothesis, n_train, train_seed), "scan": sample_pairs(hypothesis, n_test, scan_seed),
              "test": sample_pairs(hypothesis, n_test, test_seed)}
     device = next(model.parameters()).device
-    reference = {"task_accuracy": task_accuracy(model, task, sample_games(n_task, seed)),
+    games = sample_games(n_task, seed)
+    reference = {"task_accuracy": task_accuracy(model, task, games),
+                 "task_accuracy_vocabulary": task_accuracy(model, task, games, vocabulary=True),
                  "dummy": majority_rate_of(pairs["test"]),
                  "no_intervention_iia": unintervened_iia(model, task.interchange_data(pairs["test"], "last").to(device))}
     return pairs, reference

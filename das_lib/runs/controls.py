@@ -1,5 +1,7 @@
 """The checks that rule out a broken or an over-eager search, run with the same calls as the search itself.
 
+(The nulls that could produce a finding if it were an artefact are at the end: `artefacts`, `whole_swap`.)
+
 A positive control is a model with a planted mechanism, searched with the same grid, readout, pairs and
 budget (`positive_control`): a search that cannot find what was planted proves nothing when it finds
 nothing elsewhere, and `control_passes` says whether it found it. The nulls, each of which a finding must
@@ -74,12 +76,12 @@ def random_weights(spec: GridSpec, store: str, device: str = "cpu", seed: int = 
 
 
 def random_subspaces(grid: Grid, finding: findings.Finding, candidate: str, draws: int = 20) -> pd.DataFrame:
-    """One row per draw: the test score of `candidate`'s alignment at its chosen site (first seed, grid data seed)
-    with its learned rotation replaced by a random one, its boundaries kept (subspaces of the learned size that
-    were not learned), beside the learned alignment's own score on the same pairs."""
-    site = finding.sites[candidate]
-    cell = Cell(candidate, site.layer, site.position, grid.spec.seeds[0], grid.spec.data_seed)
-    learned, record = grid.load_alignment(cell)
+    """One row per draw: the test score of `candidate`'s alignment (`reuse.chosen_cell`) with its learned rotation
+    replaced by a random one, its boundaries kept (subspaces of the learned size that were not learned), beside the
+    learned alignment's own score on the same pairs."""
+    from das_lib.runs.reuse import chosen_cell
+
+    learned, record = grid.load_alignment(chosen_cell(grid, finding, candidate))
     config, runner = record["config"], grid.runner
     labels = grid.labels(candidate, "test")
     learned_outcome = Outcome.from_dict(record["results"]["outcomes"]["test"])
@@ -101,3 +103,45 @@ def null_table(finding: findings.Finding, nulls: dict[str, findings.Finding]) ->
         rows[name] = null.table.loc[null.first]
     return pd.DataFrame(rows).T[["site", "score", "score low", "score high", "raw", "raw low", "raw high", "majority"]]
 
+
+
+ARTEFACTS = ("left_shifted", "right_shifted", "amount_copy")  # false-but-correlated hypotheses and an input copy
+
+
+def artefacts(grid: Grid, finding: findings.Finding, store: str) -> tuple[Grid, findings.Finding]:
+    """The nulls that could produce the finding if it were an artefact, trained like a hypothesis at the first
+    hypothesis's chosen site (its seeds and pools too): the boundaries shifted by a dollar (false, but agreeing with
+    the truth on most games), the amount itself (does the site merely carry an input?), and a control task on the
+    first hypothesis's scale (its doing-nothing rate and ceiling: the task's `control_<first>`), run into `store`."""
+    site = finding.sites[finding.first]
+    matched = f"control_{finding.first}"
+    candidates = tuple(c for c in (*ARTEFACTS, matched) if c in grid.task.controls())
+    spec = replace(grid.spec, candidates=candidates, layers=(site.layer,), positions=(site.position,))
+    nulls = Grid(spec, store, grid.device, grid.loaded, progress=False)
+    nulls.run()
+    return nulls, findings.finding(nulls, list(candidates))
+
+
+def whole_swap(grid: Grid, finding: findings.Finding, candidate: str) -> Outcome:
+    """The test `Outcome` of swapping the whole state at `candidate`'s chosen site (every dimension, no rotation),
+    for its labels: the most any subspace there can do."""
+    from das_lib.method.interventions import NeuronIntervention
+
+    site = finding.sites[candidate]
+    cell = Cell(candidate, site.layer, site.position, grid.spec.seeds[0], grid.spec.data_seed)
+    record = grid.record(cell)
+    d = grid.runner.model.config.hidden_size
+    tokens = grid.runner.predictions(record["config"], NeuronIntervention(d, list(range(d))).to(grid.runner.device))
+    learned = Outcome.from_dict(record["results"]["outcomes"]["test"])
+    return replace(learned, correct=tokens.numpy() == grid.labels(candidate, "test"), vocab_correct=None, vocab_none=None)
+
+
+def planted_subspaces(model: str) -> dict[str, "torch.Tensor"]:
+    """The planted model's planted subspace per variable (d x k bases), the illusion check's reference."""
+    from das_lib.method.illusion import learned_subspace
+
+    found = planted_for(model)
+    if found is None:
+        raise ValueError(f"{model!r} has no planted subspace")
+    subspace, meta = found
+    return {v: learned_subspace(subspace, i) for i, v in enumerate(meta["variables"])}

@@ -88,13 +88,13 @@ def pair_key(pair: Pair) -> tuple:
 def candidate(task: Task, key: str, separate: Mapping[str, Any] | None) -> Candidate:
     """The candidate `key`: one of the task's hypotheses or control tasks, or a member of the family a design
     separates."""
-    named = {**task.hypotheses(), **task.controls()}
-    if key in named:
-        return named[key]
+    for named in (task.hypotheses(), task.controls()):
+        if key in named:
+            return named[key]
     members = {c.key: c for c in task.family(separate["family"])} if separate else {}
     if key not in members:
-        raise KeyError(f"candidate {key!r} is neither a hypothesis or control of the task ({sorted(named)}) nor in "
-                       "the family of the data design")
+        raise KeyError(f"candidate {key!r} is neither a hypothesis or control of the task "
+                       f"({[*task.hypotheses(), *task.controls()]}) nor in the family of the data design")
     return members[key]
 
 

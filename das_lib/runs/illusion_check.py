@@ -1,0 +1,56 @@
+"""The illusion check (das_lib.method.illusion) run on a grid's chosen alignments.
+
+For each hypothesis of a finding, the alignment that stands for it (`reuse.chosen_cell`: at its chosen site, the
+run of best validation score on the grid's pool), each of its variables' learned subspace U is split into the part the layers above read and the inputs move
+and the rest, each part patched alone on the grid's test pairs (every pair, the variable's own labels). The site's
+natural spread and read space come from the pool's training pairs at that position. `check` returns one row per
+variable with each part's gain over doing nothing and its interval, and the reading's verdict; on a planted model
+(`references`: its planted subspace per variable) U's part inside and outside the planted subspace too.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from das_lib.method.illusion import diagnose, learned_subspace, reading, site_spaces
+from das_lib.runs.findings import Finding
+from das_lib.runs.grid import Grid
+from das_lib.runs.jobs import candidate_data
+from das_lib.runs.reuse import chosen_cell
+
+POOL = 256  # training pairs whose states give the site's natural spread and read space
+
+
+def check(grid: Grid, finding: Finding, candidates: Sequence[str] | None = None,
+          references: Mapping[str, torch.Tensor] | None = None) -> pd.DataFrame:
+    """One row per variable of each of `candidates` (default: the finding's) at its chosen site: U's size, its gain
+    over doing nothing and that of each part (read and active; connected, disconnected; active, dormant; inside
+    and outside a reference) with 95% intervals, the dose of U's top variance direction, and the verdict."""
+    rows = []
+    for key in candidates or list(finding.sites):
+        site = finding.sites[key]
+        intervention, record = grid.load_alignment(chosen_cell(grid, finding, key))
+        runner, config = grid.runner, record["config"]
+        pool = runner.pool(config)
+        j = pool.roles.index(site.position)
+        spaces = site_spaces(runner.model, site, pool.encoded["train"].column(j).select(np.arange(min(POOL, len(pool.encoded["train"])))))
+        labels = runner.targets(config, "test")[0]
+        test = candidate_data(pool.encoded["test"].column(j), labels)
+        n = labels.shape[1]
+        for v, variable in enumerate(grid.candidate(key).variables):
+            basis = learned_subspace(intervention.to(runner.device), v)
+            refs = {name: ref for name, ref in (references or {}).items() if name == variable}
+            found = diagnose(runner.model, site, basis, test.select(np.arange(v * n, (v + 1) * n)), spaces, refs)
+            verdict = reading(found)
+            row = {"candidate": key, "variable": variable, "site": f"L{site.layer} {site.position}", "U dims": basis.shape[1],
+                   "verdict": verdict["verdict"], "dose 1 gain": float(found.dose.iloc[0]["gain"])}
+            for _, part in found.table.iterrows():
+                if part["part"] != "none":
+                    row |= {f"{part['part']} dims": int(part["dims"]), f"{part['part']} gain": part["gain"],
+                            f"{part['part']} gain low": part["gain_low"], f"{part['part']} gain high": part["gain_high"],
+                            f"{part['part']} off-manifold": part["off_manifold"]}
+            rows.append(row)
+    return pd.DataFrame(rows).set_index(["candidate", "variable"])
