@@ -81,12 +81,22 @@ def test_readme_quickstart_runs(tmp_path: Path):
     readme = (ROOT / "README.md").read_text()
     section = readme.split("## Library quickstart", 1)[1]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    imports = [line for line in code.splitlines() if re.match(r"(import|from) ", line)]
+    assert imports == ["import das_lib as dl"], f"the quickstart needs one import, not {imports}"
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "IIA" in result.stdout
 
 
 LAYERS = ("method", "pricetag", "tasks", "models", "runs", "book")  # each may import only the layers before it
+
+
+def test_the_public_api_resolves_every_name():
+    import das_lib
+
+    assert all(getattr(das_lib, name) is not None for name in das_lib.__all__)
+    with pytest.raises(AttributeError, match="public names"):
+        das_lib.no_such_name  # noqa: B018
 
 
 def test_imports_point_one_way():

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import torch
 from torch import nn
 
-from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.method.counterfactual import CounterfactualPair, make_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.programs import Candidate
 
@@ -57,3 +57,17 @@ class Task(Protocol):
     def accuracy(self, model: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
         """The share of `inputs` the model answers right, over the answer tokens ("answers") and over the whole
         vocabulary ("vocabulary")."""
+
+
+def labelled_pairs(task: Task, hypothesis: str, n: int, seed: int) -> list[CounterfactualPair]:
+    """`n` pairs from the task's pool sampler, labelled by running `hypothesis`'s causal model (one of the task's
+    hypotheses or controls), pair i intervening on its variable i mod (number of variables)."""
+    candidates = {**task.hypotheses()}
+    h = candidates[hypothesis] if hypothesis in candidates else task.controls()[hypothesis]
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        base, source = task.sample_pair(rng)
+        v = i % len(h.variables)
+        pairs.append(make_pair(h.model, base, source, (h.variables[v],), variable_index=v))
+    return pairs

@@ -55,11 +55,19 @@ def spec_from_params(values: Mapping[str, Any], budget: Sequence[int] | None = N
     (benchmarks/gpu_sweep_workers.py) trains the chapter's cells."""
     v = values
     steps, batch_size, n_train = budget if budget is not None else v["budget"]
-    return sweep_spec(v["model"], v["hypotheses"], v["layers"], v["positions"], seeds=tuple(v["seeds"]),
+    layers = v["layers"] or strided(load_config(v["model"]).num_hidden_layers, v.get("layer_stride", 1))
+    return sweep_spec(v["model"], v["hypotheses"], layers, v["positions"], seeds=tuple(v["seeds"]),
                       extra_seeds=tuple(v["extra_seeds"]), extra_data_seeds=tuple(v["extra_data_seeds"]),
                       train=TrainConfig(steps=steps, batch_size=batch_size, orthogonal_map=v["orthogonal_map"] or None),
                       n_train=n_train, n_val=v["n_val"], n_test=v["n_test"], n_task=v["n_task"],
                       data_seed=v["data_seed"], dtype=v["dtype"])
+
+
+def strided(n_layers: int, stride: int) -> list[int]:
+    """Every `stride`-th of `n_layers` layers from the first, and the last: the paper's layout (stride 5)."""
+    if stride < 1:
+        raise ValueError(f"a layer stride must be >= 1, got {stride}")
+    return sorted({*range(0, n_layers, stride), n_layers - 1})
 
 
 def frame(grid: Grid, runs: pd.DataFrame | None = None) -> pd.DataFrame:
