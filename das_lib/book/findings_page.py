@@ -169,3 +169,18 @@ def baselines(frame: pd.DataFrame, titles: Mapping[str, str]) -> pd.DataFrame:
     first = frame.groupby("candidate", sort=False)[["majority", "unintervened"]].first()
     first.index = [titles.get(c, c) for c in first.index]
     return first.rename(columns={"majority": "dummy (majority label)", "unintervened": "IIA with no intervention"})
+
+
+def misspecified_values(full: Finding, missing: Finding, planted: str, titles: Mapping[str, str]) -> dict[str, Any]:
+    """What the prose says when the planted program is taken out of the space: what the search then crowns, its score
+    beside the planted program's in the full search, the set the test pairs do not separate from it, and whether
+    the crowned program shares a variable with the planted one (contains it, is contained in it, or neither)."""
+    crowned, t = missing.first, missing.table
+    relation = ("holds every variable of the planted program" if planted in full.contains.get(crowned, []) else
+                "is a part of the planted program" if crowned in full.contains.get(planted, []) else
+                "shares no variable with the planted program")
+    return {"crowned": titles.get(crowned, crowned), "crowned_site": t.loc[crowned, "site"],
+            "crowned_score": float(t.loc[crowned, "score"]), "crowned_score_low": float(t.loc[crowned, "score low"]),
+            "crowned_score_high": float(t.loc[crowned, "score high"]), "relation": relation,
+            "planted_score": float(full.table.loc[planted, "score"]), "top": _names(missing.top, titles),
+            "n_top": len(missing.top), "verdict": verdict(missing, titles)}

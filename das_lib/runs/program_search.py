@@ -190,12 +190,14 @@ class ProgramSearch:
         leading = protocol.order(runs, protocol.choose_sites(runs))[: self.spec.leading]
         return self._grid(leading, every.spec.layers, every.spec.positions, extra=self.spec.lead_seeds)
 
-    def finding(self, every: Grid) -> findings.Finding:
-        """The search's finding: every group's runs, the leading ones' extra seeds included."""
+    def finding(self, every: Grid, exclude: Sequence[str] = ()) -> findings.Finding:
+        """The search's finding: every group's runs, the leading ones' extra seeds included; with `exclude`, over a
+        space without those groups (e.g. the planted program's: what does the search crown when the truth is not
+        among the candidates?)."""
         lead = self.leading_grid(every)
         runs = pd.concat([every.runs(), lead.runs(lead.extra_cells())], ignore_index=True)
         functions = {g.key: list(g.functions) for g in self.separation.groups}
-        return findings.finding(every, self.groups(), runs, functions)
+        return findings.finding(every, [g for g in self.groups() if g not in exclude], runs, functions)
 
 
 def spec_of(model: str, budget: Sequence[int], n_val: int, n_test: int, pool_factor: int, separating_share: float,
