@@ -21,7 +21,7 @@ from das_lib.models import load
 from das_lib.models.load import STANDIN_DIR
 from das_lib.pricetag import game
 from das_lib.runs import controls, findings, grid as grid_module, jobs, protocol, store, sweep
-from das_lib.runs.grid import Cell, Grid, GridSpec, IncompleteGrid
+from das_lib.runs.grid import Cell, Grid, IncompleteGrid
 from das_lib.runs.identity import model_identity
 from das_lib.runs.store import DamagedRecordWarning
 from tiny_grid import CELLS, GRID_CELLS, TINY, recorded, tiny_spec
