@@ -60,23 +60,7 @@ def test_extra_seeds_and_data_seeds_run_only_at_the_sites_chosen_on_validation(t
     assert all(Site(r.layer, r.position) == chosen[r.candidate] for r in extra.itertuples())
 
 
-def test_same_seed_same_numbers_and_the_extra_runs_come_after_the_grid(tiny_grid, tmp_path, monkeypatch):
-    fresh = Grid(tiny_grid.spec, tmp_path / "fresh", progress=False)
-    assert fresh.extra_cells() == []  # no site is chosen before the grid is finished
-    order, real = [], grid_module.run_job
-
-    def logged(config, *args, **kwargs):
-        if config["kind"] == "cell":
-            order.append((config["train"]["seed"], config["data"]["seed"]))
-        return real(config, *args, **kwargs)
-
-    monkeypatch.setattr(grid_module, "run_job", logged)
-    assert fresh.run() == {"ran": CELLS, "reused": 0}
-    assert order[:GRID_CELLS] == [(0, 0)] * GRID_CELLS and (0, 0) not in order[GRID_CELLS:]
-    assert recorded(fresh) == recorded(tiny_grid)  # a fresh store, the same numbers
-
-
-def test_a_killed_run_loses_only_the_cell_in_flight(tiny_grid, tmp_path, monkeypatch):
+def test_a_killed_run_loses_only_the_cell_in_flight_and_resumes_to_the_same_numbers(tiny_grid, tmp_path, monkeypatch):
     grid = Grid(tiny_grid.spec, tmp_path / "store", progress=False)
     real, calls = jobs.train_intervention, []
 
@@ -90,9 +74,19 @@ def test_a_killed_run_loses_only_the_cell_in_flight(tiny_grid, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         grid.run()
     assert len([r for r in grid.store.records() if r["config"]["kind"] == "cell"]) == 2
+    assert grid.extra_cells() == []  # no site is chosen before a candidate's grid is finished
     monkeypatch.setattr(jobs, "train_intervention", real)
+    order, run_job = [], grid_module.run_job
+
+    def logged(config, *args, **kwargs):
+        if config["kind"] == "cell":
+            order.append((config["train"]["seed"], config["data"]["seed"]))
+        return run_job(config, *args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "run_job", logged)
     assert grid.run() == {"ran": CELLS - 2, "reused": 2}
-    assert recorded(grid) == recorded(tiny_grid)  # resumed cells give the numbers of an uninterrupted run
+    assert order[:GRID_CELLS - 2] == [(0, 0)] * (GRID_CELLS - 2) and (0, 0) not in order[GRID_CELLS - 2:]  # grid first
+    assert recorded(grid) == recorded(tiny_grid)  # same seed, same numbers: a fresh store, resumed or not
 
 
 def _run_in_a_process(spec, root, log, barrier, results) -> None:
