@@ -7,7 +7,7 @@ import pytest
 
 from das_lib.method.sites import Site
 from das_lib.method.training import TrainConfig
-from das_lib.runs import controls, findings
+from das_lib.runs import calibration, controls, findings
 from das_lib.runs.grid import Grid
 from tiny_grid import tiny_spec
 
@@ -74,3 +74,16 @@ def test_the_planted_stand_in_passes_at_the_calibrated_budget(calibrated):
                       "planted_site": "L1 last", "found_site": "L1 last"}, result
     assert finding.named == "left_right" and finding.subsumes["left_right"] == ["left"]
     assert finding.table.loc["left_right", "score low"] > 0.8  # the planted subspace is found, not just beaten
+
+
+def test_the_calibrated_budget_is_the_smallest_from_which_the_control_always_passes():
+    def table(passed: list[bool]) -> pd.DataFrame:
+        return pd.DataFrame([{"steps": s, "batch": b, "n_train": n, "passed": p}
+                             for (s, b, n), p in zip(calibration.BUDGETS, passed)])
+
+    assert calibration.calibrated(table([False, True, True, True])) == calibration.BUDGETS[1]
+    assert calibration.calibrated(table([True, False, True, True])) == calibration.BUDGETS[2]  # a pass then a fail
+    assert calibration.calibrated(table([True, True, True, False])) is None  # fails at the largest budget tried
+    spec = calibration.with_budget(tiny_spec(), (150, 32, 512))
+    assert (spec.train.steps, spec.train.batch_size, spec.n_train) == (150, 32, 512)
+    assert spec.train.orthogonal_map == tiny_spec().train.orthogonal_map
