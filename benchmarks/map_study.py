@@ -5,8 +5,8 @@
         --batch-size 16 --n-train 128 --n-test 64 --threads 2     # chapter 8's grid and budget
 
 For every cell (hypothesis, layer, position) and every map of das_lib.method.interventions.ORTHOGONAL_MAPS,
-Boundless DAS is trained from each seed through das_lib's own sweep (same pairs, budget and schedule for
-every map, records in a resumable store), and the table gives per cell and map: the mean IIA on the test
+Boundless DAS is trained from each seed through das_lib's own grid (das_lib.runs.grid: same pairs, budget
+and schedule for every map, records in a resumable store), and the table gives per cell and map: the mean IIA on the test
 pairs, its spread over seeds (min to max), the gain over no intervention, the learned boundary size and
 the training seconds. A map is "the same" as the matrix exponential (the paper's) when its mean IIA lies
 within the exponential's seed spread at every cell (the rule of issue 19).
@@ -33,8 +33,8 @@ if str(ROOT) not in sys.path:
 from das_lib.method.interventions import ORTHOGONAL_MAPS  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
 from das_lib.pricetag.game import HYPOTHESES  # noqa: E402
-from das_lib.runs.spec import SweepSpec  # noqa: E402
-from das_lib.runs.sweep import Sweep  # noqa: E402
+from das_lib.runs.grid import Grid, GridSpec  # noqa: E402
+from das_lib.runs.sweep import frame, sweep_spec  # noqa: E402
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -69,23 +69,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def spec_for(args: argparse.Namespace, hypothesis: str, layers: tuple[int, ...], positions: tuple[str, ...],
-             orthogonal_map: str, seeds: tuple[int, ...], data_seed: int) -> SweepSpec:
-    """The sweep of one hypothesis at these layers and positions, trained with one map from `seeds`."""
+             orthogonal_map: str, seeds: tuple[int, ...], data_seed: int) -> GridSpec:
+    """The grid of one hypothesis at these layers and positions, trained with one map from `seeds`."""
     train = TrainConfig(steps=args.steps, batch_size=args.batch_size, orthogonal_map=orthogonal_map)
-    return SweepSpec(model=args.model, hypotheses=(hypothesis,), layers=layers, positions=positions, seeds=seeds,
-                     train=train, n_train=args.n_train, n_test=args.n_test, n_val=args.n_val, n_task=args.n_task, data_seed=data_seed,
-                     dtype=args.dtype)
+    return sweep_spec(args.model, [hypothesis], layers, positions, seeds=seeds, train=train, n_train=args.n_train,
+                      n_test=args.n_test, n_val=args.n_val, n_task=args.n_task, data_seed=data_seed, dtype=args.dtype)
 
 
 def best_cells(args: argparse.Namespace, store: Path) -> list[tuple[str, int, str]]:
-    """Each hypothesis's best site of the --best-of grid, by the first map and seed on the selection pairs."""
+    """Each hypothesis's site of the --best-of grid chosen on the validation pairs of the selection data seed, by the
+    first map and seed."""
     layers = tuple(int(x) for x in args.best_of[0].split())
     positions = tuple(args.best_of[1].split())
     cells = []
     for h in args.hypotheses:
-        sweep = Sweep(spec_for(args, h, layers, positions, args.maps[0], (args.seeds[0],), args.select_data_seed), store, args.device)
-        sweep.run(progress=True)
-        site = sweep.best_sites()[h]
+        grid = Grid(spec_for(args, h, layers, positions, args.maps[0], (args.seeds[0],), args.select_data_seed), store, args.device)
+        grid.run()
+        site = grid.chosen_sites()[h]
         cells.append((h, site.layer, site.position))
     return cells
 
@@ -98,16 +98,16 @@ def run(args: argparse.Namespace) -> tuple[pd.DataFrame, dict[str, bool]]:
     rows = []
     for h, layer, position in cells:
         for m in args.maps:
-            sweep = Sweep(spec_for(args, h, (layer,), (position,), m, tuple(args.seeds), args.data_seed), store, args.device)
+            grid = Grid(spec_for(args, h, (layer,), (position,), m, tuple(args.seeds), args.data_seed), store, args.device)
             start = time.perf_counter()
-            sweep.run(progress=True)
-            frame = sweep.frame()
-            seconds = [sweep.record(c)["results"]["seconds"] for c in sweep.grid()]
+            grid.run()
+            runs = frame(grid)
+            seconds = [grid.record(c)["results"]["seconds"] for c in grid.grid_cells()]
             rows.append({"cell": f"{HYPOTHESES[h].title} L{layer} {position}", "map": m,
-                         "iia_mean": frame["iia"].mean(), "iia_min": frame["iia"].min(), "iia_max": frame["iia"].max(),
-                         "gain_mean": (frame["iia"] - frame["unintervened"]).mean(),
-                         "boundary_dims": frame["boundary_dims"].mean(), "train_s": sum(seconds) / len(seconds),
-                         "seeds": len(frame), "wall_s": time.perf_counter() - start})
+                         "iia_mean": runs["iia"].mean(), "iia_min": runs["iia"].min(), "iia_max": runs["iia"].max(),
+                         "gain_mean": (runs["iia"] - runs["unintervened"]).mean(),
+                         "boundary_dims": runs["boundary_dims"].mean(), "train_s": sum(seconds) / len(seconds),
+                         "seeds": len(runs), "wall_s": time.perf_counter() - start})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     reference = table[table["map"] == args.maps[0]].set_index("cell")

@@ -9,7 +9,6 @@ import pytest
 
 from das_lib.runs import committed
 from das_lib.runs.grid import Cell, Grid, IncompleteGrid
-from das_lib.runs.store import Store
 from tiny_grid import CELLS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -38,7 +37,7 @@ def test_verify_fails_when_the_committed_record_was_edited_to_another_score(copy
 def test_prune_keeps_only_the_listed_alignments_and_every_record(copy_store):
     grid = copy_store()
     keep = grid.record(CELL)["hash"]
-    assert committed.prune(grid.store, [keep]) == CELLS - 1  # the task accuracy has no alignment to delete
+    assert committed.prune(grid.store.root, [keep]) == CELLS - 1  # the task accuracy has no alignment to delete
     kept = [p.parent.name for p in grid.store.root.glob("*/alignment.safetensors")]
     assert kept == [keep] and len(grid.runs()) == CELLS  # every record is still read
     assert grid.record(Cell("left", 0, "last", 0))["results"]["alignment"] is None
@@ -46,22 +45,24 @@ def test_prune_keeps_only_the_listed_alignments_and_every_record(copy_store):
     assert intervention.n_variables == 2
 
 
-@pytest.mark.xfail(strict=True, reason="Grid.load_alignment joins the store path with results['alignment'], which "
-                   "committed.prune sets to None: a TypeError instead of an error saying the alignment was not kept")
 def test_loading_a_pruned_alignment_says_it_was_not_kept(copy_store):
     grid = copy_store()
-    committed.prune(grid.store, [])
-    with pytest.raises(IncompleteGrid, match="alignment"):
-        grid.load_alignment(Cell("left", 0, "last", 0))
+    committed.prune(grid.store.root, [])
+    cell = Cell("left", 0, "last", 0)
+    with pytest.raises(IncompleteGrid, match="was not kept"):
+        grid.load_alignment(cell)
+    assert grid.record(cell) is not None  # its record (and outcomes) stay
 
 
 def test_seed_copies_the_committed_records_a_store_lacks(tiny_grid, tmp_path, monkeypatch):
     monkeypatch.setattr(committed, "STORES", tmp_path / "stores")
     shutil.copytree(tiny_grid.store.root, tmp_path / "stores" / "tiny", ignore=shutil.ignore_patterns("locks"))
     (tmp_path / "stores" / "tiny" / committed.MANIFEST).write_text(json.dumps({"command": "make it", "seconds": 3}))
-    store = Store(tmp_path / "chapter")
-    assert committed.seed(store, "tiny") == CELLS + 1 and committed.seed(store, "tiny") == 0
-    assert Grid(tiny_grid.spec, store, progress=False).run() == {"ran": 0, "reused": CELLS}
-    assert committed.seed(store, "nothing committed") == 0 and committed.manifest("nothing committed") is None
-    assert committed.seed(Store(committed.path("tiny")), "tiny") == 0  # a store is never seeded from itself
+    shutil.copytree(tiny_grid.store.root, tmp_path / "stores" / "tiny" / "control", ignore=shutil.ignore_patterns("locks"))
+    root = tmp_path / "chapter"
+    assert committed.seed(root, "tiny") == 2 * (CELLS + 1) and committed.seed(root, "tiny") == 0  # nested stores too
+    assert Grid(tiny_grid.spec, root, progress=False).run() == {"ran": 0, "reused": CELLS}
+    assert Grid(tiny_grid.spec, root / "control", progress=False).run() == {"ran": 0, "reused": CELLS}
+    assert committed.seed(root, "nothing committed") == 0 and committed.manifest("nothing committed") is None
+    assert committed.seed(committed.path("tiny"), "tiny") == 0  # a store is never seeded from itself
     assert committed.manifest("tiny") == {"command": "make it", "seconds": 3}

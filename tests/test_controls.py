@@ -22,7 +22,7 @@ def made_finding(order: list[str], sites: dict[str, Site], right_realised: bool 
                               {"candidate": "left", "variable": "left", "gain low": 0.2}]).set_index(["candidate", "variable"])
     return findings.Finding(sites=sites, order=order, plain_order=order, raw_order=order, table=pd.DataFrame(),
                             variables=variables, validation=variables, contains={}, subsumes={c: [] for c in order},
-                            top=order[:1], named=order[0], margin=None)
+                            top=order[:1], named=order[0], margin=None, runs=pd.DataFrame())
 
 
 def test_the_positive_control_fails_where_the_search_misses_the_plant():

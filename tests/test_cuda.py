@@ -40,6 +40,18 @@ def deep_llama(dtype: torch.dtype, layers: int = 32, width: int = 256) -> torch.
     return model
 
 
+def deep_gemma(dtype: torch.dtype, layers: int = 12, width: int = 256, device: str = CUDA) -> torch.nn.Module:
+    """A narrow Gemma 3 on the GPU: five sliding-window layers to one global, as Gemma 3 270M, with a window of 16
+    tokens (shorter than `prompts`). (Its query and key norms make attention peaked enough at head size 64.)"""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    types = (["sliding_attention"] * 5 + ["full_attention"]) * (layers // 6)
+    config = Gemma3TextConfig(vocab_size=512, hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=64, query_pre_attn_scalar=64,
+                              layer_types=types, sliding_window=16, max_position_embeddings=128)
+    torch.manual_seed(0)
+    return Gemma3ForCausalLM(config).to(device, dtype).eval().requires_grad_(False)
+
+
 def prompts(n: int = 64, length: int = 40, seed: int = 0) -> InterchangeData:
     """Padded random prompts intervened three tokens before the end, made on the CPU and moved to the GPU."""
     g = torch.Generator().manual_seed(seed)
@@ -55,7 +67,12 @@ def prompts(n: int = 64, length: int = 40, seed: int = 0) -> InterchangeData:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("layer", [0, 15, 30])
 def test_fast_equals_plain_at_depth(dtype, layer):
-    model, data = deep_llama(dtype), prompts()
+    assert_fast_equals_plain(deep_llama(dtype), layer, dtype)
+
+
+def assert_fast_equals_plain(model: torch.nn.Module, layer: int, dtype: torch.dtype) -> CachedForward:
+    """The fast path at `layer` on `prompts()` gives the plain path's logits, to float32's rounding or bfloat16's."""
+    data = prompts()
     torch.manual_seed(0)
     intervention = BoundlessDASIntervention(model.config.hidden_size, n_variables=2, device=CUDA)
     intervention.temperature = 1.0
@@ -65,6 +82,14 @@ def test_fast_equals_plain_at_depth(dtype, layer):
     assert ours.device.type == "cuda"
     noise = fast.check_result["model_noise"]
     assert relative_error(ours, theirs) <= (1e-4 if dtype == torch.float32 else max(3 * noise, 1e-2)), fast.check_result
+    return fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("layer", [0, 3, 5, 8])  # the first, a sliding one, a global one, a middle one
+def test_gemma_fast_equals_plain(dtype, layer):
+    fast = assert_fast_equals_plain(deep_gemma(dtype), layer, dtype)
+    assert fast.stores[0].layout.n_masks == 2  # the sliding layers' window and the global layers' mask
 
 
 def test_save_on_the_gpu_and_load_on_the_cpu(tmp_path):
@@ -149,32 +174,30 @@ def test_planted_iia_on_the_gpu():
 
 @pytest.fixture(scope="module")
 def gpu_grid(tmp_path_factory):
-    from das_lib.runs.grid import Grid, GridSpec
-    from das_lib.runs.sweep import task_settings
-    spec = GridSpec(model="standin", task_settings=task_settings("standin"), candidates=("left",), layers=(1,),
-                    positions=("last", "resp_colon"), train=TrainConfig(steps=20, batch_size=32), n_train=128, n_val=64,
-                    n_test=64, n_task=50)
+    from das_lib.runs.grid import Grid
+    from das_lib.runs.sweep import sweep_spec
+    spec = sweep_spec("standin", ["left", "left_right"], [1], ["last", "resp_colon"], train=TrainConfig(steps=20, batch_size=32),
+                      n_train=128, n_val=32, n_test=64, n_task=50)
     grid = Grid(spec, tmp_path_factory.mktemp("grid"), CUDA, progress=False)
     grid.run()
     return grid
 
 
-def test_a_two_cell_grid_on_the_gpu(gpu_grid):
+def test_a_four_cell_grid_on_the_gpu(gpu_grid):
     records = [gpu_grid.record(cell) for cell in gpu_grid.cells()]
-    assert len(records) == 2 and all(r is not None for r in records)
+    assert len(records) == 4 and all(r is not None for r in records)
     assert all(r["config"]["model"]["device"] == "cuda" and r["results"]["device"].startswith("cuda") for r in records)
     assert all(r["results"]["path"] == "fast (shared cache)" for r in records)
 
 
-@pytest.mark.xfail(strict=True, reason="das_lib/runs/reuse.py still imports the removed das_lib.runs.spec and Sweep")
-def test_evaluate_grid_on_the_gpu(gpu_grid):
-    from das_lib.pricetag.game import sample_pairs
-    from das_lib.runs.reuse import alignment_table, standard_match
-    from das_lib.runs.robustness import evaluate_grid
-    runner = gpu_grid.runner
-    table = alignment_table(gpu_grid.store, standard_match("standin", "float32", "standin", CUDA), ["left"])
-    rows = evaluate_grid(runner.model, gpu_grid.task, sample_pairs("left", 32, 5), table, gpu_grid.store)
-    assert len(rows) == 2 and set(rows["path"]) == {"fast"} and rows["iia"].between(0, 1).all()
+def test_robustness_and_the_cross_matrix_on_the_gpu(gpu_grid):
+    from das_lib.runs import crosscheck, findings, reuse, robustness_table
+    finding = findings.finding(gpu_grid)
+    result = reuse.robustness_of(gpu_grid, finding, ["standard", "sibling"], 32, 32, 64, whole_grid=True)
+    table = robustness_table.chosen_table(result)
+    assert len(table) == 5 and table["iia"].between(0, 1).all() and len(result.cells) == 3 * 2
+    matrix = crosscheck.cross_matrix(gpu_grid, finding)
+    assert matrix.iia.shape == (3, 3) and (matrix.pairs.to_numpy().diagonal() == 64).all()
 
 
 def test_chapter_4_under_papermill_on_the_gpu_in_bfloat16(tmp_path):

@@ -12,7 +12,6 @@ from transformers import (
 )
 
 from das_lib.method.data import InterchangeData
-from das_lib.method import llama_layers
 from das_lib.method.fastpath import (
     CachedForward, FastPathMismatch, FastPathUnavailable, PlainPathWarning, caches_or_plain, make_forward, shared_caches,
 )
@@ -270,15 +269,6 @@ def deep_bf16() -> tuple[LlamaForCausalLM, InterchangeData, dict]:
     return model, data, shared_caches(model, list(range(32)), [data])
 
 
-def eager_attention(q, k, v, attn_mask=None, scale=None, enable_gqa=False):
-    """Attention computed as transformers' eager implementation does (bfloat16 products, softmax in float32):
-    the same function as SDPA, rounded in another order."""
-    weights = (q @ k.transpose(-1, -2)) * scale
-    if attn_mask is not None:
-        weights = weights.masked_fill(~attn_mask, float("-inf"))
-    return torch.softmax(weights, dim=-1, dtype=torch.float32).to(q.dtype) @ v
-
-
 def test_the_bf16_self_check_passes_the_exact_fast_path_at_every_layer_of_32(deep_bf16):
     _, _, caches = deep_bf16
     assert sorted(caches) == list(range(32))
@@ -287,13 +277,18 @@ def test_the_bf16_self_check_passes_the_exact_fast_path_at_every_layer_of_32(dee
         assert result["error"] <= result["tolerance"] and result["model_noise"] > 0, (layer, result)
 
 
-def test_the_bf16_self_check_passes_a_fast_path_that_only_rounds_differently(deep_bf16, monkeypatch):
-    _, data, caches = deep_bf16
-    monkeypatch.setattr(llama_layers.F, "scaled_dot_product_attention", eager_attention)  # only the fast path's layers
-    for layer in range(0, 32, 3):
-        cache = copy.copy(caches[layer])
-        cache._check(cache.stores[0], data, cache.check_reference, noise=cache.check_result["model_noise"])
-        assert 0 < cache.check_result["error"] <= cache.check_result["tolerance"], (layer, cache.check_result)
+def test_the_bf16_self_check_passes_a_fast_path_that_only_rounds_differently(deep_bf16):
+    model, data, caches = deep_bf16
+    # the fast path runs the model's own layers: under eager attention they compute the same function as the
+    # reference (SDPA), rounded in another order (bfloat16 products, softmax in float32)
+    model.set_attn_implementation("eager")
+    try:
+        for layer in range(0, 32, 3):
+            cache = copy.copy(caches[layer])
+            cache._check(cache.stores[0], data, cache.check_reference, noise=cache.check_result["model_noise"])
+            assert 0 < cache.check_result["error"] <= cache.check_result["tolerance"], (layer, cache.check_result)
+    finally:
+        model.set_attn_implementation("sdpa")
 
 
 @pytest.mark.parametrize("layer", [0, 8, 16])

@@ -346,13 +346,15 @@ def test_the_sweeps_frame_and_curves(tiny_grid):
 
 def test_spec_from_params_builds_the_grid_a_chapter_names():
     values = dict(model="standin", hypotheses=["left"], layers=[1], positions=["last"], seeds=[0], extra_seeds=[1, 2],
-                  extra_data_seeds=[1], steps=7, batch_size=8, orthogonal_map="cayley", n_train=16, n_val=8, n_test=8,
-                  n_task=10, data_seed=3, dtype="float32")
+                  extra_data_seeds=[1], budget=[7, 8, 16], orthogonal_map="cayley", n_val=8, n_test=8, n_task=10,
+                  data_seed=3, dtype="float32")
     spec = sweep.spec_from_params(values)
     assert (spec.candidates, spec.layers, spec.positions, spec.extra_seeds, spec.extra_data_seeds) == (
         ("left",), (1,), ("last",), (1, 2), (1,))
     assert (spec.train.steps, spec.train.batch_size, spec.n_train, spec.data_seed) == (7, 8, 16, 3)
     assert spec.task_settings["template"] == "standin"
+    other = sweep.spec_from_params(values, (9, 4, 32))  # a budget of a calibration ladder instead of the parameter's
+    assert (other.train.steps, other.train.batch_size, other.n_train) == (9, 4, 32)
 
 
 # ---- the nulls on the grid's own cells -------------------------------------------------------------------
@@ -361,7 +363,8 @@ def test_spec_from_params_builds_the_grid_a_chapter_names():
 def test_the_random_weights_null_searches_the_same_grid(tiny_grid, tmp_path, monkeypatch):
     monkeypatch.setattr(load, "CACHE_DIR", tmp_path / "cache")
     null = controls.random_weights(tiny_grid.spec, str(tmp_path / "null"))
-    assert null.spec.model.startswith(str(tmp_path / "cache")) and null.spec.model != tiny_grid.spec.model
+    assert null.spec.model == load.random_weights_name("standin", 0) == "random:0:standin"  # the same on every machine
+    assert (tmp_path / "cache" / "random-weights").is_dir()  # its files, made once
     assert replace(null.spec, model=tiny_grid.spec.model) == tiny_grid.spec  # the same grid, budget and pairs
     assert len(null.runs()) == CELLS and null.runner.model.config.hidden_size == tiny_grid.runner.model.config.hidden_size
     for split in ("val", "test"):  # the same pairs: the labels of every candidate agree

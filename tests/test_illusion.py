@@ -200,7 +200,7 @@ def test_an_illusion_built_on_purpose_is_flagged(standin):
     assert disconnected["read"] < spaces.read_share and disconnected["read_space_share"] < 1e-9  # never read ...
     assert disconnected["decoding"] > 0.8  # ... but it tells the left boundary's two values apart
     copy = illusory.amplified_copy(model, site, a, 9.0, spaces)  # the stand-in reads a too weakly (benchmarks/README)
-    assert "Llama layout" in fast_path_problem(copy, site)  # the fast path would skip the wrapped layer: refused
+    assert "not one of transformers' own decoder layers" in fast_path_problem(copy, site)  # wrapped layer: refused
     copy_spaces = illusion.site_spaces(copy, site, pool, fast=False)  # the copy runs on the plain path
     diagnosis = illusion.diagnose(copy, site, v, test, copy_spaces, fast=False)
     assert illusory.profile(a, copy_spaces, states, left)["read"] > 5 * dormant["read"]

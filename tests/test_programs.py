@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import operator
 import random
-from functools import partial
 
 import numpy as np
 import pytest
@@ -17,7 +16,6 @@ from das_lib.method.training import TrainConfig
 from das_lib.pricetag import game, programs
 from das_lib.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
 from das_lib.runs import program_search, protocol
-from das_lib.runs.grid import GridSpec
 from das_lib.runs.jobs import majority_rate
 from das_lib.runs.pools import SPLITS, pair_key
 
@@ -124,22 +122,22 @@ def test_the_unused_variable_never_changes_the_answer(space):
 
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
-    """A chapter's search at a tiny budget: the paper's four groups at L1 and L3 last, then every group at the
-    better site, then the two leading groups from one more seed (about 60 cells)."""
+    """A chapter's search at a tiny budget (run_search): the paper's four groups at L1 and L3 last, then every group
+    at the better site, then the two leading groups from one more seed (about 60 cells), and its finding."""
     spec = program_search.SearchSpec("standin", train=TrainConfig(steps=2, batch_size=8), n_train=32, n_val=24, n_test=32,
                                      pool_factor=2, family={"n_brackets": 10, "thresholds": [500]}, leading=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    try:  # SearchSpec has no n_task: its grids measure the task accuracy on GridSpec's 1000 games, 6 s here
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(program_search, "GridSpec", partial(GridSpec, n_task=16))
-            yield program_search.search_model(spec, (1, 3), ("last",), 1, tmp_path_factory.mktemp("search"))
+    try:
+        search = program_search.ProgramSearch(spec, tmp_path_factory.mktemp("search"), progress=False)
+        scan, finding = program_search.run_search(search, ((1, 3), ("last",)), 1)
     finally:
         torch.set_num_threads(threads)
+    return search, scan, search.every, finding
 
 
 def test_the_splits_share_no_pair_and_every_group_is_labelled_by_running_it(searched):
-    search, _, every = searched
+    search, _, every, _ = searched
     keys = [{pair_key(p) for p in search.pairs[s]} for s in SPLITS]
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
     c = search.grid_candidate("bracket | (lb,ub)")
@@ -148,7 +146,7 @@ def test_the_splits_share_no_pair_and_every_group_is_labelled_by_running_it(sear
 
 
 def test_groups_carrying_the_whole_answer_are_not_searched(searched):
-    search, _, _ = searched
+    search, _, _, _ = searched
     answer = search.separation.group_of("product | (amount-lb)*(ub-amount)").key
     assert answer in search.answer_groups and answer not in search.groups()
     assert sum(len(g.members) for g in search.separation.groups) == len(search.family)  # each candidate in one group
@@ -156,7 +154,7 @@ def test_groups_carrying_the_whole_answer_are_not_searched(searched):
 
 
 def test_the_papers_hypotheses_the_plant_and_the_inert_control_have_their_groups(searched):
-    search, _, _ = searched
+    search, _, _, _ = searched
     assert sorted(search.paper_groups.values()) == sorted(HYPOTHESES)
     assert search.paper_groups[search.planted_group()] == "left_right"
     inert = search.inert_groups()
@@ -168,7 +166,7 @@ def test_the_papers_hypotheses_the_plant_and_the_inert_control_have_their_groups
 
 
 def test_the_scan_keeps_the_site_where_a_papers_group_scores_best_on_validation(searched):
-    search, scan, every = searched
+    search, scan, every, _ = searched
     runs = scan.runs()
     assert len(runs) == 8 and set(runs["candidate"]) == set(search.paper_groups)
     best = {}
@@ -181,7 +179,7 @@ def test_the_scan_keeps_the_site_where_a_papers_group_scores_best_on_validation(
 
 
 def test_every_group_is_trained_once_then_the_leading_ones_again_and_a_rerun_reuses_them(searched):
-    search, scan, every = searched
+    search, scan, every, _ = searched
     runs = every.runs()
     assert sorted(runs["candidate"]) == sorted(search.groups()) and (runs["seed"] == 0).all()
     leading = protocol.order(runs, protocol.choose_sites(runs))[:2]
@@ -192,8 +190,7 @@ def test_every_group_is_trained_once_then_the_leading_ones_again_and_a_rerun_reu
 
 
 def test_the_searchs_finding_ranks_groups_on_validation_with_the_leading_ones_extra_seeds(searched):
-    search, _, every = searched
-    finding = search.finding(every)
+    search, _, every, finding = searched
     assert sorted(finding.order) == sorted(search.groups())
     lead = search.leading_grid(every)
     assert {c: int(finding.table.loc[c, "runs"]) for c in lead.spec.candidates} == {c: 2 for c in lead.spec.candidates}

@@ -23,8 +23,8 @@ def evidence(name: str, correct: np.ndarray, none: np.ndarray, changed: np.ndarr
     return Evidence(name, {data_seed: (correct, none, changed)})
 
 
-IIA = lambda c, n, ch: variable_scores(c, n, ch)["iia"]  # noqa: E731
-GAIN = lambda c, n, ch: variable_scores(c, n, ch)["gain"]  # noqa: E731
+IIA = lambda c, n, ch, w: variable_scores(c, n, ch, w)["iia"]  # noqa: E731  (w: the resamples' pair weights)
+GAIN = lambda c, n, ch, w: variable_scores(c, n, ch, w)["gain"]  # noqa: E731
 
 
 # ---- the scores --------------------------------------------------------------------------------------

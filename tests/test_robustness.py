@@ -1,37 +1,45 @@
-"""Robustness settings: construction, moved positions, True/False labels, answer filters, the table's columns."""
+"""Reusing a grid's alignments: the cell chosen on validation, the robustness settings with their intervals and the
+check that a model answers a setting at all, the cross-hypothesis matrix, and a grid that is not all there."""
 from __future__ import annotations
 
+import json
 import random
 import re
+import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from das_lib import paper
-from das_lib.book import report
-from das_lib.method.interventions import BoundlessDASIntervention, load_intervention, save_intervention
-from das_lib.method.metrics import pearson
-from das_lib.method.seeds import setting_seed
-from das_lib.method.sites import Site
-from das_lib.method.training import PlainForward, evaluate, unintervened_iia
+from das_lib.method.counterfactual import make_pair
+from das_lib.method.outcome import candidate_score
+from das_lib.method.seeds import setting_games_seed
+from das_lib.method.stats import binomial_interval, paired_difference
+from das_lib.method.training import PlainForward, TrainConfig, answer_tokens_under
 from das_lib.models.standin import build_tokenizer
-from das_lib.method.seeds import split_seeds
-from das_lib.pricetag.game import get_hypothesis, sample_game, sample_pairs, task_label, label_pool, sample_pool
-from das_lib.pricetag.task import PriceTagTask, task_accuracy
-from das_lib.runs import grids, reuse
+from das_lib.pricetag.game import get_hypothesis, majority_rate_of_games, sample_game, task_label
+from das_lib.pricetag.task import PriceTagTask
+from das_lib.runs import crosscheck, findings, grids, reuse
 from das_lib.runs import robustness as rb
 from das_lib.runs import robustness_table as rt
-from das_lib.runs.store import Store
+from das_lib.runs.grid import Cell, Grid, IncompleteGrid
+from das_lib.runs.sweep import spec_from_params, sweep_spec
 
 TEMPLATE = "standin"
-MODEL_ID = {"name": "tiny", "files": {"w": "abc"}, "dtype": "float32"}
-STANDARD = {"template": TEMPLATE, "variant": "yesno", "context": None}
-MATCH = {"model": MODEL_ID, "task": STANDARD}
-LAYERS, POSITIONS = (0, 1), ("resp_colon", "last")
+KINDS = ["standard", "fixed_bracket", "sibling", "correct_only", "incorrect_only"]
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # damaged records are set aside with a warning
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -40,35 +48,24 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def llama(tok):
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=tok.pad_token_id)
-    return LlamaForCausalLM(config).eval().requires_grad_(False)
+def grid(tmp_path_factory) -> Grid:
+    """A finished tiny grid on the stand-in: Left and Left and Right Boundary at L1 x two positions, seed 0, and seed
+    1 at each one's chosen site (6 cells)."""
+    spec = sweep_spec("standin", ["left", "left_right"], [1], ["resp_colon", "last"], seeds=(0,), extra_seeds=(1,),
+                      train=TrainConfig(steps=20, batch_size=16), n_train=64, n_val=32, n_test=32, n_task=50)
+    grid = Grid(spec, tmp_path_factory.mktemp("store"), progress=False)
+    assert grid.run() == {"ran": 6, "reused": 0}
+    return grid
 
 
-def _put(store: Store, hypothesis: str, layer: int, position: str, seed: int, iia: float, **changes) -> dict:
-    """A record shaped like a sweep's, with a random Boundless DAS alignment saved next to it."""
-    config = {"kind": "alignment", "model": MODEL_ID, "task": STANDARD, "hypothesis": hypothesis,
-              "site": Site(layer, position).as_dict(), "method": {"name": "boundless", "rank": None},
-              "train": {"seed": seed, "steps": 10}, **changes}
-    torch.manual_seed(1000 * layer + 10 * seed + len(position) + len(hypothesis))
-    intervention = BoundlessDASIntervention(16, n_variables=len(get_hypothesis(hypothesis).variables))
-    intervention.temperature = 0.1
-    save_intervention(intervention, store.folder(config) / "alignment")
-    return store.put(config, {"iia": iia, "val_iia": iia, "alignment": "alignment"})
+@pytest.fixture(scope="module")
+def finding(grid) -> findings.Finding:
+    return findings.finding(grid)
 
 
-@pytest.fixture()
-def store(tmp_path) -> Store:
-    store = Store(tmp_path / "store")
-    rng = random.Random(0)
-    for h in ("left", "left_right"):
-        for layer in LAYERS:
-            for position in POSITIONS:
-                _put(store, h, layer, position, 0, round(rng.uniform(0.4, 1.0), 3))
-    return store
+@pytest.fixture(scope="module")
+def result(grid, finding) -> rb.RobustnessResult:
+    return reuse.robustness_of(grid, finding, KINDS, n_pairs=16, n_games=40, max_screened=128, whole_grid=True)
 
 
 # --- settings -----------------------------------------------------------------------------------
@@ -110,23 +107,21 @@ def test_positions_move_with_a_context(tok):
     assert shift > 10  # the long passage adds many tokens
     assert moved.searched_roles() == plain.searched_roles()
     assert all(moved.roles(game)[r] == plain.roles(game)[r] + shift for r in plain.searched_roles())
-    pairs = sample_pairs("left_right", 8, seed=0)
-    a, b = plain.interchange_data(pairs, "resp_colon"), moved.interchange_data(pairs, "resp_colon")
+    pairs, _ = rb.setting_pairs(setting, None, moved, 8, seed=0, max_screened=2)
+    a, b = (rb.encode_pairs(t, pairs, ["resp_colon"], torch.device("cpu")) for t in (plain, moved))
     assert torch.equal(b.base_pos - a.base_pos, torch.full_like(a.base_pos, shift))
 
 
 def test_sibling_labels_are_true_and_false(tok):
     sibling = next(s for s in rb.make_settings(["sibling"]))
     task = sibling.task(tok, TEMPLATE)
-    pairs = sample_pairs("left_right", 16, seed=1)
-    data = task.interchange_data(pairs, "last")
     true_id, false_id = tok.convert_tokens_to_ids("True"), tok.convert_tokens_to_ids("False")
-    assert data.labels.tolist() == [true_id if p.label else false_id for p in pairs]
+    assert task.answer_ids() == (true_id, false_id)
     assert {true_id, false_id}.isdisjoint(PriceTagTask(tok, TEMPLATE).answer_ids())
-    assert "say True only" in task.prompt(pairs[0].base)
+    assert "say True only" in task.prompt(sample_game(random.Random(0)))
 
 
-# --- correct-only and incorrect-only pairs ------------------------------------------------------
+# --- what a setting's pairs can mean --------------------------------------------------------------
 
 
 class Answerer(torch.nn.Module):
@@ -149,7 +144,7 @@ class Answerer(torch.nn.Module):
 
 
 def test_split_by_answers():
-    pairs = sample_pairs("left", 4, seed=0)
+    pairs = [({"n": i}, {"n": -i}) for i in range(4)]
     correct, incorrect = rb.split_by_answers(pairs, [True, True, False, False], [True, False, True, False])
     assert correct == pairs[:1] and incorrect == pairs[1:]
     with pytest.raises(ValueError, match="answers"):
@@ -158,60 +153,187 @@ def test_split_by_answers():
 
 def test_screening_keeps_pairs_by_the_models_answers(tok):
     task = PriceTagTask(tok, TEMPLATE)
-    found, screened = rb.screen_pairs(Answerer(tok, task, always_yes=True), task, "left_right", 20, seed=3,
-                                      max_screened=200, chunk=64)
-    assert screened <= 200 and len(found["correct"]) == 20 and len(found["incorrect"]) == 20
-    assert all(task_label(p.base) and task_label(p.source) for p in found["correct"])  # only Yes games are right
-    assert all(not (task_label(p.base) and task_label(p.source)) for p in found["incorrect"])
-    again, _ = rb.screen_pairs(Answerer(tok, task, always_yes=True), task, "left_right", 20, seed=3, max_screened=200, chunk=64)
-    assert again == found  # same seed, same pairs
+    yes = Answerer(tok, task, always_yes=True)
+    found, screened = rb.screen_pairs(yes, task, 20, seed=3, max_screened=600, chunk=64)
+    assert screened < 600 and len(found["correct"]) == 20 and len(found["incorrect"]) == 20
+    assert all(task_label(b) and task_label(s) for b, s in found["correct"])  # only Yes games are right
+    assert all(not (task_label(b) and task_label(s)) for b, s in found["incorrect"])
+    assert rb.screen_pairs(yes, task, 20, seed=3, max_screened=600, chunk=64) == (found, screened)  # same seed, same pairs
+    few, spent = rb.screen_pairs(yes, task, 20, seed=3, max_screened=64, chunk=64)  # the budget runs out first
+    assert spent == 64 and len(few["correct"]) < 20 and few["correct"] == found["correct"][:len(few["correct"])]
 
 
-def test_no_incorrect_pairs_is_reported_not_hidden(tok, store):
-    setting = next(s for s in rb.make_settings(["incorrect_only"]))
+def test_a_model_at_chance_on_a_setting_is_flagged(tok):
+    """The check fires for a model that always says Yes (its accuracy is the Yes rate, below the majority rate of
+    the games) and not for one that answers every game."""
+    setting = rb.make_settings(["standard"])[0]
+    task = setting.task(tok, TEMPLATE)
+    lazy = rb.task_check(Answerer(tok, task, always_yes=True), task, setting, 60, seed=0)
+    right = rb.task_check(Answerer(tok, task, always_yes=False), task, setting, 60, seed=0)
+    assert lazy["majority"] == right["majority"] > 0.5 and lazy["task acc"] == pytest.approx(1 - lazy["majority"])
+    assert (lazy["task acc low"], lazy["task acc high"]) == binomial_interval(round(60 * lazy["task acc"]), 60)
+    assert not lazy["answers"] and right["answers"] and right["task acc"] == 1.0
+
+
+def test_a_setting_at_chance_is_shown_without_its_iia(result):
+    """page_table leaves out the IIAs of a setting the model does not answer, and the numbers name it."""
+    checks = result.checks.copy()
+    assert checks["answers"].all()  # the stand-in answers every setting here
+    at_chance = replace(result, checks=checks.assign(answers=checks.index != "sibling"))
+    page = rt.page_table(at_chance)
+    sibling = next(s for s in result.settings if s.key == "sibling").title
+    assert page.loc[sibling, "iia"].isna().all() and page.loc[sibling, "gain low"].isna().all()
+    assert page.drop(index=sibling, level=0)["iia"].notna().all()
+    assert rt.headline_numbers(at_chance)["at_chance"] == [sibling]
+    assert rt.headline_numbers(result)["at_chance"] == []
+
+
+def test_no_incorrect_pairs_is_reported_not_hidden(tok, result):
+    setting = rb.make_settings(["incorrect_only"])[0]
     oracle = Answerer(tok, setting.task(tok, TEMPLATE), always_yes=False)
-    alignments = reuse.alignment_table(store, MATCH, ["left_right"])
-    result = rb.evaluate_settings(oracle, tok, TEMPLATE, [setting], store, alignments, n_pairs=8, n_task=10, seed=0,
-                                  max_screened=64)
-    row = result.table.loc["incorrect_only"]
-    assert row["pairs"] == 0 and row["screened"] == 64 and np.isnan(row["max IIA"])
-    assert result.cells.empty and result.grids() == {}
+    empty = rb.evaluate_settings(oracle, tok, TEMPLATE, [setting], result.alignments, n_pairs=8, n_games=10, seed=0,
+                                 max_screened=64)
+    assert empty.checks.loc["incorrect_only", ["pairs", "screened"]].tolist() == [0, 64]
+    assert empty.outcomes == {} and empty.cells.empty and empty.grids() == {}
+    assert rt.chosen_table(empty)["iia"].isna().all() and np.isnan(rt.headline_numbers(empty)["iia_incorrect_only_left"])
 
 
-# --- alignments in a store ----------------------------------------------------------------------
+# --- the cells reused, chosen on validation ----------------------------------------------------------
 
 
-def test_alignment_table_keeps_the_best_seed_of_matching_records(store):
-    _put(store, "left", 1, "last", 1, 0.999)  # a better seed
-    _put(store, "left", 0, "last", 2, 0.001)  # a worse seed
-    _put(store, "left", 0, "resp_colon", 0, 1.0, task={**STANDARD, "context": "Hi!"})  # another task
-    _put(store, "left", 0, "resp_colon", 0, 1.0, model={**MODEL_ID, "files": {"w": "other"}})  # another model
-    table = reuse.alignment_table(store, MATCH, ["left", "left_right"])
-    assert len(table) == 8 and set(table["candidates"]) == {1, 2}
-    best = table.set_index(["hypothesis", "layer", "position"])
-    assert best.loc[("left", 1, "last"), "seed"] == 1 and best.loc[("left", 1, "last"), "iia"] == 0.999
-    assert best.loc[("left", 0, "last"), "seed"] == 0 and best.loc[("left", 0, "last"), "candidates"] == 2
-    assert best.loc[("left", 0, "resp_colon"), "iia"] < 1.0  # the other task's and model's records are not used
-    assert reuse.needed_grid(table, None, None) == ([0, 1], ["last", "resp_colon"])
-    assert len(reuse.alignment_table(store, MATCH, ["left"], layers=[1], positions=["last"])) == 1
+def test_the_reported_cell_is_the_findings_site_and_its_best_seed_on_validation(grid, finding, result):
+    for h in ("left", "left_right"):
+        site = finding.sites[h]
+        here = grid.runs([Cell(h, site.layer, site.position, s) for s in (0, 1)])
+        scores = [float(candidate_score(o.correct, o.none, o.changed)) for o in here["val"]]
+        expected = Cell(h, site.layer, site.position, (0, 1)[int(np.argmax(scores))])
+        assert reuse.chosen_cell(grid, finding, h) == result.alignments.chosen[h] == expected
+        assert set(result.alignments.at_site[h]) == {Cell(h, site.layer, site.position, s) for s in (0, 1)}
+    table = rt.chosen_table(result)
+    assert (table["site"] == [f"L{finding.sites[h].layer} {finding.sites[h].position}" for h in table["hypothesis"]]).all()
+    # another site chosen (say, on other validation pairs) moves the reported cell there, whatever the test pairs say
+    other = {h: replace(site, position="resp_colon" if site.position == "last" else "last") for h, site in finding.sites.items()}
+    moved = replace(finding, sites=other)
+    assert reuse.chosen_cell(grid, moved, "left").site() == other["left"]
 
 
-def test_missing_alignments_are_named_with_the_command_to_make_them(store):
-    table = reuse.alignment_table(store, MATCH, ["left", "left_right"])
-    command = report.sweep_command("runs/sweep", "standin", "float32", ["left", "left_right"], [0, 1, 2], None)
-    assert command.startswith("papermill book/05_sweep.ipynb")
-    assert f"-p store {Path('runs/sweep').resolve()} " in command  # absolute: the chapters run in their own folder
-    assert "-y '{hypotheses: [left, left_right], layers: [0, 1, 2], positions: []}'" in command
-    assert reuse.missing_cells(table, ["left"], [0, 1, 2], ["last"]) == [("left", 2, "last")]
-    reuse.require_alignments(table, ["left", "left_right"], [0, 1], ["last", "resp_colon"], command)  # complete: no error
-    with pytest.raises(reuse.MissingAlignments, match=r"lacks 2 of the 6 alignments needed \(left L2@last, left_right L2@last\)"):
-        reuse.require_alignments(table, ["left", "left_right"], [0, 1, 2], ["last"], command)
-    empty = reuse.alignment_table(store, {"model": {"name": "nothing"}}, ["left"])
-    with pytest.raises(reuse.MissingAlignments, match="holds no alignment"):
-        reuse.require_alignments(empty, ["left"], *reuse.needed_grid(empty, None, None), command)
+def test_the_seed_is_chosen_on_validation_not_on_test(grid, finding):
+    """Runs whose validation outcomes favour seed 1 and whose test outcomes favour seed 0: seed 1 is chosen."""
+    site = finding.sites["left"]
+    runs = grid.runs([Cell("left", site.layer, site.position, s) for s in (0, 1)]).reset_index(drop=True)
+    for column, best in (("val", 1), ("test", 0)):
+        outcomes = list(runs[column])
+        outcomes[best] = replace(outcomes[best], correct=np.ones_like(outcomes[best].correct), none=np.zeros_like(outcomes[best].none))
+        outcomes[1 - best] = replace(outcomes[1 - best], correct=np.zeros_like(outcomes[1 - best].correct))
+        runs[column] = outcomes
+    assert reuse.chosen_cell(grid, finding, "left", runs).seed == 1
 
 
-# --- the table ----------------------------------------------------------------------------------
+def test_the_chosen_cells_numbers_by_hand_on_the_plain_path(tok, grid, result):
+    """The sibling's outcome of the chosen cell, computed here pair by pair on the plain hooked forward, and its
+    intervals from das_lib.method.stats."""
+    setting = next(s for s in result.settings if s.key == "sibling")
+    task, model = setting.task(tok, TEMPLATE), grid.runner.model
+    pairs, _ = rb.setting_pairs(setting, model, task, 16, grid.spec.data_seed, 128)
+    cell = result.alignments.chosen["left_right"]
+    intervention = result.alignments.interventions[cell]
+    outcome = result.outcomes["sibling"][cell]
+    hypothesis = get_hypothesis("left_right")
+    table = rt.chosen_table(result)
+    for v, variable in enumerate(hypothesis.variables):
+        data = task.interchange_data([make_pair(hypothesis.model, b, s, (variable,), variable_index=v) for b, s in pairs],
+                                     cell.position)
+        by_hand = answer_tokens_under(PlainForward(model, cell.site(), intervention), data) == data.labels
+        assert by_hand.tolist() == outcome.correct[v].tolist()
+        row = table.loc[("sibling", variable)]
+        assert (row["iia low"], row["iia high"]) == binomial_interval(int(by_hand.sum()), len(pairs))
+        assert (row["gain"], row["gain low"], row["gain high"]) == paired_difference(outcome.correct[v], outcome.none[v])
+        assert row["iia"] == by_hand.float().mean().item() and row["runs"] == 2
+        assert row["runs min"] <= row["iia"] <= row["runs max"]
+
+
+def test_the_whole_grid_gives_the_heatmaps_and_the_papers_statistics(grid, result):
+    with_pairs = [s for s in result.settings if result.checks.loc[s.key, "pairs"] > 0]
+    assert len(result.cells) == len(with_pairs) * 2  # each setting: its hypothesis at 1 layer x 2 positions
+    trained = grid.runs(grid.grid_cells(("left_right",)))
+    assert sorted(result.trained_grid("left_right").loc[1].tolist()) == sorted(o.correct.mean() for o in trained["test"])
+    table = rt.grid_table(result)
+    sibling = result.cells[result.cells["setting"] == "sibling"]
+    assert table.loc["sibling", "max IIA"] == sibling["iia"].max()
+    assert table.loc["sibling", "paper max IIA"] == paper.ROBUSTNESS[next(s.paper for s in result.settings if s.key == "sibling")][0]
+    groups = result.figure_groups()
+    assert list(groups) == ["new inputs", "irrelevant context", "instruction and inputs"]
+    assert list(groups["new inputs"])[:2] == ["trained: Left Boundary", "standard inputs"]
+    assert list(groups["instruction and inputs"])[1:] == [s.short or s.title for s in with_pairs
+                                                          if s.answers or s.variant == "truefalse"]
+
+
+def test_the_settings_task_accuracy_and_majority_are_measured_on_their_games(tok, grid, result):
+    setting = next(s for s in result.settings if s.key == "fixed_unseen")
+    rng = random.Random(setting_games_seed(0))
+    games = [sample_game(rng, setting.bracket) for _ in range(40)]
+    row = result.checks.loc["fixed_unseen"]
+    assert row["majority"] == majority_rate_of_games(games)
+    assert row["task acc"] == pytest.approx(setting.task(tok, TEMPLATE).accuracy(grid.runner.model, games))
+
+
+def test_headline_numbers_name_every_default_setting(result):
+    numbers = rt.headline_numbers(result)
+    assert np.isnan(numbers["iia_context_1_left"]) and np.isnan(numbers["corr_context"])  # not evaluated here
+    assert numbers["iia_sibling_right"] == rt.chosen_table(result).loc[("sibling", "right"), "iia"]
+    assert numbers["site_sibling"] == rt.chosen_table(result).loc[("sibling", "left"), "site"]
+    assert numbers["paper_max_iia_fixed_seen"] == paper.ROBUSTNESS["fixed bracket 5.49-8.49 (seen)"][0]
+
+
+def test_a_hypothesis_the_grid_does_not_search_is_named(grid, finding):
+    with pytest.raises(KeyError, match=r"alignments of \['left'\], which the grid does not search"):
+        reuse.robustness_of(replace_candidates(grid, ("left_right",)), finding, ["fixed_bracket"], 8, 8, 8)
+
+
+def replace_candidates(grid: Grid, candidates: tuple[str, ...]) -> Grid:
+    return Grid(replace(grid.spec, candidates=candidates), grid.store, progress=False)
+
+
+# --- a grid that is not all there ---------------------------------------------------------------------
+
+
+def test_a_grid_with_missing_cells_is_refused_naming_them(grid, finding):
+    wider = Grid(replace(grid.spec, layers=(1, 2)), grid.store, progress=False)
+    with pytest.raises(IncompleteGrid, match=r"2 of 4 cells .*left L2 resp_colon seed 0"):
+        reuse.alignments(wider, finding, ["left"], whole_grid=True)
+
+
+def test_a_damaged_alignment_is_named_and_set_aside(grid, finding, tmp_path):
+    copy = Grid(grid.spec, shutil.copytree(grid.store.root, tmp_path / "store"), progress=False)
+    cell = reuse.chosen_cell(copy, finding, "left")
+    record = copy.record(cell)
+    weights = copy.store.root / record["hash"] / f"{record['results']['alignment']}.safetensors"
+    weights.write_bytes(b"not a tensor file")
+    with pytest.raises(IncompleteGrid, match=re.escape(str(weights.with_suffix("")))):
+        reuse.alignments(copy, finding, ["left"])
+    assert copy.record(cell) is None  # set aside: the next Grid.run trains it again
+
+
+# --- the cross-hypothesis matrix ----------------------------------------------------------------------
+
+
+def test_the_cross_matrix_scores_each_chosen_alignment_against_every_label(grid, finding):
+    matrix = crosscheck.cross_matrix(grid, finding)
+    names = ["Left Boundary", "Left and Right Boundary (left)", "Left and Right Boundary (right)"]
+    assert list(matrix.iia.index) == list(matrix.iia.columns) == names
+    labels = {names[0]: grid.labels("left")[0], names[1]: grid.labels("left_right")[0], names[2]: grid.labels("left_right")[1]}
+    for h, rows in (("left", names[:1]), ("left_right", names[1:])):  # the diagonal is the grid's own test IIA
+        cell = reuse.chosen_cell(grid, finding, h)
+        test = grid.runs([cell])["test"].iloc[0]
+        for v, r in enumerate(rows):
+            assert matrix.iia.loc[r, r] == test.correct[v].mean() and matrix.pairs.loc[r, r] == test.pairs
+    # Left Boundary and L&R's left variable have the same labels: no pair tells them apart
+    assert matrix.pairs.loc[names[0], names[1]] == 0 and np.isnan(matrix.iia.loc[names[0], names[1]])
+    differ = labels[names[2]] != labels[names[0]]
+    assert matrix.pairs.loc[names[2], names[0]] == differ.sum() > 0
+    k = round(matrix.iia.loc[names[2], names[0]] * differ.sum())
+    assert (matrix.low.loc[names[2], names[0]], matrix.high.loc[names[2], names[0]]) == binomial_interval(k, int(differ.sum()))
+    assert len(matrix.long()) == 9
 
 
 def test_grid_stats_are_the_papers_columns():
@@ -224,105 +346,44 @@ def test_grid_stats_are_the_papers_columns():
     assert all(np.isnan(v) for v in grids.grid_stats(grid * np.nan, reference).values())
 
 
-def test_table_columns_on_a_synthetic_store(tok, llama, store):
-    settings = [s for s in rb.make_settings(["standard", "fixed_bracket", "context", "sibling"]) if s.key != "context_3"]
-    alignments = reuse.alignment_table(store, MATCH, ["left", "left_right"])
-    result = rb.evaluate_settings(llama, tok, TEMPLATE, settings, store, alignments, n_pairs=16, n_task=24, seed=5,
-                                  max_screened=64)
-    table = result.table
-    assert list(table.index) == [s.key for s in settings]
-    assert set(result.cells["path"]) == {"fast"}
-    recorded = {(r.hypothesis, r.layer, r.position): r.iia for r in alignments.itertuples()}
-    for s in settings:
-        cells = result.cells[result.cells["setting"] == s.key]
-        assert len(cells) == len(LAYERS) * len(POSITIONS)
-        ours = [cells.set_index(["layer", "position"]).loc[(l, p), "iia"] for l in LAYERS for p in POSITIONS]
-        trained = [recorded[(s.hypothesis, l, p)] for l in LAYERS for p in POSITIONS]
-        row = table.loc[s.key]
-        assert row["max IIA"] == max(ours)
-        assert row["variance x100"] == pytest.approx(np.var(ours) * 100)
-        assert row["r"] == pytest.approx(pearson(np.array(ours), np.array(trained)), nan_ok=True)
-        assert row["pairs"] == 16 and row["dummy"] == 0.5
-        theirs = paper.ROBUSTNESS[s.paper]
-        assert (row["paper max IIA"], row["paper r"], row["paper variance x100"]) == theirs
-    # one cell by hand, on the plain path: the fast, shared-cache evaluation must agree
-    sibling = next(s for s in settings if s.key == "sibling")
-    task = sibling.task(tok, TEMPLATE)
-    cell = alignments[(alignments["hypothesis"] == "left_right") & (alignments["layer"] == 1) & (alignments["position"] == "last")].iloc[0]
-    intervention, _ = load_intervention(store.root / cell["hash"] / "alignment", 16)
-    data = task.interchange_data(sample_pairs("left_right", 16, setting_seed(5)), "last")
-    by_hand = evaluate(PlainForward(llama, Site(1, "last"), intervention), data)
-    assert result.cells.set_index(["setting", "layer", "position"]).loc[("sibling", 1, "last"), "iia"] == by_hand
-    rng = random.Random(5)
-    games = [sample_game(rng, (251, 551)) for _ in range(24)]
-    expected = task_accuracy(llama, next(s for s in settings if s.key == "fixed_unseen").task(tok, TEMPLATE), games)
-    assert table.loc["fixed_unseen", "task acc"] == expected
-    assert set(result.grids()) == {s.title for s in settings}
-    groups = result.figure_groups()
-    assert list(groups) == ["new inputs", "irrelevant context", "instruction and inputs"]
-    assert list(groups["new inputs"])[:2] == ["trained: Left Boundary", "standard inputs"]
-    assert list(groups["instruction and inputs"]) == ["trained: Left and Right Boundary", "say True ... otherwise False"]
-    assert list(groups["new inputs"])[2:] == ["bracket 5.49-8.49 (seen)", "bracket 2.51-5.51 (unseen)"]
-    trained = groups["irrelevant context"]["trained: Left and Right Boundary"]
-    assert trained.loc[1, "last"] == recorded[("left_right", 1, "last")]
-    side = rt.side_by_side(table)
-    assert list(side.columns[-8:]) == ["no intervention", "max IIA", "gain", "paper max IIA", "r", "paper r",
-                                       "variance x100", "paper variance x100"]
-    assert (side["gain"] == side["max IIA"] - side["no intervention"]).all()
-    # the IIA of leaving the model alone on the sibling's pairs, by hand
-    assert table.loc["sibling", "no intervention"] == unintervened_iia(llama, data)
-
-
-def test_reading_the_table():
-    nan = float("nan")
-    table = pd.DataFrame({
-        "setting": ["a", "b", "c", "incorrect-only inputs"], "r": [0.96, 0.5, nan, nan], "paper r": [0.97, 0.9, 0.9, 0.84],
-        "max IIA": [0.9, 0.6, nan, nan], "paper max IIA": [0.9, 0.9, 0.9, 0.71], "variance x100": [1.0, 3.0, nan, nan],
-        "paper variance x100": [1.5, 1.0, 1.0, 0.36], "pairs": [8, 8, 8, 0], "screened": [0, 0, 0, 96],
-        "task acc": [1.0, 1.0, 1.0, nan], "dummy": [0.5] * 4, "no intervention": [0.6, 0.55, 0.5, nan],
-    }, index=["context_1", "context_2", "sibling", "incorrect_only"])
-    numbers = rt.headline_numbers(table)
-    assert numbers["corr_context"] == pytest.approx(0.73) and numbers["paper_corr_context"] == pytest.approx(0.935)
-    assert np.isnan(numbers["corr_fixed_unseen"])  # a setting not in the table still has its name
-    # what the chapter says of an answer filter: its pairs and how many were screened, or that it was not evaluated
-    assert (numbers["pairs_incorrect_only"], numbers["screened_incorrect_only"]) == (0, 96)
-    assert np.isnan(numbers["pairs_correct_only"])
-    assert numbers["gain_context_1"] == pytest.approx(0.3) and numbers["none_context_2"] == 0.55
-    assert np.isnan(numbers["gain_incorrect_only"])  # no pairs: no IIA, no gain
-
-
 def test_paper_rows_agree_with_the_sweeps_numbers():
-    from das_lib import paper
-
     for key in ("left", "left_right"):
         assert paper.ROBUSTNESS[get_hypothesis(key).title][0] == paper.MAX_IIA[key]
 
 
-def test_missing_alignments_are_trained_and_reproduce_the_sweeps_iia(tok, tmp_path):
-    """train_missing goes through das_lib.runs.sweep; evaluated here on the sweep's own test pairs, each reused
-    alignment gives exactly the IIA the sweep recorded (same intervention, same positions, same labels)."""
-    yes, no = PriceTagTask(tok, TEMPLATE).answer_ids()
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
-                                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                                         tie_word_embeddings=False, pad_token_id=tok.pad_token_id))
-    with torch.no_grad():  # only Yes and No can win, so IIA is not trivially 0
-        row = model.lm_head.weight[yes].clone()
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[yes], model.lm_head.weight[no] = row, -row
-    model.save_pretrained(tmp_path / "model")
-    tok.save_pretrained(tmp_path / "model")
-    name, store = str(tmp_path / "model"), str(tmp_path / "store")
-    grid = dict(hypotheses=["left"], layers=[0], positions=["resp_colon", "last"])
-    with pytest.raises(reuse.MissingAlignments, match=r"(?s)lacks 2 of the 2 alignments needed .*train_missing=True"):
-        reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid)
-    train = dict(steps=4, n_train=32, n_test=24, seed=0)
-    table, counts = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
-    assert counts == {"trained": 2, "reused": 0} and len(table) == 2
-    again, counts = reuse.reuse_alignments(store, name, "float32", TEMPLATE, **grid, train=train)
-    assert counts == {"trained": 0, "reused": 2} and again.equals(table)
-    loaded = LlamaForCausalLM.from_pretrained(name).eval()
-    sweep_test_pairs = label_pool("left", sample_pool(24, split_seeds(train["seed"], 3)[2]))  # as das_lib.runs.jobs draws them
-    here = rb.evaluate_grid(loaded, PriceTagTask(tok, TEMPLATE), sweep_test_pairs, table, Store(store))
-    assert here["iia"].tolist() == table["iia"].tolist()
-    assert 0 < here["iia"].max()
+# --- chapter 6 opens chapter 5's grid -------------------------------------------------------------------
+
+
+def parameter_defaults(chapter: str) -> dict:
+    """The defaults of a chapter's parameters cell."""
+    cells = json.loads((Path(__file__).resolve().parents[1] / "book" / chapter).read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    values: dict = {}
+    exec("".join(cell["source"]), values)  # the cell holds literal assignments only
+    values.pop("__builtins__")
+    return values
+
+
+class Reading(dict):
+    """A dict that remembers which keys were read."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_chapter_6_builds_chapter_5s_grid_from_the_same_parameters():
+    """Chapter 6 builds its grid with spec_from_params from its own parameters, whose defaults are chapter 5's
+    wherever chapter 5 has the parameter (the candidates aside: a cell's config does not hold the list), so that
+    with the defaults it opens chapter 5's store and finds chapter 5's cells there."""
+    six, five = parameter_defaults("06_robustness.ipynb"), parameter_defaults("05_sweep.ipynb")
+    reading = Reading({**six, "orthogonal_map": six["orthogonal_map"] or None})  # the chapter's check reads "" as None
+    spec = spec_from_params(reading)
+    assert set(spec.candidates) == {s.hypothesis for s in rb.make_settings()}
+    shared = (reading.read - {"hypotheses"}) & set(five)
+    assert {"model", "layers", "positions", "seeds", "budget", "n_val", "n_test"} <= shared
+    assert {k: six[k] for k in [*shared, "store"]} == {k: five[k] for k in [*shared, "store"]}

@@ -44,7 +44,7 @@ SITE_DIRS = ("_static", "_ext")
 # A comment line that only tells nbval what to compare; a reader has no use for it.
 NBVAL_MARKER = re.compile(r"^[ \t]*#[ \t]*NBVAL_[A-Z_]+[ \t]*(\n|$)", re.MULTILINE)
 # The landing page's figure: the chapter and glue key it comes from, and the file it is written to.
-HEADLINE = ("05_sweep.ipynb", "sweep_heatmap", "headline.png")
+HEADLINE = ("08_finetuned.ipynb", "ft_finding_figure", "headline.png")
 # Chapter 6's default parameters read chapter 5's store, so it starts only once chapter 5 has finished.
 AFTER = {"06_robustness.ipynb": "05_sweep.ipynb"}
 # The longest chapter starts first, so the other kernel works through the short ones meanwhile.

@@ -180,6 +180,29 @@ class Parsed(Rule):
 
 
 @dataclass(frozen=True)
+class Budgets(Rule):
+    """Training budgets: a non-empty list of [steps, batch size, training pairs], smallest first (each larger in
+    steps x batch than the one before), or with `single` one such triple or [] (none)."""
+
+    single: bool = False
+
+    def __call__(self, name: str, value: Any) -> list:
+        if self.single and value == []:
+            return []
+        items = [value] if self.single else value
+        shape = "[steps, batch, training pairs]" if self.single else "a list of [steps, batch, training pairs]"
+        if not isinstance(items, list) or not items or not all(
+                isinstance(b, list) and len(b) == 3 and all(_is_int(x) and x >= 1 for x in b) and b[2] % 2 == 0 for b in items):
+            raise ParameterError(f"parameter {name!r} must be {shape} of positive whole numbers, the training pairs "
+                                 f"even, e.g. [150, 32, 512]; got {value!r}")
+        sizes = [b[0] * b[1] for b in items]
+        if sizes != sorted(sizes) or len(set(map(tuple, items))) != len(items):
+            raise ParameterError(f"parameter {name!r}: give the budgets smallest first (steps x batch growing), each "
+                                 f"once; got {value!r}")
+        return items[0] if self.single else items
+
+
+@dataclass(frozen=True)
 class Device(Rule):
     """A torch device that exists here ('cpu', 'cuda', 'cuda:1', 'mps'); 'auto' becomes the best one."""
 
@@ -298,6 +321,15 @@ def check(namespace: MutableMapping[str, Any], schema: Mapping[str, Rule | Calla
         if not isinstance(rule, Rule):
             rule = rule(namespace)
         namespace[name] = rule(name, namespace[name])
+
+
+def built(names: str, make: Callable[[], Any]) -> Any:
+    """`make()` (e.g. a grid made from the parameters), with its ValueError or KeyError re-raised naming the
+    parameters `names` the user set, so that a bad combination stops the chapter before any work."""
+    try:
+        return make()
+    except (ValueError, KeyError) as err:
+        raise ParameterError(f"parameters {names}: {err}") from None
 
 
 def require(condition: bool, name: str, message: str) -> None:

@@ -332,25 +332,74 @@ def message_figure(text: str) -> plt.Figure:
 # Chapter 9
 
 
-def gain_ranking(tables: dict[str, pd.DataFrame], keep: dict[str, Sequence[str]], top: int = 8) -> plt.Figure:
-    """One panel per model (name -> a ProgramSearch ranking): the gain of its first `top` groups and of the
-    groups `keep[name]`, best at the top, with 95% intervals; the paper's hypotheses in one colour, the
-    programs it did not consider in another, and a line at 0 (doing nothing)."""
-    heights = [min(len(t), top) + len([k for k in keep.get(n, ()) if k in t.index[top:]]) for n, t in tables.items()]
+SCORE_LABEL = "normalised gain: (IIA - no intervention) / (1 - no intervention)"
+
+
+def finding_figure(rows: pd.DataFrame, title: str | None = None) -> plt.Figure:
+    """The finding at a glance: one bar per row of `rows` (index: label; columns value, low, high, group), on one
+    axis with its 95% interval, grouped by colour (e.g. the hypotheses' variables, the nulls, the positive
+    control), with a line at 0 (no better than doing nothing) and at 1 (every pair right)."""
+    groups = list(dict.fromkeys(rows["group"]))
+    colours = {g: f"C{i}" for i, g in enumerate(groups)}
+    t = rows[::-1]
     with _style():
-        fig, axes = plt.subplots(len(tables), 1, figsize=(WIDTH_IN, 0.9 + 0.27 * sum(heights) + 0.5 * len(tables)),
-                                 gridspec_kw={"height_ratios": [h + 2 for h in heights]}, squeeze=False)
-        for ax, (name, table) in zip(axes[:, 0], tables.items()):
-            rows = list(table.index[:top]) + sorted(set(keep.get(name, ())) & set(table.index[top:]), key=table.index.get_loc)
-            t = table.loc[rows][::-1]
-            colours = ["C1" if p else "C0" for p in t["paper"]]
-            labels = [f"{r}. {title}" for r, title in zip(t["rank"], t["title"])]
-            ax.barh(labels, t["gain"], color=colours)
-            ax.errorbar(t["gain"], labels, xerr=[t["gain"] - t["gain_low"], t["gain_high"] - t["gain"]],
+        fig, ax = plt.subplots(figsize=(WIDTH_IN, 1.2 + 0.34 * len(rows)))
+        ax.barh(list(t.index), t["value"], color=[colours[g] for g in t["group"]])
+        ax.errorbar(t["value"], list(t.index), xerr=[(t["value"] - t["low"]).clip(lower=0), (t["high"] - t["value"]).clip(lower=0)],
+                    fmt="none", ecolor="black", elinewidth=1, capsize=2)
+        ax.axvline(0, color="grey", lw=1)
+        ax.axvline(1, color="grey", lw=1, ls=":")
+        ax.set_xlabel(SCORE_LABEL + "\n(test pairs, 95% interval over pairs and seeds)")
+        if title:
+            ax.set_title(title, loc="left")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=colours[g]) for g in groups]
+        fig.legend(handles, groups, loc="lower center", ncol=min(3, len(groups)), frameon=False, bbox_to_anchor=(0.5, 0.0))
+        fig.tight_layout(rect=(0, 0.06 + 0.02 * (len(groups) > 3), 1, 1))
+    return fig
+
+
+def budget_curves(curves: pd.DataFrame, titles: dict[str, str], chosen: tuple[int, int, int] | None = None) -> plt.Figure:
+    """Score against training budget (steps x batch), one line per candidate (and panel per model, column
+    "model"), each point with its 95% interval; the budget the search ran at marked."""
+    curves = curves.assign(examples=curves["steps"] * curves["batch"])
+    models = list(dict.fromkeys(curves["model"]))
+    with _style():
+        fig, axes = plt.subplots(1, len(models), figsize=(WIDTH_IN, 3.4), squeeze=False, sharey=True)
+        for ax, model in zip(axes[0], models):
+            for i, (candidate, c) in enumerate(curves[curves["model"] == model].groupby("candidate", sort=False)):
+                ax.errorbar(c["examples"], c["score"], yerr=[c["score"] - c["score low"], c["score high"] - c["score"]],
+                            marker="o", capsize=2, label=titles.get(candidate, candidate), color=f"C{i}")
+            if chosen is not None:
+                ax.axvline(chosen[0] * chosen[1], color="grey", ls=":", lw=1)
+            ax.axhline(0, color="grey", lw=1)
+            ax.set_xscale("log")
+            ax.set_title(model, loc="left")
+            ax.set_xlabel("training budget (steps x batch)")
+        axes[0, 0].set_ylabel("test score (normalised gain)")
+        axes[0, -1].legend(frameon=False)
+        fig.tight_layout()
+    return fig
+
+
+def score_ranking(rankings: dict[str, tuple], top: int = 8) -> plt.Figure:
+    """One panel per model (name -> (finding, titles, papers, keep) of a search): the test score of its first `top`
+    groups and of the groups `keep`, in validation rank order, with 95% intervals; the paper's hypotheses in one
+    colour, the programs it did not consider in another, and a line at 0 (doing nothing)."""
+    chosen = {name: f.order[:top] + sorted(set(keep) & set(f.order[top:]), key=f.order.index)
+              for name, (f, _, _, keep) in rankings.items()}
+    with _style():
+        fig, axes = plt.subplots(len(rankings), 1, figsize=(WIDTH_IN, 0.9 + 0.27 * sum(map(len, chosen.values())) + 0.5 * len(rankings)),
+                                 gridspec_kw={"height_ratios": [len(r) + 2 for r in chosen.values()]}, squeeze=False)
+        for ax, (name, (f, titles, papers, _)) in zip(axes[:, 0], rankings.items()):
+            rows = chosen[name][::-1]
+            t = f.table.loc[rows]
+            labels = [f"{f.order.index(k) + 1}. {titles.get(k, k)}" for k in rows]
+            ax.barh(labels, t["score"], color=["C1" if k in papers else "C0" for k in rows])
+            ax.errorbar(t["score"], labels, xerr=[(t["score"] - t["score low"]).clip(lower=0), (t["score high"] - t["score"]).clip(lower=0)],
                         fmt="none", ecolor="black", elinewidth=1, capsize=2)
             ax.axvline(0, color="grey", lw=1)
             ax.set_title(name, loc="left")
-        axes[-1, 0].set_xlabel("gain over doing nothing (test pairs, 95% interval)")
+        axes[-1, 0].set_xlabel("test score: mean normalised gain over the program's variables (95% interval)")
         handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in ("C1", "C0")]
         fig.legend(handles, ["one of the paper's four", "a program the paper did not consider"], loc="lower center",
                    ncol=2, frameon=False, bbox_to_anchor=(0.5, 0.0))

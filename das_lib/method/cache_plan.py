@@ -39,6 +39,8 @@ class CacheShape:
     element_size: int = 2  # bytes of one value in the model's dtype (bfloat16: 2)
     head_dim: int = 0  # width of the rotary tables (cos and sin); 0 leaves them out (they are small)
     rotary_rows: int = 1  # rows of the rotary tables: 1 when every input has positions 0..T-1, else N
+    n_masks: int = 0  # attention-mask kinds kept (one bool per query and key each; 0 leaves the masks out)
+    mask_rows: int = 1  # rows of each mask: 1 when it is causal only, else N (padding, a sliding window)
 
     def __post_init__(self) -> None:
         if not 0 <= self.prefix < self.length:
@@ -59,6 +61,8 @@ class CacheShape:
             "prefix keys and values above the site": per_value * 2 * self.n_upper * self.prefix * self.kv_width,
             "suffix rotary tables": 2 * self.rotary_rows * (self.length - self.prefix) * self.head_dim * self.element_size,
             "prefix rotary tables": 2 * self.rotary_rows * self.prefix * self.head_dim * self.element_size,
+            # per mask kind (rows, 1, T, T) bool, and the position ids (rows, T) int64 the layers are given
+            "attention masks": self.n_masks * self.mask_rows * self.length**2 + (self.rotary_rows * self.length * 8 if self.n_masks else 0),
         }
 
     def bytes(self, strategy: str) -> int:
@@ -69,8 +73,10 @@ class CacheShape:
 
 # which parts each strategy keeps
 CACHED = {
-    "full": ("suffix states", "source vectors", "prefix keys and values above the site", "suffix rotary tables"),
-    "site": ("suffix states", "source vectors", "prefix states at the site", "suffix rotary tables", "prefix rotary tables"),
+    "full": ("suffix states", "source vectors", "prefix keys and values above the site", "suffix rotary tables",
+             "attention masks"),
+    "site": ("suffix states", "source vectors", "prefix states at the site", "suffix rotary tables", "prefix rotary tables",
+             "attention masks"),
     "batch": (),
 }
 RECOMPUTED = {
@@ -109,7 +115,7 @@ class CachePlan:
             mark = "->" if name == self.strategy else "  "
             fits = "fits" if s.bytes(name) <= self.budget else "does not fit"
             lines.append(f" {mark} {name:5s} keeps {_size(s.bytes(name)):>10s} ({fits}): "
-                         f"{', '.join(n for n in CACHED[name] if 'rotary' not in n) or 'nothing'}; recomputes {RECOMPUTED[name]}")
+                         f"{', '.join(n for n in CACHED[name] if 'rotary' not in n and 'mask' not in n) or 'nothing'}; recomputes {RECOMPUTED[name]}")
         return "\n".join(lines)
 
 

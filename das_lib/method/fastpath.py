@@ -1,4 +1,4 @@
-"""The exact fast path for alignment training on Llama-family decoder LMs (Llama, Mistral, Qwen2/3).
+"""The exact fast path for alignment training on rotary decoder LMs (Llama, Mistral, Qwen2/3, Gemma 3).
 
 The model is frozen while an intervention is trained, so most of each plain training step repeats
 work whose result never changes. For a site at layer l and intervened positions >= P (the first
@@ -20,9 +20,10 @@ the prefix's keys and values above the site without gradients every step; "batch
 runs the frozen model on each batch. `CachedForward.plans` says what was chosen, `plan_report()` prints it.
 
 What is cached is a `das_lib.method.layer_cache.LayerCache`, built in one forward pass; the layers above
-the site run from the layers' own weights in `das_lib.method.llama_layers`. Other architectures (GPT-2,
-GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path (`das_lib.method.fastpath_checks` says
-which models it supports and how its self-check judges the result).
+the site are the model's own decoder-layer modules, run on the suffix with the prefix's keys and values in a
+transformers cache (`das_lib.method.decoder_layers`), so no architecture's layer is written out here. Other
+architectures (GPT-2, GPT-NeoX, ...) use `PlainForward`: `make_forward` picks the path
+(`das_lib.method.fastpath_checks` says which models it supports and how its self-check judges the result).
 `shared_cache` builds one cache at a layer for data encoded at every position of a grid, which
 `CachedForward.for_position` then serves position by position (sweeps and the robustness study).
 """
@@ -36,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from das_lib.method import layer_cache, llama_layers
+from das_lib.method import decoder_layers, layer_cache
 from das_lib.method.cache_plan import CachePlan, CacheShape, check_strategy, plan_cache
 from das_lib.method.data import InterchangeData, rows_on
 from das_lib.method.fastpath_checks import (
@@ -44,8 +45,7 @@ from das_lib.method.fastpath_checks import (
     self_disagreement,
 )
 from das_lib.method.layer_cache import LayerCache
-from das_lib.method.llama_layers import Attention
-from das_lib.method.sites import Site, find_layers, layer_module, select_positions, write_positions
+from das_lib.method.sites import Site, find_layers, layer_module, main_output, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
 
 class CachedForward:
@@ -76,8 +76,6 @@ class CachedForward:
             raise ValueError(f"the fast path cannot run here: {problem}; use das_lib.method.training.PlainForward")
         self.model, self.site, self.intervention = model, site, intervention
         self.upper = list(find_layers(model)[site.layer + 1 :])
-        attn = self.upper[0].self_attn if self.upper else layer_module(model, site).self_attn
-        self.attention = Attention.of(attn)
         self.max_cache_bytes, self.chunk_size = max_cache_bytes, chunk_size
         self.stores: list[LayerCache] = []
         self.plans: list[CachePlan] = []  # one per prepared dataset, in order
@@ -123,8 +121,22 @@ class CachedForward:
             n_examples=len(data), length=data.base["input_ids"].shape[1], prefix=int(data.base_pos.min()),
             hidden_size=self.model.config.hidden_size, kv_width=kv, n_upper=len(self.upper),
             n_source_positions=data.source_pos[0].numel(), element_size=next(self.model.parameters()).element_size(),
-            head_dim=self.attention.head_dim, rotary_rows=len(data) if "position_ids" in data.base else 1,
+            head_dim=decoder_layers.rotary_width(self.model), rotary_rows=len(data) if "position_ids" in data.base else 1,
+            **self._mask_shape(data),
         )
+
+    def _mask_shape(self, data: InterchangeData) -> dict[str, int]:
+        """At most how many attention-mask kinds the cache of `data` keeps, and their rows (see das_lib.cache_plan)."""
+        if not self.upper:
+            return {"n_masks": 0}
+        config, length = self.model.config, data.base["input_ids"].shape[1]
+        types = getattr(config, "layer_types", None)  # Gemma 3: sliding and global layers, a mask each
+        kinds = len(set(types[self.site.layer + 1 :])) if types else 1
+        mask = data.base.get("attention_mask")
+        window = getattr(config, "sliding_window", None)
+        per_row = ((mask is not None and not bool(mask.all())) or config._attn_implementation == "eager"
+                   or (window is not None and length > window))
+        return {"n_masks": kinds, "mask_rows": len(data) if per_row else 1}
 
     def cache_bytes(self, data: InterchangeData, strategy: str = "full") -> int:
         """Memory the cache of `data` takes under `strategy` (full: suffix states, source vectors, prefix keys and values)."""
@@ -139,8 +151,11 @@ class CachedForward:
                keep_prefix_states: bool = False) -> tuple[dict[int, LayerCache], torch.Tensor]:
         """The caches of `data` at `layers` (default: the site's layer) and the model's own answer
         states to check them against (see `layer_cache.build`)."""
-        return layer_cache.build(self.model, self.attention, data, layers or [self.site.layer], self.chunk_size,
-                                 all_keys=all_keys, keep_prefix_states=keep_prefix_states)
+        try:
+            return layer_cache.build(self.model, data, layers or [self.site.layer], self.chunk_size,
+                                     all_keys=all_keys, keep_prefix_states=keep_prefix_states)
+        except decoder_layers.UnknownArguments as err:
+            raise FastPathUnavailable(f"{type(self.model).__name__}'s layers cannot run on a suffix here: {err}") from None
 
     def _check(self, store: LayerCache, data: InterchangeData, reference: torch.Tensor, n: int = 8,
                noise: float | None = None) -> None:
@@ -222,21 +237,43 @@ class CachedForward:
                       rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run the layers above the site on the suffix positions of the cache's rows `rows_host` (`rows`: the
         same on the cache's device, when the caller has them); the last layer output (B, d) at the answer."""
+        if not self.upper:  # the site is the last layer
+            return hidden[:, -1]
+        with decoder_layers.shared_kv_heads(hidden.device):
+            return self._run_upper(store, rows_host, hidden, rows)
+
+    def _run_upper(self, store: LayerCache, rows_host: np.ndarray, hidden: torch.Tensor,
+                   rows: torch.Tensor | None) -> torch.Tensor:
+        """`_upper_layers` (see there), once the site is below the last layer."""
         rows = rows_on(rows_host, store.suffix.device) if rows is None else rows
-        padded = store.padded(rows_host)  # on the host: the masks are decided without reading the device
-        key_mask = None if store.key_mask is None else store.key_mask.index_select(0, rows)
-        prefix = store.prefix_len
+        prefix, n, n_layers = store.prefix_len, hidden.shape[1], self.site.layer + 1 + len(self.upper)
+        upper = list(enumerate(self.upper, start=self.site.layer + 1))
+        implementation = self.model.config._attn_implementation
+
+        def arguments(queries: slice, needed: list[bool], cos: torch.Tensor, sin: torch.Tensor, cache: object) -> dict[int, dict]:
+            return store.arguments(rows, queries, needed, cos, sin, cache, implementation, hidden.dtype)
+
+        every = [True] * len(store.masks)
         if store.prefix_hidden is not None:  # strategy "site": recompute the prefix's keys and values
-            prefix_keys, prefix_values = llama_layers.prefix_keys_values(
-                self.upper, self.attention, store.prefix_hidden.index_select(0, rows),
-                llama_layers.pick_rows(store.prefix_cos, rows), llama_layers.pick_rows(store.prefix_sin, rows),
-                None if key_mask is None else key_mask[:, :prefix], padded)
-        else:
-            prefix_keys = [k[:, :, :prefix].index_select(0, rows) for k in store.keys]  # positions >= P: see longer_prefix
-            prefix_values = [v[:, :, :prefix].index_select(0, rows) for v in store.values]
-        cos, sin = llama_layers.pick_rows(store.cos, rows), llama_layers.pick_rows(store.sin, rows)
-        return llama_layers.upper_layers(self.upper, self.attention, hidden, prefix_keys, prefix_values, cos, sin,
-                                         key_mask, padded)
+            on_prefix = arguments(slice(0, prefix), every, store.prefix_cos, store.prefix_sin, None)
+            prefix_keys, prefix_values = decoder_layers.prefix_keys_values(
+                upper, n_layers, store.prefix_hidden.index_select(0, rows), on_prefix, store.layout.cache_arg)
+        else:  # positions >= P: see longer_prefix
+            prefix_keys = {j: k[:, :, :prefix].index_select(0, rows) for (j, _), k in zip(upper, store.keys)}
+            prefix_values = {j: v[:, :, :prefix].index_select(0, rows) for (j, _), v in zip(upper, store.values)}
+        cache = decoder_layers.prefix_cache(n_layers, prefix_keys, prefix_values, hidden.new_empty(0))
+        # the last query sees every key unless one is hidden from it (masks then dropped: SDPA runs faster
+        # without); the other queries never see the later keys
+        at_last = [store.hidden_at_last(k, rows_host) for k in range(len(store.masks))]
+        end = prefix + n
+        hidden = decoder_layers.run_layers(upper[:-1], hidden, arguments(
+            slice(prefix, end), every if n > 1 else at_last, store.cos, store.sin, cache))
+        index, top = upper[-1]  # the output head reads the answer only: the top layer's keys and values at
+        if n > 1:  # every position, its attention and MLP at the last one
+            decoder_layers.keys_only(top, index, hidden[:, :-1], arguments(
+                slice(prefix, end - 1), [False] * len(at_last), store.cos[:, :-1], store.sin[:, :-1], cache)[index], cache)
+        last = arguments(slice(end - 1, end), at_last, store.cos[:, -1:], store.sin[:, -1:], cache)[index]
+        return main_output(top(hidden[:, -1:], **last))[:, -1]
 
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
         if self.intervention is None:
@@ -249,19 +286,7 @@ class CachedForward:
         new = self.intervention(select_positions(suffix, local, check=False), store.source.index_select(0, rows),
                                 batch.variable)
         hidden = self._upper_layers(store, rows_host, write_positions(suffix, local, new, check=False), rows)
-        return output_logits(self.model, hidden, batch.answers)
-
-
-def output_logits(model: nn.Module, hidden: torch.Tensor, answers: torch.Tensor | None = None) -> torch.Tensor:
-    """The model's output head on the last layer's states (B, d): logits over the vocabulary (B, V), or only the
-    rows of the answer tokens (B, A) (das_lib.method.readout): the same numbers as the full head's columns,
-    without computing the vocabulary's other logits."""
-    head, normed = model.get_output_embeddings(), model.model.norm(hidden)
-    if answers is None:
-        return head(normed)
-    weight = head.weight.index_select(0, answers.to(head.weight.device))
-    bias = None if head.bias is None else head.bias.index_select(0, answers.to(head.bias.device))
-    return nn.functional.linear(normed, weight, bias)
+        return decoder_layers.output_logits(self.model, hidden, batch.answers)
 
 
 def shared_cache(
@@ -369,7 +394,7 @@ def make_forward(
     if problem is None:
         try:
             return CachedForward(model, site, intervention, data)
-        except FastPathMismatch as err:
+        except FastPathUnavailable as err:  # a mismatch, or layers given arguments the fast path cannot cut
             problem = str(err)
     plain_path_notice(problem)
     return PlainForward(model, site, intervention)

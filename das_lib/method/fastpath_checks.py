@@ -11,7 +11,10 @@ from torch import nn
 from das_lib.method.data import InterchangeData
 from das_lib.method.sites import Site, capture, find_layers, layer_module
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# The architectures whose decoder layers the fast path runs (das_lib.method.decoder_layers), each checked against
+# the plain forward in tests/test_fastpath.py; any other may well work, but is not run until it is checked.
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma3_text")
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")  # those whose masks the fast path cuts (flash and flex take none)
 
 
 class FastPathUnavailable(RuntimeError):
@@ -78,21 +81,21 @@ def fast_path_problem(model: nn.Module, site: Site, data: Iterable[InterchangeDa
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     if model_type not in SUPPORTED_MODEL_TYPES:
-        return f"model type {model_type!r} is not one of the supported Llama-family types {SUPPORTED_MODEL_TYPES}"
+        return f"model type {model_type!r} is not one of the supported types {SUPPORTED_MODEL_TYPES}"
     body = getattr(model, "model", None)
-    if not all(hasattr(body, name) for name in ("norm", "rotary_emb")) or model.get_output_embeddings() is None:
-        return f"{type(model).__name__} does not have the Llama layout (model.norm, model.rotary_emb, an output head)"
+    if not hasattr(body, "norm") or model.get_output_embeddings() is None:
+        return f"{type(model).__name__} does not have a decoder's layout (model.norm, an output head)"
+    implementation = getattr(config, "_attn_implementation", None)
+    if implementation not in ATTENTION_IMPLEMENTATIONS:
+        return (f"attention implementation {implementation!r} is not one of {ATTENTION_IMPLEMENTATIONS} "
+                "(load the model with attn_implementation='sdpa')")
     layer_module(model, site)  # refuses a layer that does not exist
-    for layer in find_layers(model)[site.layer + 1 :]:
-        attn = getattr(layer, "self_attn", None)
-        if not all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj")) or not all(
-            hasattr(layer, n) for n in ("input_layernorm", "post_attention_layernorm", "mlp")
-        ):
-            return f"decoder layer {type(layer).__name__} does not have the Llama layout"
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "attn_logit_softcapping", None):
-        return "logit soft-capping is not supported"
-    window = getattr(config, "sliding_window", None)
-    windowed = window is not None and getattr(config, "use_sliding_window", True)
+    for index, layer in enumerate(find_layers(model)[site.layer + 1 :], start=site.layer + 1):
+        # the model's own layers only: a wrapper may change what a layer computes in ways no check here sees
+        if not type(layer).__module__.startswith("transformers.") or not hasattr(
+                getattr(getattr(layer, "self_attn", None), "k_proj", None), "out_features"):
+            return (f"decoder layer {index} is a {type(layer).__name__}, not one of transformers' own decoder layers "
+                    "with self_attn.k_proj (a wrapped or edited layer runs on the plain path)")
     for d in data:
         if d.base_pos is None or d.source_pos is None:
             return "the data has no token positions (the fast path intervenes at token positions)"
@@ -101,6 +104,6 @@ def fast_path_problem(model: nn.Module, site: Site, data: Iterable[InterchangeDa
         mask = d.base.get("attention_mask")
         if mask is not None and not bool(mask[:, -1].all()):
             return "some base inputs are padded on the right; the answer is read at the last token, so pad on the left"
-        if windowed and d.base["input_ids"].shape[1] > window:
-            return f"inputs longer than the sliding attention window ({window}) are not supported"
+        if mask is None and "position_ids" in d.base:  # transformers would read them as packed sequences
+            return "position_ids without an attention_mask are not supported; give the attention_mask too"
     return None

@@ -90,32 +90,46 @@ def flags(text: str) -> np.ndarray:
     return array
 
 
-def _mean(values: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """Mean over the last axis of `values` where `where` holds (NaN where it never does)."""
-    count = where.sum(-1)
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, (values * where).sum(-1) / np.maximum(count, 1), np.nan)
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
-def variable_scores(correct: np.ndarray, none: np.ndarray, changed: np.ndarray) -> dict[str, np.ndarray]:
-    """The scores of the module docstring over the last axis (pairs) of (..., V, P) arrays: (..., V) each."""
+def variable_scores(correct: np.ndarray, none: np.ndarray, changed: np.ndarray,
+                    weights: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The scores of the module docstring over the last axis (pairs) of (..., V, P) arrays: (..., V) each. With
+    `weights` (B, P), e.g. how often a bootstrap resample drew each pair, each score of each resample: (B, ..., V),
+    from weighted sums (one matrix product per quantity, not one pass over the pairs per resample)."""
     correct, none, changed = (np.asarray(a, dtype=bool) for a in (correct, none, changed))
-    iia, none_rate = correct.mean(-1), none.mean(-1)
+    w = np.ones((1, correct.shape[-1])) if weights is None else np.asarray(weights, dtype=float)
+
+    def total(a: np.ndarray) -> np.ndarray:  # (B, ..., V): the weighted count of a over the pairs
+        return np.moveaxis(a.astype(float) @ w.T, -1, 0)
+
+    n = w.sum(1).reshape((-1,) + (1,) * (correct.ndim - 1))
+    iia, none_rate = total(correct) / n, total(none) / n
     gain, ceiling = iia - none_rate, 1.0 - none_rate
-    with np.errstate(invalid="ignore", divide="ignore"):
-        normalised = np.where(ceiling > 0, gain / np.where(ceiling > 0, ceiling, 1.0), np.nan)
-    return {"iia": iia, "none": none_rate, "gain": gain, "ceiling": ceiling, "normalised": normalised,
-            "recall": _mean(correct, changed), "false_change": _mean(~correct, ~changed)}
+    out = {"iia": iia, "none": none_rate, "gain": gain, "ceiling": ceiling, "normalised": _ratio(gain, ceiling),
+           "recall": _ratio(total(correct & changed), total(changed)),
+           "false_change": _ratio(total(~correct & ~changed), total(~changed))}
+    return out if weights is not None else {k: v[0] for k, v in out.items()}
 
 
-def candidate_score(correct: np.ndarray, none: np.ndarray, changed: np.ndarray, kind: str = "score") -> np.ndarray:
-    """A candidate's one number over (..., V, P) arrays: "score" (the mean over its variables of the normalised
-    gain) or "raw" (the sum over its variables of the gain)."""
-    per = variable_scores(correct, none, changed)
-    if kind == "score":
+def candidate_score(correct: np.ndarray, none: np.ndarray, changed: np.ndarray, kind: str = "score",
+                    weights: np.ndarray | None = None) -> np.ndarray:
+    """A candidate's one number over (..., V, P) arrays (with `weights`, per resample: see `variable_scores`):
+    "score" (the mean over its variables of the normalised gain) or "raw" (the sum over its variables of the gain)."""
+    if kind not in ("score", "raw"):
+        raise ValueError(f"kind must be 'score' or 'raw', got {kind!r}")
+    correct, none = np.asarray(correct, dtype=bool), np.asarray(none, dtype=bool)
+    w = np.ones((1, correct.shape[-1])) if weights is None else np.asarray(weights, dtype=float)
+    n = w.sum(1).reshape((-1,) + (1,) * (correct.ndim - 1))
+    iia, none_rate = np.moveaxis(correct.astype(float) @ w.T, -1, 0) / n, np.moveaxis(none.astype(float) @ w.T, -1, 0) / n
+    gain = iia - none_rate
+    if kind == "raw":
+        out = gain.sum(-1)
+    else:
         with warnings.catch_warnings():  # a candidate whose every variable has no room to gain scores NaN, silently
             warnings.simplefilter("ignore", RuntimeWarning)
-            return np.nanmean(per["normalised"], axis=-1)
-    if kind == "raw":
-        return per["gain"].sum(-1)
-    raise ValueError(f"kind must be 'score' or 'raw', got {kind!r}")
+            out = np.nanmean(_ratio(gain, 1.0 - none_rate), axis=-1)
+    return out if weights is not None else out[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 # alignment would be evaluated on pairs it was trained on.
 SETTING_OFFSET = 1_000_003
 SCREENING_STRIDE = 7919  # rounds of screening pairs never reuse the setting's seed, nor each other's
+GAMES_OFFSET = 104_729  # a setting's games (its task accuracy) are not the games of its pairs, nor another seed's
 
 
 def split_seeds(seed: int, parts: int) -> list[int]:
@@ -16,6 +17,11 @@ def split_seeds(seed: int, parts: int) -> list[int]:
 def setting_seed(seed: int) -> int:
     """The seed a robustness setting draws its pairs from."""
     return seed + SETTING_OFFSET
+
+
+def setting_games_seed(seed: int) -> int:
+    """The seed a robustness setting draws the games of its task accuracy from (not its pairs' seed)."""
+    return setting_seed(seed) + GAMES_OFFSET
 
 
 def screening_seed(seed: int, round_: int) -> int:

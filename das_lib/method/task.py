@@ -54,5 +54,6 @@ class Task(Protocol):
     def interchange_data(self, pairs: Sequence[CounterfactualPair], role: str | Sequence[str]) -> InterchangeData:
         """The pairs as tensors at `role` (one, or several as (N, k) positions), answers read over `answer_tensor`."""
 
-    def accuracy(self, model: nn.Module, inputs: Sequence[Inputs], vocabulary: bool = False) -> float:
-        """The share of `inputs` the model answers right (over the answer tokens, or with `vocabulary` over all)."""
+    def accuracy(self, model: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
+        """The share of `inputs` the model answers right, over the answer tokens ("answers") and over the whole
+        vocabulary ("vocabulary")."""

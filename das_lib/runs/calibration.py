@@ -17,7 +17,7 @@ import pandas as pd
 
 from das_lib.runs import controls, findings
 from das_lib.runs.grid import Grid, GridSpec
-from das_lib.runs.program_search import SearchSpec, search_model
+from das_lib.runs.program_search import ProgramSearch, SearchSpec, run_search
 
 BUDGETS = ((40, 16, 128), (80, 32, 256), (150, 32, 512), (300, 32, 1024))  # (steps, batch size, training pairs)
 
@@ -38,13 +38,16 @@ def calibrate(spec: GridSpec, control: str, store: str, budgets: Sequence[Sequen
     for budget in budgets:
         grid = Grid(with_budget(spec, budget), store, device, progress=False)
         grid.run()
-        passed = controls.control_passes(findings.finding(grid), spec.model)
+        found = findings.finding(grid)
+        passed = controls.control_passes(found, spec.model)
+        planted = found.table.loc[passed["planted"]]
         search_spec = SearchSpec(spec.model, grid.spec.train, n_train=grid.spec.n_train, n_val=spec.n_val, n_test=spec.n_test,
                                  data_seed=spec.data_seed, seeds=spec.seeds, rank=spec.rank)
-        search, _, every = search_model(search_spec, search_layers or spec.layers, search_positions or spec.positions,
-                                        1, f"{store}-search", device)
-        first = search.finding(every).first
+        search = ProgramSearch(search_spec, f"{store}/search", device, progress=False)
+        _, found_search = run_search(search, (search_layers or spec.layers, search_positions or spec.positions), 1)
+        first = found_search.first
         rows.append({"steps": budget[0], "batch": budget[1], "n_train": budget[2], **passed,
+                     **{k: float(planted[k]) for k in ("score", "score low", "score high")},
                      "search first": search.title(first), "search": first == search.planted_group(),
                      "passed": passed["passed"] and first == search.planted_group()})
     return pd.DataFrame(rows)
@@ -73,7 +76,7 @@ def budget_curve(spec: GridSpec, sites: dict, store: str, budgets: Sequence[Sequ
             grid = Grid(one, store, device, progress=False)
             grid.run()
             table = findings.finding(grid, [candidate]).table.loc[candidate]
-            rows.append({"steps": budget[0], "batch": budget[1], "n_train": budget[2], "candidate": candidate,
+            rows.append({"model": spec.model, "steps": budget[0], "batch": budget[1], "n_train": budget[2], "candidate": candidate,
                          "site": table["site"], **{k: table[k] for k in ("score", "score low", "score high", "raw",
                                                                         "raw low", "raw high")}})
     return pd.DataFrame(rows)

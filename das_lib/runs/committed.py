@@ -44,24 +44,32 @@ def manifest(name: str) -> dict[str, Any] | None:
     return json.loads(file.read_text()) if file.exists() else None
 
 
-def seed(store: Store, name: str) -> int:
-    """Copy the records (and kept files) of the committed store `name` that `store` lacks; returns how many."""
-    source = path(name)
-    if not source.is_dir() or source.resolve() == store.root.resolve():
+def seed(root: str | Path, name: str) -> int:
+    """Copy the records (and kept files) of the committed store `name` that the store tree at `root` lacks, each to the
+    same place under `root` (a chapter's stores may nest: a control's, a null's); returns how many were copied."""
+    source, root = path(name), Path(root)
+    if not source.is_dir() or (root.exists() and source.resolve() == root.resolve()):
         return 0
     copied = 0
-    for folder in sorted(p for p in source.iterdir() if (p / "record.json").exists()):
-        if not (store.root / folder.name / "record.json").exists():
-            shutil.copytree(folder, store.root / folder.name, dirs_exist_ok=True)
+    for record in sorted(source.rglob("record.json")):
+        folder = record.parent
+        target = root / folder.relative_to(source)
+        if "damaged" not in folder.parts and not (target / "record.json").exists():
+            shutil.copytree(folder, target, dirs_exist_ok=True)
             copied += 1
     return copied
 
 
-def prune(store: Store, keep: Iterable[str]) -> int:
-    """Delete the alignment files of every record but those whose hash is in `keep` (their records stay, marked
-    `alignment: None`); returns how many were deleted."""
+def clear_tree(root: str | Path) -> int:
+    """Empty every store in the tree at `root` (a chapter's store and those nested in it); returns the records removed."""
+    return sum(Store(folder).clear() for folder in {p.parent.parent for p in Path(root).rglob("record.json")})
+
+
+def prune(root: str | Path, keep: Iterable[str]) -> int:
+    """Delete the alignment files of every record under `root` but those whose hash is in `keep` (their records stay,
+    marked `alignment: None`); returns how many were deleted."""
     keep, deleted = set(keep), 0
-    for folder in sorted(p for p in store.root.iterdir() if (p / "record.json").exists()):
+    for folder in sorted(p.parent for p in Path(root).rglob("record.json")):
         if folder.name in keep:
             continue
         record = json.loads((folder / "record.json").read_text())

@@ -21,7 +21,7 @@ import pandas as pd
 
 from das_lib.method.outcome import Outcome, candidate_score
 from das_lib.method.subspaces import random_rotation_like
-from das_lib.models.load import random_weights_copy
+from das_lib.models.load import random_weights_name
 from das_lib.models.standin import planted_for
 from das_lib.runs import findings
 from das_lib.runs.grid import Cell, Grid, GridSpec
@@ -67,8 +67,8 @@ def control_passes(finding: findings.Finding, model: str) -> dict[str, Any]:
 
 def random_weights(spec: GridSpec, store: str, device: str = "cpu", seed: int = 0) -> Grid:
     """`spec`'s grid (same candidates, sites, seeds, budget and pairs) on the same architecture with its weights
-    drawn at random (`models.load.random_weights_copy`), run into `store`."""
-    grid = Grid(replace(spec, model=random_weights_copy(spec.model, seed)), store, device, progress=False)
+    drawn at random (`models.load.random_weights_name`), run into `store`."""
+    grid = Grid(replace(spec, model=random_weights_name(spec.model, seed)), store, device, progress=False)
     grid.run()
     return grid
 

@@ -1,53 +1,72 @@
 """The hypotheses side by side on the same pairs: each chosen alignment scored against every hypothesis's labels.
 
-Every hypothesis of a sweep labels the same test pairs (one pool), and on many of them two hypotheses
-predict the same counterfactual answer: there an alignment that follows either scores the same. Only
-the pairs where two hypotheses disagree tell them apart. `cross_matrix` runs each alignment chosen on
-validation (`findings.chosen`), once per variable it holds, on the test pairs, and scores its answers
-against the labels of every hypothesis and variable, on the pairs where the row's and the column's labels
-differ (on the diagonal: on every pair). An alignment that realises its own variable scores high on its
+Every candidate of a grid labels the same test pairs (one pool), and on many of them two candidates predict
+the same counterfactual answer: there an alignment that follows either scores the same. Only the pairs
+where two disagree tell them apart. `cross_matrix` runs each candidate's cell chosen on validation
+(das_lib.runs.reuse.chosen_cell: at the `Finding`'s site, the seed of highest validation score), once per
+variable it holds (that variable swapped alone, as the grid scored it), on the test pairs of the grid's data
+seed, and scores its answers against the labels of every candidate and variable, on the pairs where the row's
+labels and the column's differ (on the diagonal: on every pair), with the exact (Clopper-Pearson) 95%
+interval over those pairs and their count. An alignment that realises its own variable scores high on its
 diagonal and low against the others where they disagree; one that scores as high against another
-hypothesis's labels there follows that hypothesis instead.
+candidate's labels there follows that candidate instead.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
 import pandas as pd
-import torch
 
-from das_lib.pricetag.game import get_hypothesis
-from das_lib.runs.findings import chosen
-from das_lib.runs.spec import Cell
-from das_lib.runs.sweep import Sweep
-
-
-def _name(hypothesis: str, variable: str) -> str:
-    h = get_hypothesis(hypothesis)
-    return h.title if len(h.variables) == 1 else f"{h.title} ({variable})"
+from das_lib.method.stats import binomial_interval
+from das_lib.runs.findings import Finding
+from das_lib.runs.grid import Grid
+from das_lib.runs.reuse import chosen_cell
 
 
-def cross_matrix(sweep: Sweep, hypotheses: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(IIA, pairs): rows, each chosen alignment with one of its variables intervened on every test pair;
-    columns, each hypothesis's labels for one of its variables; a cell, the row's IIA against the column's
-    labels on the test pairs where the row's own labels and the column's differ (the diagonal: all pairs),
-    and how many pairs that is."""
-    picks = chosen(sweep.frame())
-    hypotheses = hypotheses or [h for h in picks.index]
-    runner = sweep.runner
-    answers: dict[str, torch.Tensor] = {}
-    labels: dict[str, torch.Tensor] = {}
-    for h in hypotheses:
-        row = picks.loc[h]
-        intervention, record = sweep.load_alignment(Cell(h, int(row["layer"]), str(row["position"]), int(row["seed"])))
-        intervention = intervention.to(runner.device).eval()
-        for v, variable in enumerate(get_hypothesis(h).variables):
-            name = _name(h, variable)
-            answers[name] = runner.predictions(record["config"], intervention, variable=v)
-            labels[name] = runner.labels(record["config"], h, v)
-    iia, pairs = {}, {}
+@dataclass
+class CrossMatrix:
+    """Rows: (candidate, variable) alignments; columns: (candidate, variable) labels. Each frame is rows x columns;
+    NaN (and 0 pairs) where the row's labels never differ from the column's."""
+
+    iia: pd.DataFrame
+    low: pd.DataFrame
+    high: pd.DataFrame
+    pairs: pd.DataFrame
+
+    def long(self) -> pd.DataFrame:
+        """One row per (row, column) cell: its IIA, interval and pairs."""
+        return pd.DataFrame([{"row": r, "column": c, "iia": self.iia.loc[r, c], "low": self.low.loc[r, c],
+                              "high": self.high.loc[r, c], "pairs": int(self.pairs.loc[r, c])}
+                             for r in self.iia.index for c in self.iia.columns]).set_index(["row", "column"])
+
+
+def name(grid: Grid, candidate: str, variable: str) -> str:
+    """A row's or column's name: the candidate's title, and the variable where it has several."""
+    c = grid.candidate(candidate)
+    return c.title if len(c.variables) == 1 else f"{c.title} ({variable})"
+
+
+def cross_matrix(grid: Grid, finding: Finding, candidates: Sequence[str] | None = None) -> CrossMatrix:
+    """The matrix of the module docstring over `candidates` (default: every candidate the finding chose a site
+    for), in their order, one row and one column per variable."""
+    candidates = list(candidates or finding.sites)
+    runner, answers, labels = grid.runner, {}, {}
+    for c in candidates:
+        cell = chosen_cell(grid, finding, c)
+        intervention, record = grid.load_alignment(cell)
+        predicted = runner.predictions(record["config"], intervention.eval(), "test").numpy()  # (V, N)
+        ids = grid.labels(c, "test", cell.data_seed)
+        for v, variable in enumerate(grid.candidate(c).variables):
+            answers[name(grid, c, variable)], labels[name(grid, c, variable)] = predicted[v], ids[v]
+    values: dict[str, dict[tuple[str, str], float]] = {k: {} for k in ("iia", "low", "high", "pairs")}
     for r, answer in answers.items():
-        for c, label in labels.items():
-            where = torch.ones_like(label, dtype=torch.bool) if r == c else labels[r] != label
-            pairs[(r, c)] = int(where.sum())
-            iia[(r, c)] = float((answer[where] == label[where]).float().mean()) if where.any() else float("nan")
-    shape = lambda values: pd.Series(values).unstack().reindex(index=list(answers), columns=list(labels))  # noqa: E731
-    return shape(iia), shape(pairs)
+        for col, label in labels.items():
+            where = np.ones_like(label, dtype=bool) if r == col else labels[r] != label
+            n, k = int(where.sum()), int((answer[where] == label[where]).sum())
+            low, high = binomial_interval(k, n) if n else (np.nan, np.nan)
+            for key, value in (("iia", k / n if n else np.nan), ("low", low), ("high", high), ("pairs", n)):
+                values[key][(r, col)] = value
+    frame = lambda v: pd.Series(v).unstack().reindex(index=list(answers), columns=list(labels))  # noqa: E731
+    return CrossMatrix(*(frame(values[k]) for k in ("iia", "low", "high", "pairs")))

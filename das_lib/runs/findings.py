@@ -22,7 +22,7 @@ nested candidates tested rather than ranked as rivals.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,7 @@ class Finding:
     top: list[str]
     named: str | None
     margin: tuple[float, float, float] | None  # the winner's score minus the runner-up's on the test pairs
+    runs: pd.DataFrame  # the runs it was read from (for further paired comparisons: `compare`)
 
     @property
     def first(self) -> str:
@@ -65,11 +66,18 @@ class Finding:
         rows = (self.variables if split == "test" else self.validation).loc[candidate]
         return {str(v): bool(rows.loc[v, "gain low"] > 0) for v in rows.index}
 
+    def compare(self, a: str, b: str) -> tuple[float, float, float]:
+        """`a`'s test score minus `b`'s on the same pairs, at their chosen sites: (mean, low, high)."""
+        return protocol.margin(self.runs, self.sites, a, b)
 
-def contains(grid: Grid, candidates: Sequence[str]) -> dict[str, list[str]]:
+
+def contains(grid: Grid, candidates: Sequence[str], functions: Mapping[str, Sequence[Hashable]] | None = None
+             ) -> dict[str, list[str]]:
     """candidate -> the candidates with fewer variables whose every variable has the label function of one of its
-    own on every pair of the pool (all three splits)."""
-    functions = {c: [tuple(row) for row in np.concatenate([grid.labels(c, s) for s in SPLITS], axis=1)] for c in candidates}
+    own on every pair of the pool (all three splits); `functions`: each candidate's label functions (any hashable
+    per variable), where the caller has them already."""
+    functions = functions or {c: [tuple(row) for row in np.concatenate([grid.labels(c, s) for s in SPLITS], axis=1)]
+                              for c in candidates}
     return {a: [b for b in candidates if len(functions[b]) < len(functions[a]) and set(functions[b]) <= set(functions[a])]
             for a in candidates}
 
@@ -87,8 +95,10 @@ def refined_order(plain: list[str], scores: dict[str, float], subsumes: dict[str
     return out + [c for c in plain if c not in out]
 
 
-def finding(grid: Grid, candidates: Sequence[str] | None = None, runs: pd.DataFrame | None = None) -> Finding:
-    """The finding of a finished grid over `candidates` (default: all of the grid's but its control tasks)."""
+def finding(grid: Grid, candidates: Sequence[str] | None = None, runs: pd.DataFrame | None = None,
+            functions: Mapping[str, Sequence[Hashable]] | None = None) -> Finding:
+    """The finding of a finished grid over `candidates` (default: all of the grid's but its control tasks; `runs`:
+    the grid's runs, where the caller has them; `functions`: see `contains`)."""
     runs = grid.runs() if runs is None else runs
     candidates = list(candidates or [c for c in grid.spec.candidates if c not in grid.task.controls()])
     runs = runs[runs["candidate"].isin(candidates)]
@@ -97,7 +107,7 @@ def finding(grid: Grid, candidates: Sequence[str] | None = None, runs: pd.DataFr
     sites = {c: chosen[c] for c in candidates}
     names = {c: grid.candidate(c).variables for c in candidates}
     validation = protocol.variables(runs, sites, names, split="val")
-    contained = contains(grid, candidates)
+    contained = contains(grid, candidates, functions)
     realised_val = {c: bool((validation.loc[c]["gain low"] > 0).all()) for c in candidates}
     subsumes = {c: [a for a in contained[c] if realised_val[c]] for c in candidates}
     val_scores = protocol.report(runs, sites, candidates, split="val")
@@ -108,4 +118,4 @@ def finding(grid: Grid, candidates: Sequence[str] | None = None, runs: pd.DataFr
     margin = protocol.margin(runs, sites, order[0], rivals[0]) if rivals else None
     return Finding(sites, order, plain, protocol.order(runs, sites, "raw"), protocol.report(runs, sites, order),
                    protocol.variables(runs, sites, names), validation, contained, subsumes, top,
-                   order[0] if top == [order[0]] else None, margin)
+                   order[0] if top == [order[0]] else None, margin, runs)

@@ -29,6 +29,7 @@ grid have no record, so that nothing is ever chosen or reported from a grid that
 """
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Mapping
@@ -50,6 +51,9 @@ from das_lib.runs.identity import run_identity
 from das_lib.runs.jobs import Runner, layers_of, run_job, runner_for
 from das_lib.runs.store import Store
 from das_lib.tasks import make_task
+
+
+READ_LOG = "DAS_LIB_READ_LOG"  # environment variable: a file each alignment read back is listed in (book.stores)
 
 
 class IncompleteGrid(LookupError):
@@ -96,7 +100,7 @@ class GridSpec:
     data_seed: int = 0
     separate: Mapping[str, Any] | None = None  # pools.design's `separate`: pairs chosen to separate a family
     task: str = "pricetag"  # das_lib.tasks name
-    n_task: int = 1000  # inputs the model's task accuracy is measured on
+    n_task: int = 1000  # inputs the model's task accuracy is measured on (0: not measured)
     dtype: str = "float32"
 
     def __post_init__(self) -> None:
@@ -112,8 +116,8 @@ class GridSpec:
             problems.append(f"seeds {both} are both grid seeds and extra seeds")
         if self.data_seed in self.extra_data_seeds:
             problems.append(f"data seed {self.data_seed} is the grid's own and an extra data seed")
-        if self.n_task < 1:
-            problems.append(f"n_task must be >= 1, got {self.n_task}")
+        if self.n_task < 0:
+            problems.append(f"n_task must be >= 0 (0: not measured), got {self.n_task}")
         try:
             pools.design(self.n_train, self.n_val, self.n_test, self.data_seed, self.separate)
         except ValueError as err:
@@ -138,6 +142,7 @@ class Grid:
         tokenizer = load_tokenizer(spec.model)  # the grid is planned without loading the weights
         self.task = make_task(spec.task, tokenizer, spec.task_settings)
         self.identity = run_identity(spec.model, spec.dtype, device)
+        self._labels: dict[tuple, np.ndarray] = {}
         n_layers, roles = load_config(spec.model).num_hidden_layers, self.task.searched_roles()
         bad_layers = [l for l in spec.layers if not 0 <= l < n_layers]  # noqa: E741
         bad_positions = [p for p in spec.positions if p not in roles]
@@ -200,8 +205,11 @@ class Grid:
     def labels(self, key: str, split: str = "test", data_seed: int | None = None) -> np.ndarray:
         """(V, N) the counterfactual label tokens of candidate `key`'s variables on a split of the pool (without
         the model: the pairs and the causal model fix them)."""
-        design = self.spec.design(self.spec.data_seed if data_seed is None else data_seed)
-        return pools.labels(self.task, self.candidate(key), pools.pairs(self.task, design)[split])[0]
+        key_ = (key, split, self.spec.data_seed if data_seed is None else data_seed)
+        if key_ not in self._labels:
+            design = self.spec.design(key_[2])
+            self._labels[key_] = pools.labels(self.task, self.candidate(key), pools.pairs(self.task, design)[split])[0]
+        return self._labels[key_]
 
     def record(self, cell: Cell) -> dict[str, Any] | None:
         """The finished record of `cell`, or None."""
@@ -218,7 +226,7 @@ class Grid:
         bar = tqdm(total=len(self.grid_cells()) + n_extra, desc="grid", unit="cell",
                    disable=not self.progress or client is not None)
         with self.store.using():
-            self._execute([self.task_config()], client, gpu, None)
+            self._execute([self.task_config()] if self.spec.n_task else [], client, gpu, None)
             for phase in (self.grid_cells, self.extra_cells):  # the chosen sites are known once the grid is finished
                 configs = [self.config(c) for c in phase()]
                 todo = [c for c in configs if self.store.get(c) is None]
@@ -245,13 +253,24 @@ class Grid:
 
         return len(self.store.share(configs, run))  # cells another process holds are waited for, not run twice
 
+    def measure_task(self) -> dict[str, float]:
+        """Run the model's task-accuracy job alone (unless recorded) and return `task_record`."""
+        with self.store.using():
+            self._execute([self.task_config()], None, False, None)
+        return self.task_record()
+
     # ---- reading --------------------------------------------------------------------------------
-    def task_accuracy(self, vocabulary: bool = False) -> float:
-        """The model's task accuracy as the grid recorded it (over the answer tokens, or the whole vocabulary)."""
+    def task_record(self) -> dict[str, float]:
+        """The model's task accuracy as the grid recorded it: over the answer tokens (`task_accuracy`), over the
+        whole vocabulary (`task_accuracy_vocabulary`), and the share of the more common answer (`majority`)."""
         record = self.store.get(self.task_config())
         if record is None:
             raise IncompleteGrid(f"the task accuracy of {self.spec.model!r} is not in the store {self.store.root}: run the grid")
-        return record["results"]["task_accuracy_vocabulary" if vocabulary else "task_accuracy"]
+        return record["results"]
+
+    def task_accuracy(self, vocabulary: bool = False) -> float:
+        """The model's recorded task accuracy (over the answer tokens, or the whole vocabulary)."""
+        return self.task_record()["task_accuracy_vocabulary" if vocabulary else "task_accuracy"]
 
     def runs(self, cells: list[Cell] | None = None) -> pd.DataFrame:
         """One row per cell of `cells` (default: all of `cells()`): the cell, its site, its validation and test
@@ -292,7 +311,13 @@ class Grid:
         record = self.record(cell)
         if record is None:
             raise IncompleteGrid(f"cell {cell} is not in the store {self.store.root}: run the grid first")
+        if record["results"]["alignment"] is None:
+            raise IncompleteGrid(f"the alignment of {cell} was not kept (a committed store keeps the files of the cells "
+                                 f"its chapter reads back): train it again into a fresh store")
         path = self.store.root / record["hash"] / record["results"]["alignment"]
+        if os.environ.get(READ_LOG):  # a run making a committed store lists the alignments it reads back
+            with open(os.environ[READ_LOG], "a") as log:
+                log.write(record["hash"] + "\n")
         try:
             intervention, _ = load_intervention(path, self.runner.model.config.hidden_size, self.runner.device)
         except Exception as err:  # noqa: BLE001  (any unreadable file: named, set aside, rerun)

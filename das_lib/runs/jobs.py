@@ -206,11 +206,14 @@ class Runner:
 
     def measure_task_accuracy(self, config: Mapping[str, Any]) -> dict[str, Any]:
         """The model's accuracy on the factual task (the upper bound of IIA), over the answer tokens and over the
-        whole vocabulary."""
+        whole vocabulary, and the accuracy of always giving the more common answer."""
         task, rng = self.task(config), random.Random(config["seed"])
         inputs = [task.sample_input(rng) for _ in range(config["n_games"])]
-        return {"task_accuracy": task.accuracy(self.model, inputs),
-                "task_accuracy_vocabulary": task.accuracy(self.model, inputs, vocabulary=True)}
+        reference = next(iter(task.hypotheses().values())).model  # every hypothesis gives the factual answer
+        answers = [reference.predict(x) for x in inputs]
+        accuracy = task.accuracy(self.model, inputs)
+        return {"task_accuracy": accuracy["answers"], "task_accuracy_vocabulary": accuracy["vocabulary"],
+                "majority": max(answers.count(a) for a in set(answers)) / len(answers)}
 
 
 def majority_rate(label_ids: np.ndarray) -> float:

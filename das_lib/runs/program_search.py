@@ -25,10 +25,10 @@ import pandas as pd
 from das_lib.method.outcome import candidate_score
 from das_lib.method.separation import Separation, carries_output, group, label_functions
 from das_lib.method.training import TrainConfig
-from das_lib.models.load import load_tokenizer
+from das_lib.models.load import load_config, load_tokenizer
 from das_lib.models.standin import planted_for
-from das_lib.runs import findings, pools, protocol
-from das_lib.runs.grid import Grid, GridSpec
+from das_lib.runs import committed, findings, pools, protocol
+from das_lib.runs.grid import Cell, Grid, GridSpec
 from das_lib.runs.store import Store
 from das_lib.runs.sweep import task_settings
 from das_lib.tasks import make_task
@@ -74,7 +74,7 @@ class ProgramSearch:
         spec = GridSpec(model=s.model, task_settings=task_settings(s.model), candidates=tuple(candidates),
                         layers=tuple(layers), positions=tuple(positions), seeds=tuple(seeds or s.seeds),
                         extra_seeds=tuple(extra), train=s.train, rank=s.rank, n_train=s.n_train, n_val=s.n_val,
-                        n_test=s.n_test, data_seed=s.data_seed, separate=s.separate(), dtype=s.dtype)
+                        n_test=s.n_test, data_seed=s.data_seed, separate=s.separate(), n_task=0, dtype=s.dtype)
         return Grid(spec, self.store, self.device, progress=self.progress)
 
     # ---- the groups -----------------------------------------------------------------------------
@@ -140,6 +140,22 @@ class ProgramSearch:
     def grid_candidate(self, key: str) -> Any:
         return pools.candidate(self.task, key, self.design)
 
+    def groups_frame(self) -> pd.DataFrame:
+        """One row per group: its representative's variables and formula, how many candidates it holds, the task's
+        hypothesis in it, whether it is searched, and how many test pairs tell it from the group closest to it."""
+        test = self.pairs["test"]
+        signature = {g.key: list(zip(*label_functions(self.grid_candidate(g.key), test))) for g in self.separation.groups}
+        rows = []
+        for g in self.separation.groups:
+            apart = {h.key: sum(a != b for a, b in zip(signature[g.key], signature[h.key]))
+                     for h in self.separation.groups if h.key != g.key and len(h.functions) == len(g.functions)}
+            closest = min(apart, key=apart.get) if apart else None
+            rows.append({"group": self.grid_candidate(g.key).title, "formula": g.key.split(" | ")[0],
+                         "candidates": len(g.members), "paper": self.task.hypotheses()[self.paper_groups[g.key]].title
+                         if g.key in self.paper_groups else "", "searched": g.key not in self.answer_groups,
+                         "closest group": self.title(closest) if closest else "", "test pairs apart": apart.get(closest, 0)})
+        return pd.DataFrame(rows)
+
     # ---- running --------------------------------------------------------------------------------
     def scan(self, layers: Sequence[int], positions: Sequence[str]) -> Grid:
         """The hand-written hypotheses' groups at every scanned site, run."""
@@ -160,6 +176,7 @@ class ProgramSearch:
         layers, positions = sorted({l for l, _ in sites}), list(dict.fromkeys(p for _, p in sites))  # noqa: E741
         every = self._grid(self.groups(), layers, positions)
         every.run()
+        self.every = every
         runs = every.runs()
         chosen = protocol.choose_sites(runs)
         leading = protocol.order(runs, chosen)[: self.spec.leading]
@@ -177,16 +194,73 @@ class ProgramSearch:
         """The search's finding: every group's runs, the leading ones' extra seeds included."""
         lead = self.leading_grid(every)
         runs = pd.concat([every.runs(), lead.runs(lead.extra_cells())], ignore_index=True)
-        return findings.finding(every, self.groups(), runs)
+        functions = {g.key: list(g.functions) for g in self.separation.groups}
+        return findings.finding(every, self.groups(), runs, functions)
 
 
-def search_model(spec: SearchSpec, layers: Sequence[int], positions: Sequence[str], top: int, store: str | Path,
-                 device: str = "cpu", fresh: bool = False, progress: bool = False) -> tuple[ProgramSearch, Grid, Grid]:
-    """A chapter's search of one model: the scan of `layers` x `positions`, then every group at the `top` sites.
-    Returns (search, scan, every); all write to `store` (emptied first if `fresh`)."""
-    store = Store(store)
+def spec_of(model: str, budget: Sequence[int], n_val: int, n_test: int, pool_factor: int, separating_share: float,
+            seeds: tuple[int, ...], lead_seeds: tuple[int, ...], leading: int, data_seed: int, n_brackets: int,
+            thresholds: Sequence[int], dtype: str) -> SearchSpec:
+    """A chapter's search of `model` at `budget` (steps, batch size, training pairs)."""
+    steps, batch, n_train = budget
+    return SearchSpec(model, TrainConfig(steps=steps, batch_size=batch), n_train=n_train, n_val=n_val, n_test=n_test,
+                      pool_factor=pool_factor, separating_share=separating_share, seeds=seeds, lead_seeds=lead_seeds,
+                      leading=leading, data_seed=data_seed, family={"n_brackets": n_brackets, "thresholds": list(thresholds)},
+                      dtype=dtype)
+
+
+def scan_sites(model: str, layers: Sequence[int], positions: Sequence[str]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The layers ([]: every layer of `model`) and positions a scan covers, refusing what the model does not have."""
+    n_layers = load_config(model).num_hidden_layers
+    roles = make_task("pricetag", load_tokenizer(model), task_settings(model)).searched_roles()
+    bad_layers = [l for l in layers if not 0 <= l < n_layers]  # noqa: E741
+    bad_positions = [p for p in positions if p not in roles]
+    if bad_layers or bad_positions or not positions:
+        raise ValueError(f"cannot scan {model!r} at layers {bad_layers or list(layers)} and positions "
+                         f"{bad_positions or list(positions)}: it has layers 0..{n_layers - 1} and positions {roles}")
+    return tuple(layers) or tuple(range(n_layers)), tuple(positions)
+
+
+def run_search(search: ProgramSearch, sites: tuple[Sequence[int], Sequence[str]], top: int, fresh: bool = False
+               ) -> tuple[Grid, findings.Finding]:
+    """The scan of `sites` (layers, positions), every group at the `top` sites, and the finding (into the search's
+    store, emptied first if `fresh`)."""
     if fresh:
-        store.clear()
-    search = ProgramSearch(spec, store, device, progress)
-    scan = search.scan(layers, positions)
-    return search, scan, search.search(search.top_sites(scan, top))
+        search.store.clear()
+    scan = search.scan(*sites)
+    return scan, search.finding(search.search(search.top_sites(scan, top)))
+
+
+def page_inputs(search: ProgramSearch, finding: findings.Finding) -> tuple:
+    """(finding, titles, the paper's hypothesis per group, the planted group, the inert groups): what a page states."""
+    papers = {k: search.task.hypotheses()[h].title for k, h in search.paper_groups.items()}
+    return finding, {k: search.title(k) for k in finding.order}, papers, search.planted_group(), search.inert_groups()
+
+
+def ranking_inputs(search: ProgramSearch, finding: findings.Finding) -> tuple:
+    """(finding, titles, the paper's hypothesis per group, the groups every ranking shows: the paper's and the inert)."""
+    f, titles, papers, _, inert = page_inputs(search, finding)
+    return f, titles, papers, [*papers, *inert]
+
+
+def scan_table(scans: dict[str, tuple[ProgramSearch, Grid]]) -> pd.DataFrame:
+    """The validation score of the paper's hypotheses at every scanned site, one row per (model, site)."""
+    frames = []
+    for name, (search, scan) in scans.items():
+        runs = scan.runs()
+        runs = runs.assign(score=[float(candidate_score(o.correct, o.none, o.changed)) for o in runs["val"]],
+                           hypothesis=[search.task.hypotheses()[search.paper_groups[c]].title for c in runs["candidate"]])
+        table = runs.pivot_table(index="site", columns="hypothesis", values="score", aggfunc="mean", sort=False)
+        frames.append(table.assign(model=name).reset_index().set_index(["model", "site"]))
+    return pd.concat(frames)
+
+
+def verification(search: ProgramSearch, finding: findings.Finding, store_name: str, scratch: str) -> pd.DataFrame:
+    """Retrain the first group's and the best paper group's chosen cells and check them against the committed ones
+    (`committed.verify`); without a committed store, say that every cell was trained by this run."""
+    keys = list(dict.fromkeys([finding.first, *[k for k in finding.order if k in search.paper_groups][:1]]))
+    cells = [Cell(k, finding.sites[k].layer, finding.sites[k].position, search.spec.seeds[0], search.spec.data_seed) for k in keys]
+    if not store_name:
+        return pd.DataFrame({"cell": [search.title(c.candidate) for c in cells],
+                             "verified": "trained by this run: nothing committed to check"}).set_index("cell")
+    return committed.verify(search.every, cells, scratch).round(3)

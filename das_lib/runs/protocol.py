@@ -20,6 +20,7 @@ reported beside it (`kind="raw"`).
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -32,7 +33,8 @@ from das_lib.method.sites import Site
 LEVEL = 0.95  # every interval the book reports
 N_BOOT = 2000
 BOOT_SEED = 0
-Stat = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]  # (..., S, V, P) x3 -> (..., S[, k])
+# (S, V, P) correct, (1, V, P) none and changed, (B, P) pair weights or None -> ([B,] S[, ...])
+Stat = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None], np.ndarray]
 
 
 def _site(row: pd.Series) -> Site:
@@ -40,7 +42,7 @@ def _site(row: pd.Series) -> Site:
 
 
 def _score_of(kind: str) -> Stat:
-    return lambda c, n, ch: candidate_score(c, n, ch, kind)
+    return lambda c, n, ch, w: candidate_score(c, n, ch, kind, w)
 
 
 def choose_sites(runs: pd.DataFrame, kind: str = "score") -> dict[str, Site]:
@@ -57,7 +59,8 @@ def choose_sites(runs: pd.DataFrame, kind: str = "score") -> dict[str, Site]:
 
 def at_sites(runs: pd.DataFrame, sites: Mapping[str, Site]) -> pd.DataFrame:
     """The runs of each candidate at its site in `sites` (all seeds and data seeds there)."""
-    keep = [sites.get(r["candidate"]) == _site(r) for _, r in runs.iterrows()]
+    wanted = {(c, s.layer, s.position) for c, s in sites.items()}
+    keep = [key in wanted for key in zip(runs["candidate"], runs["layer"].astype(int), runs["position"].astype(str))]
     return runs[keep]
 
 
@@ -96,14 +99,13 @@ def bootstrap(evidences: Sequence[Evidence], stat: Stat, n_boot: int = N_BOOT, s
         if len(n_pairs) != 1:
             raise ValueError(f"the candidates were scored on different pairs of data seed {g} ({sorted(n_pairs)} pairs)")
         n = n_pairs.pop()
-        idx = rng.integers(0, n, size=(n_boot, n))
+        draws = rng.integers(0, n, size=(n_boot, n)) + n * np.arange(n_boot)[:, None]
+        weights = np.bincount(draws.ravel(), minlength=n_boot * n).reshape(n_boot, n).astype(float)  # the same for all
         point_g, boot_g = [], []
         for e in evidences:
             correct, none, changed = e.by_data[g]
-            per_run = stat(correct, none[None], changed[None])  # (S, ...)
-            point_g.append(per_run.mean(0))
-            c, n, ch = (np.moveaxis(a[..., idx], -2, 0) for a in (correct, none, changed))  # (B, [S,] V, P)
-            values = stat(c, n[:, None], ch[:, None])  # (B, S, ...); a statistic of doing nothing alone has S = 1
+            point_g.append(stat(correct, none[None], changed[None], None).mean(0))  # (S, ...) -> mean over runs
+            values = stat(correct, none[None], changed[None], weights)  # (B, S, ...)
             values = np.broadcast_to(values, (n_boot, correct.shape[0]) + values.shape[2:])
             seeds = rng.integers(0, correct.shape[0], size=(n_boot, correct.shape[0]))
             picked = np.take_along_axis(values, seeds.reshape(seeds.shape + (1,) * (values.ndim - 2)), axis=1)
@@ -114,9 +116,12 @@ def bootstrap(evidences: Sequence[Evidence], stat: Stat, n_boot: int = N_BOOT, s
 
 
 def interval(replicates: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
-    """Percentile interval over the first axis (NaN replicates ignored)."""
+    """Percentile interval over the first axis (NaN replicates ignored; NaN where all are: a score with no room
+    to gain on these pairs)."""
     tail = 100 * (1 - level) / 2
-    return np.nanpercentile(replicates, tail, axis=0), np.nanpercentile(replicates, 100 - tail, axis=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanpercentile(replicates, tail, axis=0), np.nanpercentile(replicates, 100 - tail, axis=0)
 
 
 def _evidences(runs: pd.DataFrame, sites: Mapping[str, Site], candidates: Sequence[str], split: str) -> list[Evidence]:
@@ -141,12 +146,12 @@ def report(runs: pd.DataFrame, sites: Mapping[str, Site], candidates: Sequence[s
     range of the runs' scores, how many runs (seeds x data seeds) and pairs, and the majority-label rate."""
     candidates = list(candidates or sites)
     evidences = _evidences(runs, sites, candidates, split)
-    rows = {}
-    for kind in ("score", "raw"):
-        point, reps = bootstrap(evidences, _score_of(kind))
-        low, high = interval(reps)
-        for i, c in enumerate(candidates):
-            rows.setdefault(c, {})[kind], rows[c][f"{kind} low"], rows[c][f"{kind} high"] = point[i], low[i], high[i]
+    rows: dict[str, dict] = {c: {} for c in candidates}
+    point, reps = bootstrap(evidences, lambda c, n, ch, w: np.stack([candidate_score(c, n, ch, k, w) for k in ("score", "raw")], -1))
+    low, high = interval(reps)
+    for i, c in enumerate(candidates):
+        for k, kind in enumerate(("score", "raw")):
+            rows[c] |= {kind: point[i][k], f"{kind} low": low[i][k], f"{kind} high": high[i][k]}
     chosen = at_sites(runs, sites)
     for e in evidences:
         here = chosen[chosen["candidate"] == e.candidate]
@@ -160,21 +165,26 @@ def report(runs: pd.DataFrame, sites: Mapping[str, Site], candidates: Sequence[s
     return pd.DataFrame(rows).T.infer_objects()
 
 
+def _all_scores(c: np.ndarray, n: np.ndarray, ch: np.ndarray, w: np.ndarray | None) -> np.ndarray:
+    per = variable_scores(c, n, ch, w)
+    shape = np.broadcast_shapes(*(v.shape for v in per.values()))
+    return np.stack([np.broadcast_to(per[name], shape) for name in SCORES], axis=-1)  # (..., V, len(SCORES))
+
+
 def variables(runs: pd.DataFrame, sites: Mapping[str, Site], names: Mapping[str, Sequence[str]],
               split: str = "test") -> pd.DataFrame:
     """One row per (candidate, variable) at the chosen site, on `split`: every score of `SCORES` (outcome.py) with
     the 95% interval of the IIA, the gain, the normalised gain and the recall (`names`: each candidate's variables)."""
     rows = []
     for c in sites:  # one candidate at a time: candidates have different numbers of variables
-        evidence = _evidences(runs, sites, [c], split)
-        results = {name: (lambda p, r: (p[0], *(x[0] for x in interval(r))))(
-            *bootstrap(evidence, lambda co, n, ch, name=name: variable_scores(co, n, ch)[name])) for name in SCORES}
+        point, reps = bootstrap(_evidences(runs, sites, [c], split), _all_scores)
+        low, high = interval(reps)
         for v, variable in enumerate(names[c]):
             row = {"candidate": c, "variable": variable, "site": str(sites[c]).replace("@", " ")}
-            for name, (point, low, high) in results.items():
-                row[name] = point[v]
+            for k, name in enumerate(SCORES):
+                row[name] = point[0][v][k]
                 if name in ("iia", "gain", "normalised", "recall"):
-                    row[f"{name} low"], row[f"{name} high"] = low[v], high[v]
+                    row[f"{name} low"], row[f"{name} high"] = low[0][v][k], high[0][v][k]
             rows.append(row)
     return pd.DataFrame(rows).set_index(["candidate", "variable"])
 
@@ -197,8 +207,12 @@ def top_set(runs: pd.DataFrame, sites: Mapping[str, Site], first: str, others: S
         return [first]
     point, reps = bootstrap(_evidences(runs, sites, [first, *others], split), _score_of(kind))
     gaps, gaps_boot = point[0] - point[1:], reps[:, :1] - reps[:, 1:]  # (K,), (B, K)
-    spread = np.nanstd(gaps_boot, axis=0)
+    with warnings.catch_warnings():  # a candidate whose score is undefined on every replicate adds nothing
+        warnings.simplefilter("ignore", RuntimeWarning)
+        spread = np.nanstd(gaps_boot, axis=0)
     spread = np.where(spread > 0, spread, np.inf)  # a gap that never varies is exactly known
-    worst = np.nanmax((gaps_boot - gaps[None, :]) / spread[None, :], axis=1)  # the worst standardised overshoot
-    critical = float(np.nanpercentile(worst, 100 * level))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        worst = np.nanmax((gaps_boot - gaps[None, :]) / spread[None, :], axis=1)  # the worst standardised overshoot
+        critical = float(np.nanpercentile(worst, 100 * level))
     return [first] + [k for k, gap, sd in zip(others, gaps, spread) if not gap - critical * np.nan_to_num(sd, posinf=0.0) > 0]

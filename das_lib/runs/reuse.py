@@ -1,185 +1,112 @@
-"""Reusing a sweep's alignments: look them up in a Store by what made them, say which are missing, and
-evaluate them on the robustness settings.
+"""Reusing a grid's alignments without retraining: which cell stands for a hypothesis, and the robustness study.
 
-Alignments are looked up by the model's identity (its files' hashes and dtype) and the standard task
-settings (`standard_match`). A cell trained from several seeds or configs keeps its record of highest
-IIA, as the paper kept the best of three seeds.
+The alignments are a finished grid's cells (das_lib.runs.grid), loaded from its store; nothing is chosen
+on test pairs:
+
+- `chosen_cell`: a candidate's cell is at its site chosen on validation (the `Finding`'s) and, of the runs
+  there on the grid's own data seed (its seeds and extra seeds), the one of highest validation score (the
+  first in the grid's order on a tie), as the paper kept the best of three seeds, but chosen on validation;
+- `site_cells`: every run at that site (training seeds x data seeds): the spread a reported number is read
+  beside;
+- `alignments`: the `robustness.Alignments` of some hypotheses, loaded (and, with `whole_grid`, every cell of
+  their grid, for the heatmaps);
+- `robustness_of`: a grid's alignments on the robustness settings (das_lib.runs.robustness).
+
+Nothing is read from a grid that is not complete: `Grid.runs` raises IncompleteGrid naming the cells that
+have no record, and an alignment file that cannot be read is named and set aside with its record, so that
+the next `Grid.run` trains it again (`Grid.load_alignment`).
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Sequence
 
+import numpy as np
 import pandas as pd
+from torch import nn
 
 from das_lib import paper
-from das_lib.method.training import TrainConfig
-from das_lib.pricetag.game import HYPOTHESES
+from das_lib.method.outcome import candidate_score
 from das_lib.runs import robustness
-from das_lib.runs.store import Store
-from das_lib.runs.spec import SweepSpec, run_identity
-from das_lib.runs.sweep import Sweep
+from das_lib.runs.findings import Finding
+from das_lib.runs.grid import Cell, Grid
 
 
-HOW_TO_MAKE = "the sweep chapter (book/05_sweep.ipynb) with this store, model and dtype"
+def _cell(row: pd.Series) -> Cell:
+    return Cell(str(row["candidate"]), int(row["layer"]), str(row["position"]), int(row["seed"]), int(row["data_seed"]))
 
 
-class MissingAlignments(LookupError):
-    """The store lacks alignments the robustness table needs."""
+def site_cells(grid: Grid, finding: Finding, candidate: str) -> list[Cell]:
+    """Every cell of the grid at `candidate`'s site chosen on validation: its seeds and extra seeds, on the grid's
+    data seed and on each extra data seed."""
+    if candidate not in finding.sites:
+        raise KeyError(f"the finding has no site for {candidate!r}; it chose sites for {sorted(finding.sites)}")
+    site = finding.sites[candidate]
+    return [c for c in grid.cells() if c.candidate == candidate and c.site() == site]
 
 
-def alignment_table(
-    store: Store,
-    match: Mapping[str, Any],
-    hypotheses: Sequence[str],
-    layers: Sequence[int] | None = None,
-    positions: Sequence[str] | None = None,
-) -> pd.DataFrame:
-    """The alignment used at each (hypothesis, layer, position): among the store's Boundless DAS records
-    whose config has every (key, value) of `match` (e.g. the model identity and the standard task
-    settings), the one of highest validation IIA (the best of seeds, chosen as a sweep chooses, not on its
-    test pairs; ties: the first in store order).
-
-    Columns: hypothesis, layer, position, seed, steps, iia (as recorded: on the sweep's test pairs), val_iia,
-    candidates (matching records for that cell), hash, alignment (file stem in the record's folder).
-    """
-    candidates: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
-    for record in store.records():
-        c = record["config"]
-        if c.get("kind") != "alignment" or c.get("method", {}).get("name") != "boundless":
-            continue
-        if any(c.get(k) != json_value(v) for k, v in match.items()):
-            continue
-        key = (c["hypothesis"], int(c["site"]["layer"]), c["site"]["position"])
-        if key[0] not in hypotheses or (layers is not None and key[1] not in layers) or (positions is not None and key[2] not in positions):
-            continue
-        candidates.setdefault(key, []).append({
-            "hypothesis": key[0], "layer": key[1], "position": key[2], "seed": c["train"]["seed"],
-            "steps": c["train"]["steps"], "iia": float(record["results"]["iia"]),
-            "val_iia": float(record["results"]["val_iia"]), "hash": record["hash"],
-            "alignment": record["results"]["alignment"],
-        })
-    rows = []
-    for key in sorted(candidates):
-        found = candidates[key]
-        best = max(range(len(found)), key=lambda i: (found[i]["val_iia"], -i))  # first of equals
-        rows.append({**found[best], "candidates": len(found)})
-    columns = ["hypothesis", "layer", "position", "seed", "steps", "iia", "val_iia", "candidates", "hash", "alignment"]
-    return pd.DataFrame(rows, columns=columns)
-
-
-def json_value(value: Any) -> Any:
-    """`value` as it reads back from a record's JSON (tuples become lists)."""
-    if isinstance(value, Mapping):
-        return {k: json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_value(v) for v in value]
-    return value
-
-
-def needed_grid(table: pd.DataFrame, layers: Sequence[int] | None, positions: Sequence[str] | None) -> tuple[list[int], list[str]]:
-    """The grid to evaluate: the given layers and positions, or (for None) those the store holds for any hypothesis."""
-    layers = sorted(set(table["layer"].astype(int))) if layers is None else list(layers)
-    positions = list(dict.fromkeys(table["position"])) if positions is None else list(positions)
-    return layers, positions
-
-
-def missing_cells(table: pd.DataFrame, hypotheses: Sequence[str], layers: Sequence[int], positions: Sequence[str]) -> list[tuple[str, int, str]]:
-    """The (hypothesis, layer, position) cells of the grid that `table` has no alignment for."""
-    have = set(zip(table["hypothesis"], table["layer"].astype(int), table["position"]))
-    return [(h, l, p) for h in hypotheses for l in layers for p in positions if (h, l, p) not in have]
-
-
-def require_alignments(
-    table: pd.DataFrame, hypotheses: Sequence[str], layers: Sequence[int], positions: Sequence[str], command: str = HOW_TO_MAKE
-) -> None:
-    """Raise MissingAlignments naming the missing cells and how to make them, unless every cell has one."""
-    if not layers or not positions:
-        raise MissingAlignments(
-            f"the store holds no alignment of {list(hypotheses)} for this model and the standard task. "
-            f"Run the sweep chapter first:\n  {command}\nor rerun this chapter with train_missing=True"
-        )
-    missing = missing_cells(table, hypotheses, layers, positions)
+def chosen_cell(grid: Grid, finding: Finding, candidate: str, runs: pd.DataFrame | None = None) -> Cell:
+    """`candidate`'s cell: at its site chosen on validation, the run on the grid's data seed of highest validation
+    score (`runs`: the grid's runs, read when not given; IncompleteGrid if cells there have no record)."""
+    here = [c for c in site_cells(grid, finding, candidate) if c.data_seed == grid.spec.data_seed]
+    runs = grid.runs(here) if runs is None else runs
+    cells = [_cell(r) for _, r in runs.iterrows()]
+    scores = {c: float(candidate_score(o.correct, o.none, o.changed)) for c, o in zip(cells, runs["val"])}
+    missing = [c for c in here if c not in scores]
     if missing:
-        shown = ", ".join(f"{h} L{l}@{p}" for h, l, p in missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
-        raise MissingAlignments(
-            f"the store lacks {len(missing)} of the {len(hypotheses) * len(layers) * len(positions)} alignments "
-            f"needed ({shown}). Make them with the sweep chapter:\n  {command}\n"
-            "or rerun this chapter with train_missing=True"
-        )
+        raise ValueError(f"the runs given lack the cells {missing} at {candidate!r}'s chosen site")
+    return max(here, key=lambda c: (np.nan_to_num(scores[c], nan=-np.inf), -here.index(c)))
 
 
-def alignment_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per hypothesis: how many cells, over which layers and positions, trained how long, from which seeds,
-    and their recorded IIA (on the sweep's test pairs)."""
-    rows = []
-    for h, sub in table.groupby("hypothesis", sort=False):
-        rows.append({"hypothesis": HYPOTHESES[h].title, "cells": len(sub), "layers": sorted(set(sub["layer"].astype(int))),
-                     "positions": sub["position"].nunique(), "training steps": sorted(set(sub["steps"].astype(int))),
-                     "seeds kept": sorted(set(sub["seed"].astype(int))), "records per cell (max)": int(sub["candidates"].max()),
-                     "max recorded IIA": float(sub["iia"].max()), "mean recorded IIA": float(sub["iia"].mean())})
-    return pd.DataFrame(rows).set_index("hypothesis")
+def alignments(grid: Grid, finding: Finding, hypotheses: Sequence[str], whole_grid: bool = False) -> robustness.Alignments:
+    """The alignments of `hypotheses` a robustness study reuses, loaded on the grid's model's device: the cell
+    chosen on validation and every run at its site, and with `whole_grid` every cell of their grid (the grid's
+    seeds on its data seed), with the grid's own test IIA of each."""
+    grid.runs(grid.grid_cells(tuple(hypotheses)))  # IncompleteGrid, naming them, if cells of their grid have no record
+    chosen, at_site, cells = {}, {}, {}
+    for h in hypotheses:
+        at_site[h] = site_cells(grid, finding, h)
+        chosen[h] = chosen_cell(grid, finding, h, grid.runs([c for c in at_site[h] if c.data_seed == grid.spec.data_seed]))
+        cells[h] = grid.grid_cells((h,)) if whole_grid else []
+    needed = list(dict.fromkeys([c for h in hypotheses for c in (chosen[h], *at_site[h], *cells[h])]))
+    runs = grid.runs(needed)  # IncompleteGrid, naming them, if cells have no record
+    in_grid = {c for h in hypotheses for c in cells[h]}
+    trained = runs.assign(iia=[float(o.correct.mean()) for o in runs["test"]])
+    trained = trained[[_cell(r) in in_grid for _, r in runs.iterrows()]]
+    loaded: dict[Cell, nn.Module] = {c: grid.load_alignment(c)[0].eval() for c in needed}
+    return robustness.Alignments(chosen, at_site, cells, loaded,
+                                 trained[["candidate", "layer", "position", "seed", "iia"]].reset_index(drop=True))
 
 
-def standard_match(model: str, dtype: str, template: str, device: str = "cpu") -> dict[str, Any]:
-    """What a sweep record's config must hold to be reused here: this model's files, dtype and kind of
-    device, and the standard task (the yes/no instruction without context) in `template`."""
-    return {"model": run_identity(model, dtype, device),
-            "task": {"template": template, "variant": "yesno", "context": None}}
+def robustness_of(grid: Grid, finding: Finding, kinds: Sequence[str], n_pairs: int, n_games: int, max_screened: int,
+                  contexts: Sequence[str] = paper.CONTEXTS, whole_grid: bool = False,
+                  brackets: tuple[str, str] = (paper.BRACKETS["seen"], paper.BRACKETS["unseen"])
+                  ) -> robustness.RobustnessResult:
+    """The grid's alignments of every hypothesis the settings `kinds` reuse, without retraining, on those settings
+    (the fixed `brackets` seen and unseen, and `contexts`): `n_pairs` pairs and `n_games` games per setting, drawn
+    from the grid's data seed; with `whole_grid`, every cell of their grid too (heatmaps, the paper's statistics)."""
+    settings = robustness.make_settings(kinds, *brackets, contexts)
+    hypotheses = list(dict.fromkeys(s.hypothesis for s in settings))
+    absent = [h for h in hypotheses if h not in grid.spec.candidates]
+    if absent:
+        raise KeyError(f"the settings {list(kinds)} reuse the alignments of {absent}, which the grid does not search "
+                       f"(its candidates: {list(grid.spec.candidates)}): add them to its hypotheses")
+    reused = alignments(grid, finding, hypotheses, whole_grid)
+    runner = grid.runner
+    return robustness.evaluate_settings(runner.model, runner.tokenizer, grid.task.settings()["template"], settings, reused,
+                                        n_pairs, n_games, grid.spec.data_seed, max_screened)
 
 
-def train_missing(
-    store: Store, model: str, template: str, hypotheses: Sequence[str], layers: Sequence[int] | None,
-    positions: Sequence[str] | None, steps: int, n_train: int, n_test: int, seed: int, dtype: str, device: str,
-    loaded: tuple[Any, Any] | None = None,
-) -> dict[str, int]:
-    """Train (with das_lib.runs.sweep) every alignment of this grid the store lacks, on the standard task in
-    `template`; returns how many ran and how many were reused."""
-    spec = SweepSpec(  # validation pairs, half as many as the test pairs, choose the seed kept at a site
-        model=model, hypotheses=tuple(hypotheses), layers=None if layers is None else tuple(layers),
-        positions=None if positions is None else tuple(positions), seeds=(seed,), train=TrainConfig(steps=steps),
-        n_train=n_train, n_test=n_test, n_val=max(2, n_test // 2), data_seed=seed, template=template, dtype=dtype,
-    )
-    return Sweep(spec, store, device, loaded).run(progress=False)
-
-
-def reuse_alignments(
-    store: str, model: str, dtype: str, template: str, hypotheses: Sequence[str],
-    layers: Sequence[int] | None = None, positions: Sequence[str] | None = None,
-    train: Mapping[str, Any] | None = None, device: str = "cpu", command: str = HOW_TO_MAKE,
-    loaded: tuple[Any, Any] | None = None,
-) -> tuple[pd.DataFrame, dict[str, int]]:
-    """The alignments to reuse (`alignment_table` of the standard task) and where they came from: how many
-    were trained here ("trained") and how many the store already held ("reused").
-
-    With `train` (keyword arguments of `train_missing`: steps, n_train, n_test, seed) the alignments the
-    store lacks are trained first; without, a missing one raises MissingAlignments with `command`,
-    what makes it (the chapter gives the papermill command line). `loaded`: the caller's (model, tokenizer),
-    trained on instead of loading a second copy.
-    """
-    root = Store(store)
-    match = standard_match(model, dtype, template, device)
-    table = alignment_table(root, match, hypotheses, layers, positions)
-    needed = needed_grid(table, layers, positions)
-    counts = {"trained": 0, "reused": len(table)}
-    if train is not None and (not all(needed) or missing_cells(table, hypotheses, *needed)):
-        ran = train_missing(root, model, template, hypotheses, layers, positions, dtype=dtype, device=device,
-                            loaded=loaded, **train)
-        counts = {"trained": ran["ran"], "reused": ran["reused"]}
-        table = alignment_table(root, match, hypotheses, layers, positions)
-        needed = needed_grid(table, layers, positions)
-    require_alignments(table, hypotheses, *needed, command)
-    return table, counts
-
-
-def robustness_of(sweep: Sweep, kinds: Sequence[str], n_pairs: int, n_task: int, max_screened: int,
-                  contexts: Sequence[str] = paper.CONTEXTS) -> robustness.RobustnessResult:
-    """The sweep's own alignments (every hypothesis a setting of `kinds` needs, at the sweep's layers and
-    positions) reused without retraining on the robustness settings `kinds`, with the paper's fixed
-    brackets and `contexts`; `n_pairs` pairs and `n_task` games per setting, seeded by the sweep's data seed."""
-    spec = sweep.spec
-    settings = robustness.make_settings(kinds, paper.BRACKETS["seen"], paper.BRACKETS["unseen"], contexts)
-    hypotheses = [h for h in spec.hypotheses if any(s.hypothesis == h for s in settings)]
-    aligned, _ = reuse_alignments(str(sweep.store.root), spec.model, spec.dtype, sweep.task.template, hypotheses,
-                                  list(sweep.layers), list(sweep.positions), None, sweep.device)
-    return robustness.evaluate_settings(sweep.runner.model, sweep.runner.tokenizer, sweep.task.template, settings,
-                                        sweep.store, aligned, n_pairs, n_task, spec.data_seed, max_screened)
+def summary(grid: Grid, finding: Finding, hypotheses: Sequence[str]) -> pd.DataFrame:
+    """Per hypothesis: the site chosen on validation, the seed of its chosen cell, its validation score and its
+    test IIA as the grid recorded them, and the runs at the site (training seeds x data seeds) beside it."""
+    rows = {}
+    for h in hypotheses:
+        cell = chosen_cell(grid, finding, h)
+        here = grid.runs(site_cells(grid, finding, h))
+        record = here[[_cell(r) == cell for _, r in here.iterrows()]].iloc[0]
+        test_iia = [float(o.correct.mean()) for o in here["test"]]
+        rows[h] = {"site (validation)": f"L{cell.layer} {cell.position}", "seed": cell.seed,
+                   "validation score": float(candidate_score(record["val"].correct, record["val"].none, record["val"].changed)),
+                   "test IIA": float(record["test"].correct.mean()), "runs at the site": len(here),
+                   "their test IIA min": min(test_iia), "max": max(test_iia)}
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("hypothesis")

@@ -3,37 +3,52 @@
 The paper's second result: an alignment Boundless DAS learned on the standard yes/no games keeps its
 IIA when the games change (a fixed bracket), when an irrelevant sentence is prepended to the
 instruction, when the instruction becomes its True/False sibling, and on the inputs the model gets
-right or wrong. Here each such *setting* is a `Setting`; `evaluate_settings` evaluates every
-alignment of a sweep store on the setting's counterfactual pairs (inference only) and sums up each
-setting's grid as the paper does: max IIA, Pearson r with the grid the alignments were trained on,
-and the variance of IIA over the grid.
+right or wrong. Here each such *setting* is a `Setting`, and `evaluate_settings` runs a grid's alignments
+(inference only) on the setting's pairs, as the grid scored them: every pair once per variable of the
+alignment's candidate (that variable swapped alone), read over the setting's own answer tokens, into an
+`Outcome` per alignment (das_lib.method.outcome).
 
-The alignments come from a sweep's store (das_lib.runs.reuse finds them); the paper's rows are in
-das_lib.paper.
+Which alignments: for each hypothesis, the cell chosen on validation (das_lib.runs.reuse: at the site a
+`Finding` chose, the seed of highest validation score), every run at that site (training seeds x data
+seeds: the spread beside the chosen one), and optionally every cell of the grid (the paper's heatmaps and
+its statistics of a whole grid). What each setting's pairs can mean is measured beside them: the model's
+accuracy on the setting's games, with its exact interval, and the rate of always giving their more common
+answer. A model that answers a setting no better than that has nothing there for an alignment to move, and
+its IIAs on the setting mean nothing (das_lib.runs.robustness_table flags them).
+
+Pairs are drawn from seeds.setting_seed(seed), never from a grid's own training or test seeds; settings that
+change only the prompt share their pairs, so two rows differ only in what their setting changes. The
+paper's rows are in das_lib.paper.
 """
 from __future__ import annotations
 
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from das_lib import paper
-from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.method.counterfactual import make_pair
+from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import caches_or_plain
-from das_lib.method.interventions import load_intervention
-from das_lib.method.seeds import screening_seed, setting_seed
-from das_lib.method.sites import Site, layer_module
-from das_lib.method.training import PlainForward, evaluate, unintervened_iia
-from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of, parse_bracket, price, sample_game, sample_pairs
-from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
-from das_lib.runs.grids import COLUMNS, grid_stats, iia_grid
-from das_lib.runs.store import Store
+from das_lib.method.outcome import Outcome
+from das_lib.method.seeds import screening_seed, setting_games_seed, setting_seed
+from das_lib.method.stats import binomial_interval
+from das_lib.method.training import PlainForward, answer_tokens, answers_both_ways
+from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of_games, parse_bracket, price, sample_game, sample_pair
+from das_lib.pricetag.task import PriceTagTask, model_answers
+from das_lib.runs import pools
+from das_lib.runs.grid import Cell
+from das_lib.runs.grids import iia_grid
+from das_lib.runs.jobs import candidate_data
+
+Pair = pools.Pair
 
 # A longer irrelevant passage (not in the stand-in's training pool of contexts).
 LONG_CONTEXT = (
@@ -139,9 +154,7 @@ def settings_table(settings: Sequence[Setting]) -> pd.DataFrame:
 # Pairs of a setting
 
 
-def split_by_answers(
-    pairs: Sequence[CounterfactualPair], base_ok: Sequence[bool], source_ok: Sequence[bool]
-) -> tuple[list[CounterfactualPair], list[CounterfactualPair]]:
+def split_by_answers(pairs: Sequence[Pair], base_ok: Sequence[bool], source_ok: Sequence[bool]) -> tuple[list[Pair], list[Pair]]:
     """(pairs whose base and source the model both answers correctly, the other pairs)."""
     if not len(pairs) == len(base_ok) == len(source_ok):
         raise ValueError(f"{len(pairs)} pairs but {len(base_ok)} base and {len(source_ok)} source answers")
@@ -151,107 +164,146 @@ def split_by_answers(
     return correct, incorrect
 
 
-def screen_pairs(
-    model: nn.Module, task: PriceTagTask, hypothesis: str, n: int, seed: int, max_screened: int,
-    want: Sequence[str] = ANSWER_FILTERS, chunk: int = 512,
-) -> tuple[dict[str, list[CounterfactualPair]], int]:
-    """Standard pairs split by the model's factual answers, drawn in rounds until each wanted set
-    ("correct", "incorrect") has `n` pairs or `max_screened` pairs were screened.
+def screen_pairs(model: nn.Module, task: PriceTagTask, n: int, seed: int, max_screened: int,
+                 bracket: tuple[int, int] | None = None, chunk: int = 512) -> tuple[dict[str, list[Pair]], int]:
+    """Pairs of games split by the model's factual answers, drawn in rounds until both sets ("correct",
+    "incorrect") have `n` pairs or `max_screened` pairs were screened.
 
     Returns ({"correct": [...], "incorrect": [...]}, pairs screened); a set may hold fewer than `n`.
     """
-    found: dict[str, list[CounterfactualPair]] = {"correct": [], "incorrect": []}
+    found: dict[str, list[Pair]] = {"correct": [], "incorrect": []}
     screened, round_ = 0, 0
-    chunk = max(2, chunk - chunk % 2)
-    while screened < max_screened and any(len(found[w]) < n for w in want):
+    while screened < max_screened and any(len(v) < n for v in found.values()):
         size = min(chunk, max_screened - screened)
-        size -= size % 2
-        if size < 2:
-            break
-        pairs = sample_pairs(hypothesis, size, screening_seed(seed, round_))
-        answers = model_answers(model, task, [p.base for p in pairs] + [p.source for p in pairs])
-        correct, incorrect = split_by_answers(pairs, answers[:size].tolist(), answers[size:].tolist())
+        rng = random.Random(screening_seed(seed, round_))
+        pairs = [sample_pair(rng, bracket) for _ in range(size)]
+        right = model_answers(model, task, [b for b, _ in pairs] + [s for _, s in pairs])
+        correct, incorrect = split_by_answers(pairs, right[:size].tolist(), right[size:].tolist())
         found["correct"] += correct
         found["incorrect"] += incorrect
-        screened += size
-        round_ += 1
-    return {w: found[w][:n] for w in found}, screened
+        screened, round_ = screened + size, round_ + 1
+    return {k: v[:n] for k, v in found.items()}, screened
+
+
+def setting_pairs(setting: Setting, model: nn.Module, task: PriceTagTask, n: int, seed: int, max_screened: int,
+                  screened: dict[Any, Any] | None = None) -> tuple[list[Pair], int]:
+    """The setting's pairs of games (drawn from seeds.setting_seed(seed), with its bracket) and how many pairs
+    were screened to find them (0 when none had to be). `screened` keeps a screening for the next setting with
+    the same prompts (correct-only and incorrect-only share one)."""
+    if setting.answers is None:
+        rng = random.Random(setting_seed(seed))
+        return [sample_pair(rng, setting.bracket) for _ in range(n)], 0
+    key = (setting.variant, setting.context, setting.bracket)
+    screened = {} if screened is None else screened
+    if key not in screened:
+        screened[key] = screen_pairs(model, task, n, setting_seed(seed), max_screened, setting.bracket)
+    found, count = screened[key]
+    return found[setting.answers], count
+
+
+def task_check(model: nn.Module, task: PriceTagTask, setting: Setting, n_games: int, seed: int) -> dict[str, Any]:
+    """Does the model answer the setting's games (its prompts and bracket) better than chance? Its accuracy on
+    `n_games` games (over the setting's answer tokens) with the exact 95% interval, the rate of always giving
+    the games' more common answer, and `answers`: the interval's lower end lies above that rate."""
+    rng = random.Random(setting_games_seed(seed))
+    games = [sample_game(rng, setting.bracket) for _ in range(n_games)]
+    right = int(model_answers(model, task, games).sum())
+    low, high = binomial_interval(right, n_games)
+    majority = majority_rate_of_games(games)
+    return {"games": n_games, "task acc": right / n_games, "task acc low": low, "task acc high": high,
+            "majority": majority, "answers": bool(low > majority)}
 
 
 # ---------------------------------------------------------------------------------------------
 # Evaluating alignments on a setting (inference only)
 
 
-def evaluate_grid(
-    model: nn.Module, task: PriceTagTask, pairs: Sequence[CounterfactualPair], alignments: pd.DataFrame, store: Store,
-    fast: bool = True, loaded: dict[str, nn.Module] | None = None,
-) -> pd.DataFrame:
-    """IIA of every alignment in `alignments` (rows of `alignment_table`) on `pairs` under `task`.
+@dataclass
+class Alignments:
+    """What a robustness study reuses, by hypothesis: the cell chosen on validation, every run at its chosen site
+    (training seeds x data seeds), the cells the heatmaps show (empty: none), their interventions, and the grid's
+    own test IIA of those cells (`trained`: candidate, layer, position, seed, iia)."""
 
-    The model runs once over the pairs for all layers and positions (fast path); returns one row per
-    cell: hypothesis, layer, position, iia, path. `loaded` keeps the alignments loaded (by record hash)
-    for the next call: every setting evaluates the same ones.
-    """
+    chosen: dict[str, Cell]
+    at_site: dict[str, list[Cell]]
+    grid: dict[str, list[Cell]]
+    interventions: dict[Cell, nn.Module]
+    trained: pd.DataFrame
+
+    def cells(self, hypothesis: str) -> list[Cell]:
+        """Every cell of `hypothesis` a setting evaluates, once each."""
+        return list(dict.fromkeys([self.chosen[hypothesis], *self.at_site[hypothesis], *self.grid.get(hypothesis, [])]))
+
+
+def encode_pairs(task: PriceTagTask, pairs: Sequence[Pair], roles: Sequence[str], device: torch.device) -> InterchangeData:
+    """The pairs' prompts at `roles` ((N, k) positions), on `device`; every candidate puts its own labels on them."""
+    reference = next(iter(task.hypotheses().values()))
+    labelled = [make_pair(reference.model, base, source, reference.variables[:1]) for base, source in pairs]
+    return task.interchange_data(labelled, list(roles)).to(device)
+
+
+def outcomes_on(model: nn.Module, task: PriceTagTask, pairs: Sequence[Pair], interventions: Mapping[Cell, nn.Module]
+                ) -> tuple[dict[Cell, Outcome], dict[str, np.ndarray]]:
+    """Each alignment's `Outcome` on `pairs` under `task` (every pair once per variable of its candidate), from
+    one pass of the model per layer for all positions (the exact fast path; the plain one where it cannot run),
+    and each candidate's (V, N) counterfactual label tokens."""
     device = next(model.parameters()).device
-    hidden_size = model.config.hidden_size
-    positions = list(dict.fromkeys(alignments["position"]))
-    data = task.interchange_data(pairs, positions).to(device)
-    rows = []
-    layers = sorted(int(l) for l in alignments["layer"].unique())
-    caches = caches_or_plain(model, layers, [data]) if fast else dict.fromkeys(layers)  # one forward pass for all layers
-    for layer, group in alignments.groupby("layer", sort=True):
-        shared = caches[int(layer)]
-        for row in group.itertuples(index=False):
-            j = positions.index(row.position)
-            column, site = data.column(j), Site(int(layer), row.position)
-            intervention = _load(store, row, hidden_size, next(layer_module(model, site).parameters()).device, loaded)
-            if shared is not None:
-                forward, path = shared.for_position(j, [column], site, intervention), "fast"
-            else:
-                forward, path = PlainForward(model, site, intervention), "plain"
-            rows.append({"hypothesis": row.hypothesis, "layer": int(layer), "position": row.position,
-                         "iia": evaluate(forward, column), "path": path})
-    return pd.DataFrame(rows)
-
-
-
-
-def _load(store: Store, row: Any, hidden_size: int, device: torch.device, loaded: dict[str, nn.Module] | None) -> nn.Module:
-    """The alignment of a row of `alignment_table`, built on `device`, from `loaded` when it is there."""
-    if loaded is not None and row.hash in loaded:
-        return loaded[row.hash]
-    try:
-        intervention, _ = load_intervention(store.root / row.hash / row.alignment, hidden_size, device)
-    except (RuntimeError, KeyError, ValueError) as err:  # a file written by another version of das_lib.method.interventions
-        raise RuntimeError(
-            f"cannot load the alignment of {row.hypothesis} L{row.layer}@{row.position} from {store.root / row.hash}: "
-            f"{err}. It was probably saved by another version of das_lib; delete that folder (or the whole "
-            "store) and train it again (train_missing=True, or the sweep chapter)"
-        ) from err
-    if loaded is not None:
-        loaded[row.hash] = intervention.eval()
-    return intervention.eval()
+    roles = list(dict.fromkeys(c.position for c in interventions))
+    data = encode_pairs(task, pairs, roles, device)
+    caches = caches_or_plain(model, sorted({c.layer for c in interventions}), [data])
+    base = data.column(0)
+    none, vocab_none = answer_tokens(model, base), answer_tokens(model, base.read_over(None))
+    labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    out = {}
+    for cell, intervention in interventions.items():
+        if cell.candidate not in labels:
+            labels[cell.candidate] = pools.labels(task, pools.candidate(task, cell.candidate, None), pairs)
+        ids, factual = (torch.from_numpy(a) for a in labels[cell.candidate])
+        j = roles.index(cell.position)
+        examples = candidate_data(data.column(j), ids.numpy())
+        shared = caches[cell.layer]
+        forward = (PlainForward(model, cell.site(), intervention) if shared is None
+                   else shared.for_position(j, [examples], cell.site(), intervention))
+        ours, vocab = (t.view(*ids.shape) for t in answers_both_ways(forward, examples))
+        out[cell] = Outcome(correct=(ours == ids).numpy(), none=(none[None, :] == ids).numpy(),
+                            changed=(ids != factual[None, :]).numpy(), vocab_correct=(vocab == ids).numpy(),
+                            vocab_none=(vocab_none[None, :] == ids).numpy())
+    return out, {k: v[0] for k, v in labels.items()}
 
 
 @dataclass
 class RobustnessResult:
-    """Per-cell IIA of every setting (`cells`), the reference grids, and the summary table (`table`)."""
+    """Every evaluated alignment's `Outcome` on every setting, what each setting's pairs can mean (`checks`), and
+    the alignments reused; das_lib.runs.robustness_table reads the tables from it."""
 
     settings: list[Setting]
-    cells: pd.DataFrame  # setting, hypothesis, layer, position, iia, path
-    reference: pd.DataFrame  # the alignments used: hypothesis, layer, position, iia (trained grid), ...
-    table: pd.DataFrame  # one row per setting (index: key)
+    alignments: Alignments
+    outcomes: dict[str, dict[Cell, Outcome]]  # setting key -> cell -> Outcome
+    labels: dict[str, np.ndarray]  # setting key -> (V, N) label tokens of the setting's hypothesis
+    checks: pd.DataFrame  # per setting key: pairs, screened, games, task acc (low, high), majority, answers
+    positions: list[str]
     seconds: float = 0.0  # wall-clock time of the evaluation
     cpu_seconds: float = 0.0  # CPU time of this process (all threads): comparable on a busy machine
-    positions: list[str] = field(default_factory=list)
+    cells: pd.DataFrame = field(init=False)  # one row per (setting, grid cell): the IIA the heatmaps show
+
+    def __post_init__(self) -> None:
+        rows = [{"setting": key, "hypothesis": cell.candidate, "layer": cell.layer, "position": cell.position,
+                 "seed": cell.seed, "iia": float(outcome.correct.mean())}
+                for key, by_cell in self.outcomes.items() for cell, outcome in by_cell.items()
+                if cell in self.alignments.grid.get(cell.candidate, [])]
+        self.cells = pd.DataFrame(rows, columns=["setting", "hypothesis", "layer", "position", "seed", "iia"])
+
+    def setting(self, key: str) -> Setting:
+        return next(s for s in self.settings if s.key == key)
 
     def grid(self, key: str) -> pd.DataFrame:
-        """The layer x position IIA grid of setting `key`."""
+        """The layer x position IIA grid of setting `key` (mean over the grid's seeds)."""
         return iia_grid(self.cells[self.cells["setting"] == key], positions=self.positions)
 
     def trained_grid(self, hypothesis: str) -> pd.DataFrame:
-        """The grid the alignments of `hypothesis` were trained on (their IIA recorded by the sweep)."""
-        return iia_grid(self.reference[self.reference["hypothesis"] == hypothesis], positions=self.positions)
+        """The grid the alignments of `hypothesis` were trained on: their IIA on the grid's own test pairs."""
+        trained = self.alignments.trained
+        return iia_grid(trained[trained["candidate"] == hypothesis], positions=self.positions)
 
     def grids(self) -> dict[str, pd.DataFrame]:
         """Every setting's grid with pairs, by title (for plots.heatmap_panels)."""
@@ -274,73 +326,29 @@ class RobustnessResult:
         return {g: groups[g] for g in order if g in groups}
 
 
-def _setting_pairs(
-    setting: Setting, model: nn.Module, task: PriceTagTask, n: int, seed: int, max_screened: int,
-    screened_cache: dict[str, Any],
-) -> tuple[list[CounterfactualPair], int]:
-    """The setting's pairs and how many pairs were screened to find them (0 when none had to be)."""
-    if setting.answers is None:
-        return sample_pairs(setting.hypothesis, n, seed, setting.bracket), 0
-    key = (setting.hypothesis, setting.variant, setting.context)
-    if key not in screened_cache:  # correct-only and incorrect-only share one screening
-        screened_cache[key] = screen_pairs(model, task, setting.hypothesis, n, seed, max_screened)
-    found, screened = screened_cache[key]
-    return found[setting.answers], screened
-
-
-def evaluate_settings(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    template: str,
-    settings: Sequence[Setting],
-    store: Store,
-    alignments: pd.DataFrame,
-    n_pairs: int,
-    n_task: int,
-    seed: int,
-    max_screened: int,
-    fast: bool = True,
-) -> RobustnessResult:
-    """Evaluate the alignments of each setting's hypothesis on the setting's pairs and sum up each grid.
-
-    Every setting shares `seed`: the pairs of two settings differ only in what the setting changes (pairs
-    come from seeds.setting_seed(seed), never from a sweep's own training or test seeds).
-    Task accuracy is measured on `n_task` games drawn as the paper does (with the setting's bracket);
-    for the answer-filtered settings, on the games of the kept pairs. "no intervention" is the IIA of
-    leaving the model alone on the setting's pairs (the baseline every IIA of the row is read against).
-    """
-    if n_pairs < 2 or n_pairs % 2:
-        raise ValueError(f"n_pairs must be an even number >= 2 (pairs are balanced Yes/No), got {n_pairs}")
+def evaluate_settings(model: nn.Module, tokenizer: PreTrainedTokenizerBase, template: str, settings: Sequence[Setting],
+                      alignments: Alignments, n_pairs: int, n_games: int, seed: int, max_screened: int) -> RobustnessResult:
+    """Every alignment of each setting's hypothesis in `alignments` on the setting's `n_pairs` pairs (inference
+    only), and the model's accuracy on `n_games` of the setting's games beside its majority rate."""
+    if n_pairs < 2 or n_games < 1 or max_screened < 2:
+        raise ValueError(f"need n_pairs >= 2, n_games >= 1 and max_screened >= 2; got {n_pairs}, {n_games}, {max_screened}")
+    missing = sorted({s.hypothesis for s in settings} - set(alignments.chosen))
+    if missing:
+        raise KeyError(f"the settings reuse the alignments of {missing}, which were not given (they hold {sorted(alignments.chosen)})")
     start, cpu_start = time.perf_counter(), time.process_time()
-    positions = list(dict.fromkeys(alignments["position"]))
-    cells, rows, screened_cache, accuracy_cache, loaded = [], [], {}, {}, {}
+    outcomes, labels, checks, screened, known = {}, {}, {}, {}, {}
     for s in settings:
         task = s.task(tokenizer, template)
-        pairs, screened = _setting_pairs(s, model, task, n_pairs, setting_seed(seed), max_screened, screened_cache)
-        reference = iia_grid(alignments[alignments["hypothesis"] == s.hypothesis], positions=positions)
-        row: dict[str, Any] = {"setting": s.title, "hypothesis": s.hypothesis, "pairs": len(pairs), "screened": screened}
+        pairs, count = setting_pairs(s, model, task, n_pairs, seed, max_screened, screened)
+        prompts = (s.variant, s.context, s.bracket)
+        if prompts not in known:  # settings with the same prompts and games share the check
+            known[prompts] = task_check(model, task, s, n_games, seed)
+        checks[s.key] = {"setting": s.title, "hypothesis": s.hypothesis, "pairs": len(pairs), "screened": count, **known[prompts]}
         if pairs:
-            grid_rows = evaluate_grid(model, task, pairs, alignments[alignments["hypothesis"] == s.hypothesis], store, fast, loaded)
-            cells.append(grid_rows.assign(setting=s.key))
-            if s.answers is None:  # settings that share prompts and games (the standard rows) share the number
-                key = (s.variant, s.context, s.bracket)
-                if key not in accuracy_cache:
-                    rng = random.Random(seed)
-                    accuracy_cache[key] = task_accuracy(model, task, [sample_game(rng, s.bracket) for _ in range(n_task)])
-                accuracy = accuracy_cache[key]
-            else:
-                accuracy = task_accuracy(model, task, [p.base for p in pairs] + [p.source for p in pairs])
-            device = next(model.parameters()).device
-            none = unintervened_iia(model, task.interchange_data(pairs, positions[0]).to(device))
-            row.update({"dummy": majority_rate_of(pairs), "task acc": accuracy, "no intervention": none,
-                        **grid_stats(iia_grid(grid_rows, positions=positions), reference)})
-        else:
-            row.update({"dummy": float("nan"), "task acc": float("nan"), "no intervention": float("nan"),
-                        **dict.fromkeys(COLUMNS, float("nan"))})
-        theirs = paper.ROBUSTNESS.get(s.paper) if s.paper else None
-        row.update({f"paper {c}": (theirs[i] if theirs else float("nan")) for i, c in enumerate(COLUMNS)})
-        rows.append(row)
-    table = pd.DataFrame(rows, index=pd.Index([s.key for s in settings], name="key"))
-    all_cells = pd.concat(cells, ignore_index=True) if cells else pd.DataFrame(columns=["setting", "hypothesis", "layer", "position", "iia", "path"])
-    return RobustnessResult(list(settings), all_cells, alignments, table, time.perf_counter() - start,
-                            time.process_time() - cpu_start, positions)
+            interventions = {c: alignments.interventions[c] for c in alignments.cells(s.hypothesis)}
+            outcomes[s.key], by_candidate = outcomes_on(model, task, pairs, interventions)
+            labels[s.key] = by_candidate[s.hypothesis]
+    positions = list(dict.fromkeys(c.position for cells in alignments.grid.values() for c in cells))
+    table = pd.DataFrame.from_dict(checks, orient="index").rename_axis("key")
+    return RobustnessResult(list(settings), alignments, outcomes, labels, table, positions,
+                            time.perf_counter() - start, time.process_time() - cpu_start)

@@ -49,14 +49,16 @@ def sweep_spec(model: str, hypotheses: Sequence[str], layers: Sequence[int] = ()
                     positions=tuple(positions), **settings)
 
 
-def spec_from_params(values: Mapping[str, Any]) -> GridSpec:
-    """The sweep a chapter's parameters describe (chapter 8's names), so that a script splitting that sweep over
-    processes (benchmarks/gpu_sweep_workers.py) trains the chapter's own cells."""
+def spec_from_params(values: Mapping[str, Any], budget: Sequence[int] | None = None) -> GridSpec:
+    """The sweep a chapter's parameters describe (chapters 6 and 8's names) at `budget` (steps, batch size, training
+    pairs; default the parameter `budget`), so that a script splitting that sweep over processes
+    (benchmarks/gpu_sweep_workers.py) trains the chapter's cells."""
     v = values
+    steps, batch_size, n_train = budget if budget is not None else v["budget"]
     return sweep_spec(v["model"], v["hypotheses"], v["layers"], v["positions"], seeds=tuple(v["seeds"]),
                       extra_seeds=tuple(v["extra_seeds"]), extra_data_seeds=tuple(v["extra_data_seeds"]),
-                      train=TrainConfig(steps=v["steps"], batch_size=v["batch_size"], orthogonal_map=v["orthogonal_map"]),
-                      n_train=v["n_train"], n_val=v["n_val"], n_test=v["n_test"], n_task=v["n_task"],
+                      train=TrainConfig(steps=steps, batch_size=batch_size, orthogonal_map=v["orthogonal_map"] or None),
+                      n_train=n_train, n_val=v["n_val"], n_test=v["n_test"], n_task=v["n_task"],
                       data_seed=v["data_seed"], dtype=v["dtype"])
 
 

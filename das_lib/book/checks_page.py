@@ -1,0 +1,206 @@
+"""The checks a finding stands on, as a page shows them: the model's accuracy, the budget the positive control
+vouches for, the nulls, the convergence of training, the committed cells this build retrained, and the
+finding figure's rows. The library computes them (das_lib.runs.calibration, controls, committed); only this
+module words them.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from das_lib.book.findings_page import with_interval
+from das_lib.runs import committed, controls
+from das_lib.runs.findings import Finding
+from das_lib.runs.grid import Cell, Grid
+
+CHECKS = {"first": "planted program first", "site": "at the planted site", "variables": "each variable realised",
+          "search": "first among programs"}
+
+
+def titles(grid: Grid, candidates: Sequence[str]) -> dict[str, str]:
+    """Each candidate's readable name."""
+    return {c: grid.candidate(c).title for c in candidates}
+
+
+def model_values(record: Mapping[str, Any] | None, accuracy: Mapping[str, float], n_task: int) -> dict[str, Any]:
+    """The model's accuracy over the answer tokens and the vocabulary, and a sentence on its fine-tuning record."""
+    if record is None:
+        sentence = "This model has no fine-tuning record in its folder (it was not fine-tuned by das_lib)."
+    else:
+        c = record["config"]
+        sentence = (f"The adapter was trained for {c['steps']} steps of {c['batch_size']} fresh games "
+                    f"({record['train_seconds'] / 60:.1f} minutes of wall time, {record['train_cpu_seconds']:.0f} CPU-seconds).")
+    return {"training_sentence": sentence, "task_acc": accuracy["task_accuracy"],
+            "task_acc_vocabulary": accuracy["task_accuracy_vocabulary"], "task_majority": accuracy["majority"],
+            "n_task": n_task}
+
+
+def accuracy_table(record: Mapping[str, Any] | None, accuracy: Mapping[str, float]) -> pd.DataFrame:
+    """The model's accuracy on fresh games as this chapter reads it, and, from its fine-tuning record, per setting."""
+    rows = {"fresh games, over the answer tokens (this book's reading)": accuracy["task_accuracy"],
+            "fresh games, over the whole vocabulary (the paper's)": accuracy["task_accuracy_vocabulary"],
+            "fresh games: always the more common answer": accuracy["majority"]}
+    if record is not None:
+        rows |= {f"fine-tuning record: {k}": v for k, v in record["accuracy"].items()}
+    return pd.Series(rows, name="accuracy").to_frame()
+
+
+def ladder_table(ladder: pd.DataFrame) -> pd.DataFrame:
+    """`calibration.calibrate`'s table as a page shows it: per budget, each check and the planted program's score."""
+    out = pd.DataFrame({"steps x batch": [f"{s} x {b}" for s, b in zip(ladder["steps"], ladder["batch"])],
+                        "training pairs": ladder["n_train"], "site found": ladder["found_site"],
+                        **{name: ladder[key].map({True: "yes", False: "no"}) for key, name in CHECKS.items()},
+                        "planted program's score [95%]": [with_interval(*r) for r in
+                                                          ladder[["score", "score low", "score high"]].itertuples(index=False)],
+                        "passed": ladder["passed"].map({True: "yes", False: "no"})})
+    return out.set_index("steps x batch")
+
+
+def budget_values(ladder: pd.DataFrame, budget: Sequence[int], forced: bool = False) -> dict[str, Any]:
+    """What the prose says of the calibration: the budget used, where the control passed, and the limit on every
+    verdict when it did not pass at the budget used."""
+    passed = ladder[ladder["passed"]]
+    at = ladder[(ladder["steps"] == budget[0]) & (ladder["batch"] == budget[1]) & (ladder["n_train"] == budget[2])]
+    vouched = bool(len(at)) and bool(at["passed"].iloc[0])
+    if passed.empty:
+        sentence = f"passes at none of the {len(ladder)} budgets tried."
+    else:
+        first = passed.iloc[0]
+        sentence = f"first passes every check at {first['steps']} steps of {first['batch']} pairs on {first['n_train']} training pairs."
+    limit = ("the control passed at this budget, so it vouches for what the search finds and misses here." if vouched else
+             "**the control did not pass at this budget, so nothing below is vouched for: a hypothesis found nowhere "
+             "may have been missed, and one found may be an artefact the control would have exposed.**")
+    if forced:
+        limit = "this budget was set by the parameter `budget`, not calibrated; " + limit
+    return {"steps": budget[0], "batch": budget[1], "n_train": budget[2], "sentence": sentence, "limit": limit,
+            "vouched": "yes" if vouched else "no"}
+
+
+def curves_with_control(curve: pd.DataFrame, ladder: pd.DataFrame, control: str, planted: str) -> pd.DataFrame:
+    """The model's budget curve beside the control's planted program at each budget of the ladder."""
+    rows = ladder.assign(model=control, candidate=planted)[["model", "steps", "batch", "n_train", "candidate",
+                                                            "score", "score low", "score high"]]
+    return pd.concat([curve, rows], ignore_index=True)
+
+
+def curve_values(curve: pd.DataFrame, candidate: str, budget: Sequence[int]) -> dict[str, float]:
+    """The candidate's score at the budget used and at the largest budget tried, with their intervals."""
+    mine = curve[curve["candidate"] == candidate]
+    used = mine[(mine["steps"] == budget[0]) & (mine["batch"] == budget[1])].iloc[0]
+    largest = mine.loc[(mine["steps"] * mine["batch"]).idxmax()]
+    return {"used": used["score"], "used_low": used["score low"], "used_high": used["score high"],
+            "largest": largest["score"], "largest_low": largest["score low"], "largest_high": largest["score high"],
+            "largest_budget": f"{int(largest['steps'])} x {int(largest['batch'])}"}
+
+
+def null_values(finding: Finding, nulls: Mapping[str, Finding], subspaces: pd.DataFrame, null_grid: Grid) -> dict[str, Any]:
+    """The numbers the nulls' prose states (`nulls`: "random weights" and "control task" findings)."""
+    rw, control = nulls["random weights"], nulls["control task"]
+    row, c = rw.table.loc[rw.first], control.table.loc[control.first]
+    return {"task_acc": null_grid.task_accuracy(), "task_majority": null_grid.task_record()["majority"],
+            "none": float(row["none"]), "majority": float(row["majority"]), "score": float(row["score"]),
+            "score_low": float(row["score low"]), "score_high": float(row["score high"]), "first": rw.first,
+            "control_score": float(c["score"]), "control_score_low": float(c["score low"]),
+            "control_score_high": float(c["score high"]), "draws": len(subspaces),
+            "subspace_max": float(subspaces["score"].max()), "subspace_p95": float(np.percentile(subspaces["score"], 95)),
+            "subspace_learned": float(subspaces["learned"].iloc[0])}
+
+
+def null_table(finding: Finding, nulls: Mapping[str, Finding], subspaces: pd.DataFrame,
+               titles: Mapping[str, str]) -> pd.DataFrame:
+    """The finding's first hypothesis beside each null's best (chosen on its own validation pairs) and the random
+    subspaces: site, test score and summed gain with intervals, IIA of doing nothing and majority rate."""
+    def row(name: str, f: Finding) -> dict[str, Any]:
+        t = f.table.loc[f.first]
+        return {"": name, "hypothesis": titles.get(f.first, f.first), "site": t["site"],
+                "score [95%]": with_interval(t["score"], t["score low"], t["score high"]),
+                "summed gain [95%]": with_interval(t["raw"], t["raw low"], t["raw high"]),
+                "no intervention": f"{t['none']:.3f}", "majority label": f"{t['majority']:.3f}"}
+
+    rows = [row("finding", finding)] + [row(name, f) for name, f in nulls.items()]
+    rows.append({"": f"random subspaces ({len(subspaces)} draws)", "hypothesis": titles.get(finding.first, finding.first),
+                 "site": finding.table.loc[finding.first, "site"],
+                 "score [95%]": f"max {subspaces['score'].max():+.3f}, 95th percentile {np.percentile(subspaces['score'], 95):+.3f}",
+                 "summed gain [95%]": "", "no intervention": "", "majority label": ""})
+    return pd.DataFrame(rows).set_index("")
+
+
+def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch: str) -> pd.DataFrame:
+    """Retrain from scratch the chosen cell (first seed, first pool) of every candidate of each (grid, finding) in
+    `read` (the model's hypotheses, its control task, the positive control's) and check each against the committed
+    one (`committed.verify`, one fresh scratch store per grid); without a committed store, say that every cell was
+    trained by this build."""
+    tables = []
+    for i, (grid, finding) in enumerate(read):
+        cells = [Cell(c, s.layer, s.position, grid.spec.seeds[0], grid.spec.data_seed) for c, s in finding.sites.items()]
+        if not store_name:
+            tables.append(pd.DataFrame({"cell": [f"{grid.spec.model}: {c.candidate} L{c.layer} {c.position}" for c in cells],
+                                        "verified": "trained by this build: nothing committed to check"}).set_index("cell"))
+            continue
+        table = committed.verify(grid, cells, f"{scratch}/{i}").round(3)
+        tables.append(table.rename(index=lambda cell: f"{grid.spec.model}: {cell}"))
+    return pd.concat(tables)
+
+
+def committed_note(name: str, seeded: int) -> str:
+    """Where the committed cells came from (its manifest), or that this run used none."""
+    about = committed.manifest(name) if name else None
+    if not name or about is None:
+        return "this run used no committed store"
+    return (f"{seeded} cells copied into this run's store; made on {about['date']} on {about['machine']} in "
+            f"{about['hours']:.1f} hours by `{about['command']}`")
+
+
+def finding_rows(finding: Finding, titles: Mapping[str, str], nulls: Mapping[str, Finding], subspaces: pd.DataFrame,
+                 control: Finding) -> pd.DataFrame:
+    """The rows of the finding figure: each variable's normalised gain at its hypothesis's site, each null's best,
+    the random subspaces' 95th percentile, and the positive control's planted variables, with their intervals."""
+    rows = []
+    for (c, v), r in finding.variables.iterrows():
+        label = titles.get(c, c) if len(finding.variables.loc[c]) == 1 else f"{titles.get(c, c)}: {v}"
+        rows.append({"label": label, "value": r["normalised"], "low": r["normalised low"], "high": r["normalised high"],
+                     "group": "hypotheses (model)"})
+    for name, f in nulls.items():
+        t = f.table.loc[f.first]
+        rows.append({"label": f"{name}: {titles.get(f.first, f.first)}", "value": t["score"], "low": t["score low"],
+                     "high": t["score high"], "group": "nulls"})
+    p95 = float(np.percentile(subspaces["score"], 95))
+    rows.append({"label": f"random subspaces (95th pct of {len(subspaces)})", "value": p95, "low": p95, "high": p95,
+                 "group": "nulls"})
+    for (c, v), r in control.variables.loc[[control.first]].iterrows():
+        rows.append({"label": f"planted stand-in: {v}", "value": r["normalised"], "low": r["normalised low"],
+                     "high": r["normalised high"], "group": "positive control"})
+    return pd.DataFrame(rows).set_index("label")
+
+
+
+def planted_values(model: str, finding: Finding, titles: Mapping[str, str]) -> dict[str, str]:
+    """What the prose says of a planted model's search: the planted program and site, the site chosen for it on
+    validation, and whether each of its variables is realised there ("none (not planted)" for other models)."""
+    truth = controls.planted(model)
+    if truth is None or truth["candidate"] not in finding.sites:
+        none = "none (nothing planted, or not searched)"
+        return {"planted": none, "planted_site": none, "planted_found": none, "planted_realised": none}
+    key, site = truth["candidate"], finding.sites[truth["candidate"]]
+    realised = finding.realised(key)
+    return {"planted": titles.get(key, key), "planted_site": f"L{truth['layer']} {truth['position']}",
+            "planted_found": f"L{site.layer} {site.position}",
+            "planted_realised": ", ".join(f"{v} {'yes' if ok else 'no'}" for v, ok in realised.items())}
+
+
+def summary_table(finding: Finding, titles: Mapping[str, str], nulls: Mapping[str, Finding], control: Finding,
+                  control_titles: Mapping[str, str]) -> pd.DataFrame:
+    """The landing page's small table: each hypothesis at its chosen site, each null's best, and the positive
+    control's planted program, with the test score and its interval and which variables are realised."""
+    def row(name: str, f: Finding, key: str, names: Mapping[str, str]) -> dict[str, str]:
+        t, realised = f.table.loc[key], f.realised(key)
+        held = [v for v, ok in realised.items() if ok]
+        return {"": name, "site": t["site"], "score [95%]": with_interval(t["score"], t["score low"], t["score high"]),
+                "variables realised": f"{len(held)} of {len(realised)}" + (f" ({', '.join(held)})" if held else "")}
+
+    rows = [row(titles.get(c, c), finding, c, titles) for c in finding.order]
+    rows += [row(f"null: {name} ({titles.get(f.first, f.first)})", f, f.first, titles) for name, f in nulls.items()]
+    rows.append(row(f"positive control: {control_titles.get(control.first, control.first)}", control, control.first, control_titles))
+    return pd.DataFrame(rows).set_index("")
