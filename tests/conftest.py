@@ -5,12 +5,21 @@ queries and keys, four norms per layer, scaled embeddings): both small enough th
 in milliseconds, with attention sharpened as in a trained model (at the default initialisation attention is
 nearly uniform, and a wrong mask or rotary offset would change almost nothing). Gemma's window (4 tokens) is
 shorter than the tests' prompts, so that the sliding window really hides keys.
+
+And the grid engine's tests' tiny grid (tests/tiny_grid.py), run once per session; tests that change a store
+work on a copy of the finished one (`copy_store`), so that every test sees the grid as one uninterrupted run left it.
 """
 from __future__ import annotations
+
+import shutil
+from typing import Callable
 
 import pytest
 import torch
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+
+from das_lib.runs.grid import Grid
+from tiny_grid import CELLS, tiny_spec
 
 TINY_VOCAB, TINY_WIDTH = 40, 32
 GEMMA_LAYER_TYPES = ("sliding_attention", "sliding_attention", "full_attention", "sliding_attention", "full_attention")
@@ -63,3 +72,37 @@ ARCHITECTURES = {"llama": tiny_llama, "gemma3": tiny_gemma}
 def tiny_models() -> dict[str, torch.nn.Module]:
     """Every architecture's tiny model, by name ("llama", "gemma3")."""
     return {name: build() for name, build in ARCHITECTURES.items()}
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory) -> Grid:
+    """The tiny grid run to the end into its own store, on one thread (a tiny model gains nothing from more)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        grid = Grid(tiny_spec(), tmp_path_factory.mktemp("tiny-store"), progress=False)
+        assert grid.run() == {"ran": CELLS, "reused": 0}
+    finally:
+        torch.set_num_threads(threads)
+    return grid
+
+
+@pytest.fixture
+def copy_store(tiny_grid, tmp_path) -> Callable[[str], Grid]:
+    """Makes a copy of the finished tiny grid's store and returns a new Grid of the same spec reading it."""
+
+    def copy(name: str = "copy") -> Grid:
+        root = tmp_path / name
+        shutil.copytree(tiny_grid.store.root, root, ignore=shutil.ignore_patterns("locks"))
+        return Grid(tiny_grid.spec, root, progress=False)
+
+    return copy
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread (more threads only add synchronisation), as Dask workers do."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

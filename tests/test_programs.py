@@ -1,19 +1,23 @@
-"""The space of programs: expression-tree causal models, grouping by labels, separating pairs, ranking."""
+"""The space of programs (expression-tree causal models, grouping by labels, separating pairs) and the search over
+it (das_lib.runs.program_search), a thin layer on the grid engine."""
 from __future__ import annotations
 
 import operator
 import random
 
 import numpy as np
-import torch
 import pytest
+import torch
 
+from das_lib.method.outcome import candidate_score
 from das_lib.method.programs import constant, failures, leaf, node, program, sibling_pairs, variable_nodes
-from das_lib.method.search import Outcome, margin, ranking
 from das_lib.method.separation import group, label_functions, restrict, separated_counts, separating_pairs
+from das_lib.method.training import TrainConfig
 from das_lib.pricetag import game, programs
 from das_lib.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
-from das_lib.runs.program_splits import pair_key
+from das_lib.runs import program_search, protocol
+from das_lib.runs.jobs import majority_rate
+from das_lib.runs.pools import SPLITS, pair_key
 
 A, B, C = leaf("a"), leaf("b"), leaf("c")
 SUM = node("a+b", operator.add, A, B)
@@ -113,91 +117,85 @@ def test_the_unused_variable_never_changes_the_answer(space):
         assert unused.model.interchange(base, source, unused.variables) == task_label(base)
 
 
-# ---- ranking
-
-
-def _outcome(correct: list[list[int]], unintervened: list[list[int]]) -> Outcome:
-    return Outcome(np.array(correct, dtype=bool), np.array(unintervened, dtype=bool))
-
-
-def test_gains_sum_over_variables_and_the_ranking_orders_by_gain():
-    two = _outcome([[1, 1, 1, 1], [1, 1, 1, 0]], [[0, 1, 0, 1], [1, 0, 0, 0]])  # gains 1+1 | 0+1 | 1+1 | 0+0
-    one = _outcome([[1, 1, 0, 1]], [[1, 1, 1, 1]])
-    assert two.gains().tolist() == [1, 1, 2, 0]
-    table = ranking({"one": one, "two": two})
-    assert table.index.tolist() == ["two", "one"] and table["rank"].tolist() == [1, 2]
-    assert table.loc["two", "gain"] == pytest.approx(1.0) and table.loc["one", "gain"] == pytest.approx(-0.25)
-    assert table.loc["one", "iia_low"] < 0.75 < table.loc["one", "iia_high"]
-    mean, low, high = margin(two, one)
-    assert mean == pytest.approx(1.25) and low <= mean <= high
-    assert Outcome.from_dict(two.as_dict()).gains().tolist() == two.gains().tolist()
-
-
 # ---- the search over the stand-in
 
 
 @pytest.fixture(scope="module")
-def small_search(tmp_path_factory):
-    from das_lib.runs.program_search import ProgramSearch, SearchSpec
-
-    keys = ("and(direct,direct) | amount>=lb & ub>=amount", "unused_5.00 | amount>=5.00", "bracket | (lb,ub)")
-    spec = SearchSpec("standin", sites=((1, "last"), (3, "last")), candidates=keys, steps=30, batch_size=16,
-                      n_train=64, n_val=32, n_test=64, pool_factor=2, n_brackets=20)
-    search = ProgramSearch(spec, tmp_path_factory.mktemp("search"), progress=False)
-    return search, search.run()
-
-
-def test_a_search_trains_each_group_once_per_site_and_resumes(small_search):
-    search, counts = small_search
-    assert counts == {"ran": 6, "reused": 0}
-    assert search.run() == {"ran": 0, "reused": 6}
-    search.store.discard(search.config(*search.cells()[0]))  # a cell killed in flight leaves no record
-    assert search.run() == {"ran": 1, "reused": 5}
+def searched(tmp_path_factory):
+    """A chapter's search at a tiny budget (run_search): the paper's four groups at L1 and L3 last, then every group
+    at the better site, then the two leading groups from one more seed (about 60 cells), and its finding."""
+    spec = program_search.SearchSpec("standin", train=TrainConfig(steps=2, batch_size=8), n_train=32, n_val=24, n_test=32,
+                                     pool_factor=2, family={"n_brackets": 10, "thresholds": [500]}, leading=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        search = program_search.ProgramSearch(spec, tmp_path_factory.mktemp("search"), progress=False)
+        scan, finding = program_search.run_search(search, ((1, 3), ("last",)), 1)
+    finally:
+        torch.set_num_threads(threads)
+    return search, scan, search.every, finding
 
 
-def test_the_splits_share_no_pair_and_every_candidate_is_labelled_by_running_it(small_search):
-    search, _ = small_search
-    keys = [{pair_key(p) for p in search.splits[s].pairs} for s in ("train", "val", "test")]
+def test_the_splits_share_no_pair_and_every_group_is_labelled_by_running_it(searched):
+    search, _, every, _ = searched
+    keys = [{pair_key(p) for p in search.pairs[s]} for s in SPLITS]
     assert not (keys[0] & keys[1] or keys[0] & keys[2] or keys[1] & keys[2])
-    c = search.candidate("bracket | (lb,ub)")
-    base, source = search.splits["test"].pairs[3]
-    assert search.splits["test"].labels[c.key][0][3] == c.model.interchange(base, source, c.variables)
+    c = search.grid_candidate("bracket | (lb,ub)")
+    base, source = search.pairs["test"][3]
+    assert every.labels(c.key, "test")[0][3] == search.task.answer_id(c.model.interchange(base, source, c.variables))
 
 
-def test_the_ranking_reads_the_test_pairs_at_each_groups_best_validation_site(small_search):
-    search, _ = small_search
-    table = search.ranking()
-    assert len(table) == 3 and table["pairs"].eq(64).all()
-    best = search.best_sites()
-    val = search.outcomes("val")
-    for key, site in best.items():
-        assert all(val[(key, site)].gains().mean() >= val[(key, other)].gains().mean() for other in search.spec.sites)
-    assert table.loc["and(direct,direct) | amount>=lb & ub>=amount", "paper"] == "Left and Right Boundary"
-    assert search.planted_group() == "and(direct,direct) | amount>=lb & ub>=amount"
-    mean, low, high = search.margin()
-    assert low <= mean <= high
-
-
-def test_groups_carrying_the_whole_answer_are_not_searched(small_search):
-    search, _ = small_search
+def test_groups_carrying_the_whole_answer_are_not_searched(searched):
+    search, _, _, _ = searched
     answer = search.separation.group_of("product | (amount-lb)*(ub-amount)").key
-    assert answer in search.answer_groups() and answer not in search.groups()
-    frame = search.groups_frame()
-    assert frame["candidates"].sum() == len(search.space.candidates)
+    assert answer in search.answer_groups and answer not in search.groups()
+    assert sum(len(g.members) for g in search.separation.groups) == len(search.family)  # each candidate in one group
+    assert set(search.groups()) | set(search.answer_groups) == {g.key for g in search.separation.groups}
 
 
-def test_the_models_own_answers_from_the_cache_equal_a_full_forward_pass(small_search):
-    from das_lib.method.training import answer_tokens
-    from das_lib.runs.program_search import SPLITS, runner_for
+def test_the_papers_hypotheses_the_plant_and_the_inert_control_have_their_groups(searched):
+    search, _, _, _ = searched
+    assert sorted(search.paper_groups.values()) == sorted(HYPOTHESES)
+    assert search.paper_groups[search.planted_group()] == "left_right"
+    inert = search.inert_groups()
+    assert inert and set(inert) <= set(search.groups())
+    c = search.grid_candidate(inert[0])
+    pairs = [p for s in ("train", "val", "test") for p in search.pairs[s]]
+    assert all(c.model.interchange(b, src, (v,)) == c.model.predict(b) for b, src in pairs for v in c.variables)
+    assert search.title(search.planted_group()).endswith("(Left and Right Boundary)")
 
-    search, _ = small_search
-    runner = runner_for("standin", "float32", "cpu")
-    prepared = search._prepared(runner, [1])
-    for s in SPLITS:
-        assert torch.equal(prepared.base[s], answer_tokens(runner.model, prepared.data[s]))
+
+def test_the_scan_keeps_the_site_where_a_papers_group_scores_best_on_validation(searched):
+    search, scan, every, _ = searched
+    runs = scan.runs()
+    assert len(runs) == 8 and set(runs["candidate"]) == set(search.paper_groups)
+    best = {}
+    for r in runs.itertuples():
+        value = float(candidate_score(r.val.correct, r.val.none, r.val.changed))
+        best[(r.layer, r.position)] = max(best.get((r.layer, r.position), -2.0), value)
+    ranked = sorted(best, key=lambda site: -best[site])
+    assert search.top_sites(scan, 2) == ranked and search.top_sites(scan, 1) == ranked[:1]
+    assert (every.spec.layers, every.spec.positions) == ((ranked[0][0],), ("last",))
+
+
+def test_every_group_is_trained_once_then_the_leading_ones_again_and_a_rerun_reuses_them(searched):
+    search, scan, every, _ = searched
+    runs = every.runs()
+    assert sorted(runs["candidate"]) == sorted(search.groups()) and (runs["seed"] == 0).all()
+    leading = protocol.order(runs, protocol.choose_sites(runs))[:2]
+    lead = search.leading_grid(every)
+    assert lead.spec.candidates == tuple(leading) and {c.seed for c in lead.extra_cells()} == {1}
+    assert len(lead.runs(lead.extra_cells())) == 2
+    assert scan.run() == {"ran": 0, "reused": 8} and every.run() == {"ran": 0, "reused": len(search.groups())}
+
+
+def test_the_searchs_finding_ranks_groups_on_validation_with_the_leading_ones_extra_seeds(searched):
+    search, _, every, finding = searched
+    assert sorted(finding.order) == sorted(search.groups())
+    lead = search.leading_grid(every)
+    assert {c: int(finding.table.loc[c, "runs"]) for c in lead.spec.candidates} == {c: 2 for c in lead.spec.candidates}
+    assert (finding.table.drop(index=list(lead.spec.candidates))["runs"] == 1).all()
 
 
 def test_the_majority_rate_counts_every_variables_labels():
-    from das_lib.method.search import majority_rate
-
-    assert majority_rate([(True, True, False), (False, False, False)]) == pytest.approx(4 / 6)
+    assert majority_rate(np.array([[1, 1, 0], [0, 0, 0]])) == pytest.approx(4 / 6)
