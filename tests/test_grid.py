@@ -251,10 +251,8 @@ def test_bad_grids_are_refused_with_the_valid_choices(tmp_path):
         Grid(tiny_spec(candidates=("right",)), tmp_path).candidate("right")
 
 
-@pytest.mark.xfail(strict=True, reason="Grid.__init__ checks layers and positions but not candidates: an unknown "
-                   "candidate is accepted, and a run measures the task accuracy before failing at its first cell")
 def test_an_unknown_candidate_is_refused_before_anything_runs(tmp_path):
-    with pytest.raises(KeyError, match="neither a hypothesis"):
+    with pytest.raises(ValueError, match=r"candidates \['right'\] are not the task's"):
         Grid(tiny_spec(candidates=("left", "right")), tmp_path)
 
 

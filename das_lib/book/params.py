@@ -332,6 +332,16 @@ def built(names: str, make: Callable[[], Any]) -> Any:
         raise ParameterError(f"parameters {names}: {err}") from None
 
 
+def grid_spec(names: str, make: Callable[[], Any], store: str, device: str) -> Any:
+    """The grid spec `make()` builds from the parameters, checked by building its Grid (layers, positions and
+    candidates the model and task have) on `store`, with any error naming the parameters `names`."""
+    from das_lib.runs.grid import Grid
+
+    spec = built(names, make)
+    built(names, lambda: Grid(spec, store, device, progress=False))
+    return spec
+
+
 def require(condition: bool, name: str, message: str) -> None:
     """Raise a ParameterError about parameter `name` unless `condition` holds."""
     if not condition:

@@ -92,7 +92,8 @@ def check_basis(basis: torch.Tensor, d: int, name: str = "U") -> torch.Tensor:
     if basis.dim() != 2 or basis.shape[0] != d:
         raise ValueError(f"{name} must be a (d, k) basis with d = {d} (the site's width), got shape {tuple(basis.shape)}")
     basis = basis.detach().double().cpu()
-    error = (basis.T @ basis - torch.eye(basis.shape[1], dtype=basis.dtype)).abs().max().item() if basis.numel() else 0.0
+    eye = torch.eye(basis.shape[1], dtype=basis.dtype, device=basis.device)
+    error = (basis.T @ basis - eye).abs().max().item() if basis.numel() else 0.0
     if error > 1e-4:
         raise ValueError(f"{name}'s columns are not orthonormal (max |U^T U - I| = {error:.2g}); orthonormalise it first "
                          "(torch.linalg.qr)")
@@ -256,7 +257,7 @@ def variance_directions(basis: torch.Tensor, spaces: SiteSpaces) -> tuple[torch.
     """(directions (d, k), variances (k,)): `basis`'s principal directions of natural variance, largest first,
     with their variance over the mean per-dimension variance."""
     if basis.shape[1] == 0:
-        return basis, torch.zeros(0, dtype=basis.dtype)
+        return basis, torch.zeros(0, dtype=basis.dtype, device=basis.device)
     values, vectors = torch.linalg.eigh(basis.T @ spaces.covariance @ basis)
     order = values.argsort(descending=True)
     return basis @ vectors[:, order], values[order].clamp(min=0) / spaces.mean_variance()

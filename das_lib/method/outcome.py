@@ -15,8 +15,9 @@ apply it to resampled pairs, and whose leading axes are kept):
 
 - `iia`, and `gain` = IIA - IIA of doing nothing on the same pairs;
 - `ceiling` = 1 - IIA of doing nothing: the largest gain possible on these pairs, and
-  `normalised` = gain / ceiling (1: every pair right, 0: no better than doing nothing). A candidate that
-  predicts many changes has a high ceiling; dividing by it keeps that from counting as evidence;
+  `normalised` = gain / ceiling (1: every pair right, 0: no better than doing nothing; undefined where fewer than
+  MIN_CHANGEABLE pairs could gain). A candidate that predicts many changes has a high ceiling; dividing by it
+  keeps that from counting as evidence;
 - `recall`: IIA on the pairs whose label changes (predicted changes the swap produced), and
   `false_change`: the share of the other pairs whose intervened answer is not their (unchanged) label.
 A candidate's `score` is the mean over its variables of the normalised gain; `raw` is the sum of gains.
@@ -30,6 +31,9 @@ from typing import Mapping
 import numpy as np
 
 SCORES = ("iia", "none", "gain", "ceiling", "normalised", "recall", "false_change")
+# A variable whose ceiling rests on fewer pairs than this (pairs where doing nothing is wrong) has no normalised gain:
+# divided by a few pairs, a gain would swing on one of them, and an almost inert candidate could lead a ranking by noise.
+MIN_CHANGEABLE = 10
 
 
 @dataclass
@@ -109,7 +113,8 @@ def variable_scores(correct: np.ndarray, none: np.ndarray, changed: np.ndarray,
     n = w.sum(1).reshape((-1,) + (1,) * (correct.ndim - 1))
     iia, none_rate = total(correct) / n, total(none) / n
     gain, ceiling = iia - none_rate, 1.0 - none_rate
-    out = {"iia": iia, "none": none_rate, "gain": gain, "ceiling": ceiling, "normalised": _ratio(gain, ceiling),
+    normalised = np.where(total(~none) >= MIN_CHANGEABLE, _ratio(gain, ceiling), np.nan)
+    out = {"iia": iia, "none": none_rate, "gain": gain, "ceiling": ceiling, "normalised": normalised,
            "recall": _ratio(total(correct & changed), total(changed)),
            "false_change": _ratio(total(~correct & ~changed), total(~changed))}
     return out if weights is not None else {k: v[0] for k, v in out.items()}
@@ -125,11 +130,12 @@ def candidate_score(correct: np.ndarray, none: np.ndarray, changed: np.ndarray, 
     w = np.ones((1, correct.shape[-1])) if weights is None else np.asarray(weights, dtype=float)
     n = w.sum(1).reshape((-1,) + (1,) * (correct.ndim - 1))
     iia, none_rate = np.moveaxis(correct.astype(float) @ w.T, -1, 0) / n, np.moveaxis(none.astype(float) @ w.T, -1, 0) / n
+    changeable = np.moveaxis((~none).astype(float) @ w.T, -1, 0)
     gain = iia - none_rate
     if kind == "raw":
         out = gain.sum(-1)
     else:
         with warnings.catch_warnings():  # a candidate whose every variable has no room to gain scores NaN, silently
             warnings.simplefilter("ignore", RuntimeWarning)
-            out = np.nanmean(_ratio(gain, 1.0 - none_rate), axis=-1)
+            out = np.nanmean(np.where(changeable >= MIN_CHANGEABLE, _ratio(gain, 1.0 - none_rate), np.nan), axis=-1)
     return out if weights is not None else out[0]

@@ -146,6 +146,15 @@ class Grid:
         n_layers, roles = load_config(spec.model).num_hidden_layers, self.task.searched_roles()
         bad_layers = [l for l in spec.layers if not 0 <= l < n_layers]  # noqa: E741
         bad_positions = [p for p in spec.positions if p not in roles]
+        unknown = []
+        for c in spec.candidates:
+            try:
+                pools.candidate(self.task, c, spec.separate)
+            except KeyError:
+                unknown.append(c)
+        if unknown:
+            raise ValueError(f"bad grid: candidates {unknown} are not the task's (its hypotheses: {list(self.task.hypotheses())}; "
+                             f"controls: {list(self.task.controls())}; or a member of the family its design separates)")
         if bad_layers or bad_positions:
             raise ValueError(f"bad grid for {spec.model!r}: layers {bad_layers or list(spec.layers)} (it has layers "
                              f"0..{n_layers - 1}), positions {bad_positions or list(spec.positions)} (its searched "

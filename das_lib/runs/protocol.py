@@ -215,4 +215,6 @@ def top_set(runs: pd.DataFrame, sites: Mapping[str, Site], first: str, others: S
         warnings.simplefilter("ignore", RuntimeWarning)
         worst = np.nanmax((gaps_boot - gaps[None, :]) / spread[None, :], axis=1)  # the worst standardised overshoot
         critical = float(np.nanpercentile(worst, 100 * level))
-    return [first] + [k for k, gap, sd in zip(others, gaps, spread) if not gap - critical * np.nan_to_num(sd, posinf=0.0) > 0]
+    # a candidate with no score (no pair it could gain on) is not among those the data fail to separate from the first
+    return [first] + [k for k, gap, sd in zip(others, gaps, spread)
+                      if np.isfinite(gap) and not gap - critical * np.nan_to_num(sd, posinf=0.0) > 0]

@@ -58,7 +58,7 @@ def spec_from_params(values: Mapping[str, Any], budget: Sequence[int] | None = N
     layers = v["layers"] or strided(load_config(v["model"]).num_hidden_layers, v.get("layer_stride", 1))
     return sweep_spec(v["model"], v["hypotheses"], layers, v["positions"], seeds=tuple(v["seeds"]),
                       extra_seeds=tuple(v["extra_seeds"]), extra_data_seeds=tuple(v["extra_data_seeds"]),
-                      train=TrainConfig(steps=steps, batch_size=batch_size, orthogonal_map=v["orthogonal_map"] or None),
+                      train=TrainConfig(steps=steps, batch_size=batch_size, orthogonal_map=v.get("orthogonal_map") or None),
                       n_train=n_train, n_val=v["n_val"], n_test=v["n_test"], n_task=v["n_task"],
                       data_seed=v["data_seed"], dtype=v["dtype"])
 
