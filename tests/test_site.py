@@ -101,26 +101,26 @@ def test_book_chapters_have_a_headline_source() -> None:
 
 def _fake_book(root: Path) -> None:
     (root / "book").mkdir(parents=True)
-    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/05_sweep\n")
+    (root / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/08_finetuned\n")
     (root / "_config.yml").write_text("title: t\n")
     (root / "references.bib").write_text("")
     (root / "_static").mkdir()
     (root / "_static" / "x.css").write_text("")
     (root / "book" / "intro.md").write_text("# intro\n")
-    (root / "book" / "05_sweep.ipynb").write_text(json.dumps(_notebook()))
+    (root / "book" / "08_finetuned.ipynb").write_text(json.dumps(_notebook()))
 
 
 def test_stage_from_executed_chapters(tmp_path: Path) -> None:
     root, executed, out = tmp_path / "repo", tmp_path / "smoke", tmp_path / "stage"
     _fake_book(root)
     executed.mkdir()
-    (executed / "05_sweep.ipynb").write_text(json.dumps(_notebook()))
+    (executed / "08_finetuned.ipynb").write_text(json.dumps(_notebook()))
     book.stage(out, root=root, executed=executed)
     for name in ("_config.yml", "_toc.yml", "references.bib", "_static/x.css", "book/intro.md", "book/headline.png"):
         assert (out / name).exists(), name
-    staged = json.loads((out / "book" / "05_sweep.ipynb").read_text())
+    staged = json.loads((out / "book" / "08_finetuned.ipynb").read_text())
     assert "NBVAL" not in json.dumps(staged["cells"][1]) and "stderr" not in json.dumps(staged)
-    assert "stderr" in (executed / "05_sweep.ipynb").read_text()  # the copy nbval checks keeps everything
+    assert "stderr" in (executed / "08_finetuned.ipynb").read_text()  # the copy nbval checks keeps everything
 
 
 def test_stage_runs_the_chapters_when_not_given_them(tmp_path: Path, monkeypatch) -> None:
@@ -130,12 +130,12 @@ def test_stage_runs_the_chapters_when_not_given_them(tmp_path: Path, monkeypatch
 
     def run_all(out_dir: Path, kind: str, root_: Path, jobs: int) -> None:  # stands in for papermill
         ran.append(kind)
-        (out_dir / "05_sweep.ipynb").write_text(json.dumps(_notebook()))
+        (out_dir / "08_finetuned.ipynb").write_text(json.dumps(_notebook()))
 
     monkeypatch.setattr(book, "run_all", run_all)
     book.stage(out, "default", root=root)
     assert ran == ["default"]
-    assert "stderr" not in (out / "book" / "05_sweep.ipynb").read_text()
+    assert "stderr" not in (out / "book" / "08_finetuned.ipynb").read_text()
     assert (out / "book" / "headline.png").exists()
 
 
