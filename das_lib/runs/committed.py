@@ -86,8 +86,8 @@ def prune(root: str | Path, keep: Iterable[str]) -> int:
 
 def verify(grid: Grid, cells: Iterable[Cell], scratch: str | Path) -> pd.DataFrame:
     """Retrain `cells` of `grid` from scratch into the fresh store `scratch` and compare each with its record in the
-    grid's store: one row per cell with the committed test score and its 95% interval (over pairs) and the
-    recomputed score. Raises CommittedMismatch, naming the cells, if a recomputed score lies outside its interval."""
+    grid's store: one row per cell with the committed test gain (IIA minus doing nothing, summed over the
+    candidate's variables) and its 95% interval (over pairs) and the recomputed gain. Raises CommittedMismatch, naming the cells, if a recomputed score lies outside its interval."""
     fresh = Store(scratch)
     fresh.clear()
     again = Grid(grid.spec, fresh, grid.device, grid.loaded, progress=False)
@@ -102,10 +102,11 @@ def verify(grid: Grid, cells: Iterable[Cell], scratch: str | Path) -> pd.DataFra
         runs = pd.DataFrame([{"candidate": cell.candidate, "layer": cell.layer, "position": cell.position, "seed": 0,
                               "data_seed": 0, "test": theirs, "majority": 0.0}])
         table = protocol.report(runs, {cell.candidate: cell.site()}, [cell.candidate])
-        score = float(candidate_score(mine.correct, mine.none, mine.changed))
-        low, high = float(table.loc[cell.candidate, "score low"]), float(table.loc[cell.candidate, "score high"])
+        # the raw gain (summed over variables): defined even where too few pairs can change for a normalised score
+        score = float(candidate_score(mine.correct, mine.none, mine.changed, "raw"))
+        low, high = float(table.loc[cell.candidate, "raw low"]), float(table.loc[cell.candidate, "raw high"])
         rows.append({"cell": f"{cell.candidate} L{cell.layer} {cell.position} seed {cell.seed}",
-                     "committed": float(table.loc[cell.candidate, "score"]), "low": low, "high": high,
+                     "committed": float(table.loc[cell.candidate, "raw"]), "low": low, "high": high,
                      "recomputed": score, "within": low <= score <= high,
                      "same answers": float((mine.correct == theirs.correct).mean())})
     out = pd.DataFrame(rows).set_index("cell")
