@@ -151,7 +151,9 @@ def search_values(finding: Finding, titles: Mapping[str, str], papers: Mapping[s
         out |= {"inert": titles[key], "inert_rank": order.index(key) + 1, "inert_score": float(t.loc[key, "score"]),
                 "inert_score_low": float(t.loc[key, "score low"]), "inert_score_high": float(t.loc[key, "score high"]),
                 "below_inert": len(below), "below_inert_aligned": int((t.loc[below, "score low"] > 0).sum()) if below else 0}
-    paper_keys, new_keys = [k for k in order if k in papers], [k for k in order if k not in papers]
+    paper_keys = [k for k in order if k in papers]
+    # a new program that is a part of the best paper program it is listed with is no rival to it (findings.py)
+    new_keys = [k for k in order if k not in papers and (not paper_keys or k not in finding.subsumes[paper_keys[0]])]
     if paper_keys and new_keys:
         best_paper, best_new = paper_keys[0], new_keys[0]
         m, low, high = finding.compare(best_new, best_paper)
