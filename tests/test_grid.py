@@ -247,8 +247,6 @@ def test_bad_grids_are_refused_with_the_valid_choices(tmp_path):
         tiny_spec(n_val=1)
     with pytest.raises(ValueError, match="give at least one of candidates"):
         tiny_spec(candidates=())
-    with pytest.raises(KeyError, match="neither a hypothesis"):
-        Grid(tiny_spec(candidates=("right",)), tmp_path).candidate("right")
 
 
 def test_an_unknown_candidate_is_refused_before_anything_runs(tmp_path):

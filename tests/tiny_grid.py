@@ -13,7 +13,7 @@ from das_lib.runs.sweep import task_settings
 
 TINY = dict(model="standin", candidates=("left", "left_right"), layers=(0, 1), positions=("resp_colon", "last"),
             seeds=(0,), extra_seeds=(1,), extra_data_seeds=(1,), train=TrainConfig(steps=4, batch_size=16),
-            n_train=32, n_val=24, n_test=24, n_task=16)
+            n_train=32, n_val=64, n_test=64, n_task=16)  # 64: enough changeable pairs for a normalised score
 GRID_CELLS, CELLS = 8, 14
 DETERMINISTIC = ("outcomes", "majority", "boundary_dims", "boundary_dims_start", "curves")
 
