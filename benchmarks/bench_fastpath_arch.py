@@ -25,8 +25,8 @@ from das_lib.method.interventions import BoundlessDASIntervention
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, train_intervention
 from das_lib.models.load import default_template, load_model
-from das_lib.pricetag.game import sample_pairs
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.game import sample_pairs
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 # layers per model: the first, a middle one and, for Gemma 3, a global layer (5, 11) and a sliding one (8)
 LAYERS = {"smollm2": (0, 15, 25), "standin": (0, 1, 2), "gemma3-270m": (0, 5, 8, 11)}

@@ -29,8 +29,8 @@ from das_lib.method.fastpath_checks import relative_error
 from das_lib.method.interventions import BoundlessDASIntervention
 from das_lib.method.sites import Site
 from das_lib.models.load import default_template, load_model
-from das_lib.pricetag.game import sample_pairs
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.game import sample_pairs
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 ROOT = Path(__file__).resolve().parents[1]
 THEN = "das_lib_then"  # the earlier package's name in this process

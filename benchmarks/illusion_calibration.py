@@ -31,8 +31,8 @@ from das_lib.method.sites import Site
 from das_lib.method.training import TrainConfig, answer_tokens_under, train_intervention
 from das_lib.models.load import load_model
 from das_lib.models.standin.planted import load_planted
-from das_lib.pricetag.game import sample_pairs
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.game import sample_pairs
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 POOL_SEED, TEST_SEED, TRAIN_SEED = 3, 7, 11
 COLUMNS = ["part", "dims", "share", "iia", "gain", "gain_low", "gain_high", "off_manifold"]

@@ -32,7 +32,7 @@ if str(ROOT) not in sys.path:
 
 from das_lib.method.interventions import ORTHOGONAL_MAPS  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
-from das_lib.pricetag.game import HYPOTHESES  # noqa: E402
+from das_lib.tasks.pricetag.game import HYPOTHESES  # noqa: E402
 from das_lib.runs.grid import Grid, GridSpec  # noqa: E402
 from das_lib.runs.sweep import frame, sweep_spec  # noqa: E402
 

@@ -36,9 +36,9 @@ from das_lib.method.cache_plan import STRATEGIES, CacheShape, plan_cache  # noqa
 from das_lib.method.fastpath import CachedForward  # noqa: E402
 from das_lib.method.interventions import BoundlessDASIntervention  # noqa: E402
 from das_lib.models.load import default_template, load_model  # noqa: E402
-from das_lib.pricetag.game import sample_pairs  # noqa: E402
+from das_lib.tasks.pricetag.game import sample_pairs  # noqa: E402
 from das_lib.method.sites import Site  # noqa: E402
-from das_lib.pricetag.task import PriceTagTask  # noqa: E402
+from das_lib.tasks.pricetag.task import PriceTagTask  # noqa: E402
 from das_lib.method.training import PlainForward  # noqa: E402
 
 

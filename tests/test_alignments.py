@@ -11,8 +11,8 @@ from das_lib.method.interventions import BoundlessDASIntervention, DASInterventi
 from das_lib.method.sites import Site, capture
 from das_lib.method.training import PlainForward, TrainConfig
 from das_lib.models.load import default_template, load_model
-from das_lib.pricetag.game import sample_pairs
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.game import sample_pairs
+from das_lib.tasks.pricetag.task import PriceTagTask
 from das_lib.runs import alignments
 
 

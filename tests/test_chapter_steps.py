@@ -17,8 +17,8 @@ from das_lib.method.sites import Site  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
 from das_lib.models import standin, toy  # noqa: E402
 from das_lib.models.load import default_template, load_model  # noqa: E402
-from das_lib.pricetag import game, tables  # noqa: E402
-from das_lib.pricetag.task import PriceTagTask, roles_table  # noqa: E402
+from das_lib.tasks.pricetag import game, tables  # noqa: E402
+from das_lib.tasks.pricetag.task import PriceTagTask, roles_table  # noqa: E402
 from das_lib.runs import alignments  # noqa: E402
 
 BASE, SOURCE = {"a": 2, "b": 3, "c": 4}, {"a": 1, "b": 2, "c": 3}

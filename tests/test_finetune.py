@@ -9,8 +9,8 @@ from transformers import LlamaForCausalLM
 from das_lib.models import finetune
 from das_lib.models.load import SMOLLM2_PRICETAG_DIR, adapter_base, load_config, load_model, model_source
 from das_lib.models.game_training import config_from_args
-from das_lib.pricetag import game as pricetag
-from das_lib.pricetag.task import PriceTagTask, task_accuracy
+from das_lib.tasks.pricetag import game as pricetag
+from das_lib.tasks.pricetag.task import PriceTagTask, task_accuracy
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning")
 

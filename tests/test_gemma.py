@@ -69,8 +69,8 @@ def test_the_real_model_loads_with_its_chat_roles_and_the_fast_path_is_exact():
     from das_lib.method.interventions import BoundlessDASIntervention
     from das_lib.method.sites import Site
     from das_lib.method.training import PlainForward
-    from das_lib.pricetag.game import sample_pairs
-    from das_lib.pricetag.task import PriceTagTask
+    from das_lib.tasks.pricetag.game import sample_pairs
+    from das_lib.tasks.pricetag.task import PriceTagTask
 
     model, tokenizer = load_model("gemma3-270m")
     config = model.config

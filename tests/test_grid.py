@@ -19,7 +19,7 @@ from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, answers_both_ways
 from das_lib.models import load
 from das_lib.models.load import STANDIN_DIR
-from das_lib.pricetag import game
+from das_lib.tasks.pricetag import game
 from das_lib.runs import controls, findings, grid as grid_module, jobs, protocol, store, sweep
 from das_lib.runs.grid import Cell, Grid, IncompleteGrid
 from das_lib.runs.identity import model_identity

@@ -18,8 +18,8 @@ from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward
 from das_lib.models.load import load_model
 from das_lib.models.standin.planted import load_planted
-from das_lib.pricetag.game import sample_pairs
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.game import sample_pairs
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 V, D, T, N = 40, 16, 6, 96
 ANSWERS = (3, 7)

@@ -11,8 +11,8 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from das_lib.method.sites import answer_logits
 from das_lib.models.load import STANDIN_DIR, TEMPLATE_KEY, default_template, load_model, smollm2_gguf
-from das_lib.pricetag import game as pricetag
-from das_lib.pricetag.task import PriceTagTask, model_answers
+from das_lib.tasks.pricetag import game as pricetag
+from das_lib.tasks.pricetag.task import PriceTagTask, model_answers
 
 
 def _frozen(model: torch.nn.Module) -> bool:

@@ -1,4 +1,4 @@
-"""The nulls that could produce a finding if it were an artefact (das_lib.pricetag.game's controls, das_lib.runs.controls)
+"""The nulls that could produce a finding if it were an artefact (das_lib.tasks.pricetag.game's controls, das_lib.runs.controls)
 and the illusion check on a grid's chosen alignments (das_lib.runs.illusion_check): each defined as it claims, and
 each able to fail."""
 import random
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from das_lib.method.training import TrainConfig
-from das_lib.pricetag import game
+from das_lib.tasks.pricetag import game
 from das_lib.runs import controls, findings, illusion_check
 from das_lib.runs.grid import Grid
 from das_lib.runs.sweep import sweep_spec

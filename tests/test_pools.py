@@ -6,8 +6,8 @@ import pytest
 
 from das_lib.method.seeds import split_seeds
 from das_lib.models.load import load_tokenizer
-from das_lib.pricetag import game
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag import game
+from das_lib.tasks.pricetag.task import PriceTagTask
 from das_lib.runs import pools
 
 FAMILY = {"n_brackets": 10, "seed": 0, "thresholds": [500]}

@@ -6,8 +6,8 @@ from collections import Counter
 
 import pytest
 
-from das_lib.pricetag import game as pricetag, tables
-from das_lib.pricetag.game import (
+from das_lib.tasks.pricetag import game as pricetag, tables
+from das_lib.tasks.pricetag.game import (
     HYPOTHESES,
     get_hypothesis,
     parse_bracket,

@@ -13,8 +13,8 @@ from das_lib.method.outcome import candidate_score
 from das_lib.method.programs import constant, failures, leaf, node, program, sibling_pairs, variable_nodes
 from das_lib.method.separation import group, label_functions, restrict, separated_counts, separating_pairs
 from das_lib.method.training import TrainConfig
-from das_lib.pricetag import game, programs
-from das_lib.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
+from das_lib.tasks.pricetag import game, programs
+from das_lib.tasks.pricetag.game import HYPOTHESES, Hypothesis, sample_pairs, task_label
 from das_lib.runs import program_search, protocol
 from das_lib.runs.jobs import majority_rate
 from das_lib.runs.pools import SPLITS, pair_key

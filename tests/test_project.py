@@ -88,7 +88,7 @@ def test_readme_quickstart_runs(tmp_path: Path):
     assert "IIA" in result.stdout
 
 
-LAYERS = ("method", "pricetag", "tasks", "models", "runs", "book")  # each may import only the layers before it
+LAYERS = ("method", "tasks", "models", "runs", "book")  # each may import only the layers before it
 
 
 def test_the_public_api_resolves_every_name():

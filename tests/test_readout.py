@@ -12,8 +12,8 @@ from das_lib.method.readout import answer_targets, over_answers, predicted_token
 from das_lib.method.sites import Site
 from das_lib.method.training import PlainForward, TrainConfig, answer_tokens, correct_pairs, train_intervention
 from das_lib.models.load import load_config, load_model
-from das_lib.pricetag.game import sample_games, sample_pairs
-from das_lib.pricetag.task import PriceTagTask, task_accuracy
+from das_lib.tasks.pricetag.game import sample_games, sample_pairs
+from das_lib.tasks.pricetag.task import PriceTagTask, task_accuracy
 
 V, D, T, N = 40, 32, 10, 24
 ANSWERS = torch.tensor([7, 3])

@@ -21,8 +21,8 @@ from das_lib.method.seeds import setting_games_seed
 from das_lib.method.stats import binomial_interval, paired_difference
 from das_lib.method.training import PlainForward, TrainConfig, answer_tokens_under
 from das_lib.models.standin import build_tokenizer
-from das_lib.pricetag.game import get_hypothesis, majority_rate_of_games, sample_game, task_label
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.game import get_hypothesis, majority_rate_of_games, sample_game, task_label
+from das_lib.tasks.pricetag.task import PriceTagTask
 from das_lib.runs import crosscheck, findings, grids, reuse
 from das_lib.runs import robustness as rb
 from das_lib.runs import robustness_table as rt

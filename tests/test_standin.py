@@ -11,8 +11,8 @@ from das_lib import paper
 from das_lib.models import standin
 from das_lib.models.game_training import sample_training_game
 from das_lib.models.load import default_template
-from das_lib.pricetag import game as pricetag
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag import game as pricetag
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 ROBUSTNESS_CONTEXTS = paper.CONTEXTS
 

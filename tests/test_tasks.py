@@ -11,8 +11,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, processors
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from das_lib.pricetag.game import ALPACA_TEMPLATE, INSTRUCTIONS, sample_game, sample_pairs, task_label
-from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
+from das_lib.tasks.pricetag.game import ALPACA_TEMPLATE, INSTRUCTIONS, sample_game, sample_pairs, task_label
+from das_lib.tasks.pricetag.task import PriceTagTask, model_answers, task_accuracy
 
 GAME = {"lb": 549, "ub": 849, "amount": 712}
 STANDIN_DIR = Path(__file__).resolve().parent.parent / "das_lib" / "assets" / "standin"
@@ -279,7 +279,7 @@ def test_bad_requests_are_refused(smol, llama):
 
 
 def test_a_template_with_another_layout_is_refused(llama, monkeypatch):
-    from das_lib.pricetag import game as pricetag
+    from das_lib.tasks.pricetag import game as pricetag
 
     monkeypatch.setitem(pricetag.TEMPLATES, "standin", "{instruction}\n{input}\nAnswer:\n")
     with pytest.raises(ValueError, match=r"prompt 0 .*does not end with the input and then '\\n\\n### Response:\\n'"):

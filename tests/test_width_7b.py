@@ -80,9 +80,9 @@ def test_fast_path_is_exact_at_width_4096_in_bfloat16(model):
 
 
 def test_llama_tokenizer_drives_the_alpaca_task():
-    from das_lib.pricetag.game import sample_game
+    from das_lib.tasks.pricetag.game import sample_game
     from das_lib.models.load import default_template
-    from das_lib.pricetag.task import PriceTagTask
+    from das_lib.tasks.pricetag.task import PriceTagTask
 
     if shape7b.llama_tokenizer_file() is None:
         pytest.skip(shape7b.HOW_TO_GET)

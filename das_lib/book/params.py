@@ -25,7 +25,7 @@ import torch
 
 from das_lib.method.sites import Site
 from das_lib.models.load import DTYPES, load_config, resolve_device
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 
 class ParameterError(ValueError):
@@ -284,7 +284,7 @@ IPYTHON_NAMES = frozenset({"In", "Out", "exit", "quit", "get_ipython", "open"}) 
 
 
 def _imported(namespace: Mapping[str, Any], name: str) -> bool:
-    """Whether `namespace[name]` is another module's own `name` (`from das_lib.pricetag.game import HYPOTHESES`),
+    """Whether `namespace[name]` is another module's own `name` (`from das_lib.tasks.pricetag.game import HYPOTHESES`),
     not a value set here (the kernel's namespace is itself the module __main__)."""
     dicts = (getattr(m, "__dict__", None) for m in list(sys.modules.values()))
     return any(isinstance(d, dict) and d is not namespace and d.get(name) is namespace[name] for d in dicts)

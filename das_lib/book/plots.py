@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 
 from das_lib.book.report import MISSING
-from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
+from das_lib.tasks.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
 from das_lib.runs.grids import iia_grid
 
 WIDTH_IN = 7.5

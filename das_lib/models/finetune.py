@@ -31,8 +31,8 @@ from das_lib.models import standin
 from das_lib.models.game_training import GameTraining, config_from_args, lr_at, sample_training_game
 from das_lib.models.load import CACHE_DIR, SMOLLM2_PRICETAG_DIR, load_model
 from das_lib.models.records import write_record
-from das_lib.pricetag import game as pricetag
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag import game as pricetag
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 ADAPTER_DIR = SMOLLM2_PRICETAG_DIR
 TRAINING_RECORD = "finetune_training.json"

@@ -12,7 +12,7 @@ import random
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
-from das_lib.pricetag import game as pricetag
+from das_lib.tasks.pricetag import game as pricetag
 
 
 @dataclass

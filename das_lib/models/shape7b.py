@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from das_lib.pricetag.game import sample_games
-from das_lib.pricetag.task import REFERENCE_GAME, PriceTagTask
+from das_lib.tasks.pricetag.game import sample_games
+from das_lib.tasks.pricetag.task import REFERENCE_GAME, PriceTagTask
 
 REPO_ROOT = Path(__file__).resolve().parents[2]  # das_lib/models/shape7b.py -> the repository
 TOKENIZER_DIR = REPO_ROOT / ".cache" / "llama-tokenizer"

@@ -33,9 +33,9 @@ from das_lib.method.training import (
     unintervened_correct, unintervened_iia,
 )
 from das_lib.models.standin.planted import planted_for
-from das_lib.pricetag.game import HYPOTHESES, majority_rate_of, sample_games, sample_pairs
-from das_lib.pricetag.tables import pairs_table
-from das_lib.pricetag.task import PriceTagTask, model_answers, task_accuracy
+from das_lib.tasks.pricetag.game import HYPOTHESES, majority_rate_of, sample_games, sample_pairs
+from das_lib.tasks.pricetag.tables import pairs_table
+from das_lib.tasks.pricetag.task import PriceTagTask, model_answers, task_accuracy
 from das_lib.runs.scaling import rotation_footprint
 
 

@@ -41,8 +41,8 @@ from das_lib.method.outcome import Outcome
 from das_lib.method.seeds import screening_seed, setting_games_seed, setting_seed
 from das_lib.method.stats import binomial_interval
 from das_lib.method.training import PlainForward, answer_tokens, answers_both_ways
-from das_lib.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of_games, parse_bracket, price, sample_game, sample_pair
-from das_lib.pricetag.task import PriceTagTask, model_answers
+from das_lib.tasks.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of_games, parse_bracket, price, sample_game, sample_pair
+from das_lib.tasks.pricetag.task import PriceTagTask, model_answers
 from das_lib.runs import pools
 from das_lib.runs.grid import Cell
 from das_lib.runs.grids import iia_grid

@@ -21,7 +21,7 @@ import pandas as pd
 
 from das_lib import paper
 from das_lib.method.stats import binomial_interval, paired_difference
-from das_lib.pricetag.game import HYPOTHESES
+from das_lib.tasks.pricetag.game import HYPOTHESES
 from das_lib.runs.grids import COLUMNS, grid_stats
 from das_lib.runs.robustness import RobustnessResult, Setting, make_settings
 

@@ -12,7 +12,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.task import Task
 
-TASKS = {"pricetag": "das_lib.pricetag.task:PriceTagTask", "mcqa": "das_lib.tasks.mcqa.task:MCQATask"}  # name -> "module:class"
+TASKS = {"pricetag": "das_lib.tasks.pricetag.task:PriceTagTask", "mcqa": "das_lib.tasks.mcqa.task:MCQATask"}  # name -> "module:class"
 
 
 def make_task(name: str, tokenizer: PreTrainedTokenizerBase, settings: Mapping[str, Any]) -> Task:

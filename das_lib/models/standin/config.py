@@ -34,7 +34,7 @@ class StandinConfig(GameTraining):
     iit_layer: int = 1
     iit_position: str = "last"  # the only position it can plant at (das_lib.models.standin.planted.plantable)
     iit_dims: int = 4  # dimensions of the planted subspace of each variable
-    iit_program: str = "left_right"  # a hypothesis key, or a candidate key of das_lib.pricetag.programs.space()
+    iit_program: str = "left_right"  # a hypothesis key, or a candidate key of das_lib.tasks.pricetag.programs.space()
 
 
 def model_config(cfg: StandinConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:

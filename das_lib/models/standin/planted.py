@@ -24,9 +24,9 @@ from das_lib.method.stats import binomial_interval, paired_difference
 from das_lib.method.training import PlainForward, answer_tokens, answer_tokens_under
 from das_lib.models.load import STANDIN_DIR, model_source
 from das_lib.models.standin.config import StandinConfig
-from das_lib.pricetag import game as pricetag
-from das_lib.pricetag import programs
-from das_lib.pricetag.task import PriceTagTask
+from das_lib.tasks.pricetag import game as pricetag
+from das_lib.tasks.pricetag import programs
+from das_lib.tasks.pricetag.task import PriceTagTask
 
 PLANTED = "planted_subspace"  # file stem, in the model directory, of the subspace IIT planted
 EVAL_SEED = 12345  # fresh games, contexts and pairs: training draws from random.Random(seed + 1)
@@ -34,13 +34,13 @@ EVAL_SEED = 12345  # fresh games, contexts and pairs: training draws from random
 
 def planted_program(key: str) -> pricetag.Hypothesis:
     """The causal model a plant follows: one of the paper's four hypotheses by key, or a candidate of the
-    game's space of programs (das_lib.pricetag.programs) by its key."""
+    game's space of programs (das_lib.tasks.pricetag.programs) by its key."""
     if key in pricetag.HYPOTHESES:
         return pricetag.HYPOTHESES[key]
     found = [c for c in programs.space().candidates if c.key == key]
     if not found:
         raise KeyError(f"cannot plant {key!r}: give one of {list(pricetag.HYPOTHESES)} or a candidate key of "
-                       "das_lib.pricetag.programs.space(), e.g. 'product | amount-lb & ub-amount'")
+                       "das_lib.tasks.pricetag.programs.space(), e.g. 'product | amount-lb & ub-amount'")
     return found[0]
 
 

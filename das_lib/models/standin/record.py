@@ -19,8 +19,8 @@ from das_lib.models.standin.config import StandinConfig
 from das_lib.models.standin.corpus import sample_context
 from das_lib.models.standin.planted import EVAL_SEED, PLANTED, planted_iia, planted_meta, planted_subspace
 from das_lib.models.standin.train import train
-from das_lib.pricetag import game as pricetag
-from das_lib.pricetag.task import PriceTagTask, model_answers
+from das_lib.tasks.pricetag import game as pricetag
+from das_lib.tasks.pricetag.task import PriceTagTask, model_answers
 
 TRAINING_RECORD = "standin_training.json"
 TARGETS = {"yesno": 0.98, "truefalse": 0.95, "yesno_context": 0.95, "truefalse_context": 0.95}

@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from transformers import PreTrainedTokenizerFast
 
 from das_lib.models.standin.corpus import SENTENCES, sample_context
-from das_lib.pricetag import game as pricetag
+from das_lib.tasks.pricetag import game as pricetag
 
 ## Tokenizer: byte-level BPE (any text can be encoded), digits split one per token like Llama's.
 

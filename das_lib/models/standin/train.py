@@ -22,7 +22,7 @@ from das_lib.models.standin.config import StandinConfig, model_config
 from das_lib.models.standin.corpus import sample_context
 from das_lib.models.standin.planted import PlantedMechanism
 from das_lib.models.standin.tokenizer import build_tokenizer
-from das_lib.pricetag import game as pricetag
+from das_lib.tasks.pricetag import game as pricetag
 
 
 def sample_example(rng: random.Random, cfg: StandinConfig, with_context: bool) -> tuple[str, str]:

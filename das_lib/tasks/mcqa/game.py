@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from das_lib.method.causal import CausalModel, Variable
-from das_lib.pricetag.game import Hypothesis
+from das_lib.tasks.pricetag.game import Hypothesis
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: common objects of a typical colour, each colour one word (one token in SmolLM2's tokenizer)
@@ -99,7 +99,7 @@ HYPOTHESES: dict[str, Hypothesis] = {
     "letter": Hypothesis("letter", "Answer letter", MCQA, ("letter",)),
 }
 
-# A control task (as das_lib.pricetag.game.CONTROLS): a variable of the inputs that no mechanism of the task
+# A control task (as das_lib.tasks.pricetag.game.CONTROLS): a variable of the inputs that no mechanism of the task
 # needs (the letter written first), read out through a fixed random table (with the object) as one of the
 # item's letters, so that its counterfactual labels are learnable from the inputs but mean nothing.
 CONTROL_SEED = 20_261_207

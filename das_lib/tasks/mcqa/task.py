@@ -38,7 +38,7 @@ from das_lib.method import prompts
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
 from das_lib.method.prompts import Layout, answer_readings, answer_token, left_pad, pad_id, place_roles, require_fast
-from das_lib.pricetag.game import Hypothesis
+from das_lib.tasks.pricetag.game import Hypothesis
 from das_lib.tasks.mcqa.game import CONTROLS, DEFAULT_FAMILIES, HYPOTHESES, Items, answer, pointer_of, render
 
 TEMPLATES = ("chat", "plain")

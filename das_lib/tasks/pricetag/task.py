@@ -31,8 +31,8 @@ from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
 from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import answer_logits
-from das_lib.pricetag import programs
-from das_lib.pricetag.game import (
+from das_lib.tasks.pricetag import programs
+from das_lib.tasks.pricetag.game import (
     ANSWERS,
     Controls,
     HYPOTHESES,
@@ -127,7 +127,7 @@ class PriceTagTask:
         return Controls()
 
     def family(self, settings: Mapping[str, Any]) -> tuple[Hypothesis, ...]:
-        """The generated space of programs (das_lib.pricetag.programs), fixed by n_brackets, seed and thresholds."""
+        """The generated space of programs (das_lib.tasks.pricetag.programs), fixed by n_brackets, seed and thresholds."""
         return programs.space(settings["n_brackets"], settings["seed"], tuple(settings["thresholds"])).candidates
 
     def sample_pair(self, rng: random.Random) -> tuple[dict[str, int], dict[str, int]]:

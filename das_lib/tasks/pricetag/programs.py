@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Callable, Mapping, Sequence
 
 from das_lib.method.programs import Expr, constant, failures, leaf, node, program, sibling_pairs, variable_nodes
 from das_lib.method.separation import label_functions
-from das_lib.pricetag.game import HYPOTHESES, Hypothesis, price, sample_bracket, task_label
+from das_lib.tasks.pricetag.game import HYPOTHESES, Hypothesis, price, sample_bracket, task_label
 
 if TYPE_CHECKING:
     import pandas as pd
