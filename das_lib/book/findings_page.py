@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from das_lib import paper
+from das_lib.method.outcome import MIN_CHANGEABLE
 from das_lib.runs.findings import Finding
 
 
@@ -148,8 +150,10 @@ def search_values(finding: Finding, titles: Mapping[str, str], papers: Mapping[s
         out |= {"planted": titles[planted], "planted_rank": order.index(planted) + 1, "planted_site": t.loc[planted, "site"]}
     for key in [k for k in inert if k in order][:1]:
         below = order[order.index(key) + 1:]
-        out |= {"inert": titles[key], "inert_rank": order.index(key) + 1, "inert_score": float(t.loc[key, "score"]),
-                "inert_score_low": float(t.loc[key, "score low"]), "inert_score_high": float(t.loc[key, "score high"]),
+        score, low, high = (float(t.loc[key, k]) for k in ("score", "score low", "score high"))
+        out |= {"inert": titles[key], "inert_rank": order.index(key) + 1,
+                "inert_score_text": f"a score of {score:.3f} [{low:.3f}, {high:.3f}]" if np.isfinite(score) else
+                                    f"no score (fewer than {MIN_CHANGEABLE} of its test pairs can change their answer)",
                 "below_inert": len(below), "below_inert_aligned": int((t.loc[below, "score low"] > 0).sum()) if below else 0}
     paper_keys = [k for k in order if k in papers]
     # a new program that is a part of the best paper program it is listed with is no rival to it (findings.py)
