@@ -63,12 +63,13 @@ def regenerate(names: list[str], out: Path) -> dict[str, float]:
 
 
 def prefetch() -> None:
-    """Train chapter 8's random-weights grid (its default parameters) into the committed store, while the chapter
-    trains the model's grid: the chapter then finds its cells done (or held, and waits)."""
+    """Train chapter 8's random-weights grid (its default parameters) into the committed store, then the model's
+    own grid, while the chapter trains the model's grid: the chapter finds cells done (or held, and waits)."""
     import papermill
     import torch
 
     from das_lib.runs import calibration, controls, sweep
+    from das_lib.runs.grid import Grid
 
     torch.set_num_threads(1)
     values = {k: v["default"] for k, v in papermill.inspect_notebook(str(BOOK / CHAPTERS["finetuned"])).items()}
@@ -79,6 +80,7 @@ def prefetch() -> None:
     ladder = calibration.calibrate(control_spec, values["control"], f"{store}/control", values["budgets"])
     used = values["budget"] or calibration.calibrated(ladder) or values["budgets"][-1]
     controls.random_weights(calibration.with_budget(spec, used), f"{store}/null")
+    Grid(calibration.with_budget(spec, used), store).run()  # then help with the model's own grid (cells are claimed)
 
 
 def main(argv: list[str] | None = None) -> None:
