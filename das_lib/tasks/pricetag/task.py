@@ -29,6 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
+from das_lib.method.prompts import pair_targets
 from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import answer_logits
 from das_lib.tasks.pricetag import programs
@@ -349,14 +350,7 @@ class PriceTagTask:
     def targets(self, pairs: Sequence[CounterfactualPair]) -> dict[str, torch.Tensor]:
         """What `pairs` ask of an intervention, as tensors: the variable each intervenes on, the counterfactual
         answer's token id (labels), and the base's own answer's (base_labels)."""
-        variables = []
-        for k, p in enumerate(pairs):
-            if "variable_index" not in p.meta and len(p.variables) != 1:
-                raise ValueError(f"pair {k} intervenes on {p.variables} but has no meta['variable_index']")
-            variables.append(int(p.meta.get("variable_index", 0)))
-        return {"variable": torch.tensor(variables, dtype=torch.long, device="cpu"),
-                "labels": torch.tensor([self.answer_id(p.label) for p in pairs], dtype=torch.long, device="cpu"),
-                "base_labels": torch.tensor([self.answer_id(p.base_label) for p in pairs], dtype=torch.long, device="cpu")}
+        return pair_targets(pairs, self.answer_id)
 
     def relabel(self, data: InterchangeData, pairs: Sequence[CounterfactualPair]) -> InterchangeData:
         """`data` (encoded from the same base and source games as `pairs`, in order) with `pairs`' targets."""
