@@ -1,6 +1,6 @@
 """The committed stores of the chapters whose evidence costs more than a build affords: how one is made.
 
-    python -m das_lib.book.stores regenerate finetuned programs      # chapters 8 and 9, about 2 hours on 2 cores
+    python -m das_lib.book.stores regenerate finetuned programs      # chapters 8 and 9: hours on 2 cores (see a manifest)
 
 runs each chapter with its default parameters (papermill), its store being the committed one
 (das_lib/assets/stores/NAME) and its check of the committed cells off, all chapters at once (their cells are
