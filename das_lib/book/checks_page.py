@@ -92,8 +92,9 @@ def curve_values(curve: pd.DataFrame, candidate: str, budget: Sequence[int]) -> 
     mine = curve[curve["candidate"] == candidate]
     used = mine[(mine["steps"] == budget[0]) & (mine["batch"] == budget[1])].iloc[0]
     largest = mine.loc[(mine["steps"] * mine["batch"]).idxmax()]
-    return {"used": used["score"], "used_low": used["score low"], "used_high": used["score high"],
-            "largest": largest["score"], "largest_low": largest["score low"], "largest_high": largest["score high"],
+    return {"used": float(used["score"]), "used_low": float(used["score low"]), "used_high": float(used["score high"]),
+            "largest": float(largest["score"]), "largest_low": float(largest["score low"]),
+            "largest_high": float(largest["score high"]),
             "largest_budget": f"{int(largest['steps'])} x {int(largest['batch'])}"}
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from das_lib import paper
+from das_lib.book.report import MISSING
 from das_lib.method.outcome import MIN_CHANGEABLE
 from das_lib.runs.findings import Finding
 
@@ -20,7 +21,9 @@ def interval(low: float, high: float, signed: bool = False) -> str:
 
 
 def with_interval(value: float, low: float, high: float, signed: bool = True) -> str:
-    """"+0.412 [+0.361, +0.460]"."""
+    """"+0.412 [+0.361, +0.460]"; MISSING where there is no value (too few pairs could change)."""
+    if not np.isfinite(value):
+        return MISSING
     return f"{value:{'+.3f' if signed else '.3f'}} {interval(low, high, signed)}"
 
 
@@ -122,7 +125,7 @@ def ranking_table(finding: Finding, titles: Mapping[str, str], papers: Mapping[s
     return pd.DataFrame({
         "rank": [order.index(k) + 1 for k in rows], "candidate": [titles.get(k, k) for k in rows],
         "paper": [papers.get(k, "") for k in rows], "site": t["site"].tolist(),
-        "validation score": [f"{val.get(k, float('nan')):+.3f}" for k in rows],
+        "validation score": [f"{val[k]:+.3f}" if np.isfinite(val.get(k, np.nan)) else MISSING for k in rows],
         "test score [95%]": [with_interval(*r) for r in t[["score", "score low", "score high"]].itertuples(index=False)],
         "summed gain [95%]": [with_interval(*r) for r in t[["raw", "raw low", "raw high"]].itertuples(index=False)],
         "own-score rank": [finding.plain_order.index(k) + 1 for k in rows],
