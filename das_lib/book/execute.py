@@ -244,7 +244,8 @@ def check(executed: Path, root: Path = ROOT, jobs: int = 2, only: Sequence[str] 
     def job(nb: Path) -> float:
         start = time.perf_counter()
         run = subprocess.run([sys.executable, "-m", "pytest", "-q", "--nbval-lax", "-p", "no:cacheprovider",
-                              str(executed / nb.name)], capture_output=True, text=True)
+                              "--nbval-sanitize-with", str(root / "book" / "nbval_sanitize.cfg"), str(executed / nb.name)],
+                             capture_output=True, text=True)
         seconds = time.perf_counter() - start
         summary = (run.stdout.strip().splitlines() or ["(no output)"])[-1]
         print(f"[nbval] {nb.name}: {summary} ({seconds:.1f} s)", flush=True)
