@@ -129,6 +129,21 @@ def pair_targets(pairs: Sequence[CounterfactualPair], answer_id: Callable[[Any],
             "base_labels": torch.tensor([answer_id(p.base_label) for p in pairs], dtype=torch.long, device="cpu")}
 
 
+def role_positions(layouts: Sequence[Any], offsets: Sequence[int], names: Sequence[str], hint: str = "") -> torch.Tensor:
+    """(2N, len(names)) token positions of each role in the padded prompts of N bases then N sources (`offsets`:
+    each prompt's left padding); a role missing from a prompt is named with the prompt and its roles (+ `hint`)."""
+    n = len(layouts) // 2
+    pos = torch.empty((len(layouts), len(names)), dtype=torch.long, device="cpu")
+    for row, l in enumerate(layouts):
+        for c, name in enumerate(names):
+            if name not in l.roles:
+                which = "base" if row < n else "source"
+                raise ValueError(f"role {name!r} is not in the {which} prompt of pair {row % n} ({l.prompt!r}); "
+                                 f"its roles are {sorted(l.roles)}{hint}")
+            pos[row, c] = offsets[row] + l.roles[name]
+    return pos
+
+
 def interchange_data(layouts: Sequence[Layout], pairs: Sequence[CounterfactualPair], role: str | Sequence[str],
                      pad: int, answer_id: Callable[[Any], int], answers: torch.Tensor) -> InterchangeData:
     """Interchange examples of `pairs` from the `layouts` of their bases, then of their sources (in pair order),
@@ -140,14 +155,7 @@ def interchange_data(layouts: Sequence[Layout], pairs: Sequence[CounterfactualPa
     names = [role] if isinstance(role, str) else list(role)
     inputs, offsets = left_pad([l.ids for l in layouts], pad)
     n = len(pairs)
-    pos = torch.empty((2 * n, len(names)), dtype=torch.long, device="cpu")
-    for row, l in enumerate(layouts):
-        for c, name in enumerate(names):
-            if name not in l.roles:
-                which = "base" if row < n else "source"
-                raise ValueError(f"role {name!r} is not in the {which} prompt of pair {row % n} ({l.prompt!r}); "
-                                 f"its roles are {sorted(l.roles)}")
-            pos[row, c] = offsets[row] + l.roles[name]
+    pos = role_positions(layouts, offsets, names)
     if isinstance(role, str):
         pos = pos[:, 0]
     return InterchangeData(base={k: v[:n] for k, v in inputs.items()}, source={k: v[n:] for k, v in inputs.items()},

@@ -29,7 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
-from das_lib.method.prompts import pair_targets
+from das_lib.method.prompts import pair_targets, role_positions
 from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import answer_logits
 from das_lib.tasks.pricetag import programs
@@ -331,16 +331,7 @@ class PriceTagTask:
         layouts = self.layouts([p.base for p in pairs] + [p.source for p in pairs])
         inputs, offsets = self._pad(layouts, require_equal_length)
         n = len(pairs)
-        pos = torch.empty((2 * n, len(names)), dtype=torch.long, device="cpu")
-        for row, l in enumerate(layouts):
-            for c, name in enumerate(names):
-                if name not in l.roles:
-                    which = "base" if row < n else "source"
-                    raise ValueError(
-                        f"role {name!r} is not in the {which} prompt of pair {row % n} ({l.prompt!r}); this tokenizer "
-                        f"lays it out with roles {sorted(l.roles)}; searched roles are {self.searched_roles()}"
-                    )
-                pos[row, c] = offsets[row] + l.roles[name]
+        pos = role_positions(layouts, offsets, names, f"; searched roles are {self.searched_roles()}")
         if isinstance(role, str):
             pos = pos[:, 0]
         return InterchangeData(base={k: v[:n] for k, v in inputs.items()}, source={k: v[n:] for k, v in inputs.items()},
