@@ -192,8 +192,9 @@ def test_a_four_cell_grid_on_the_gpu(gpu_grid):
 
 def test_robustness_and_the_cross_matrix_on_the_gpu(gpu_grid):
     from das_lib.runs import crosscheck, findings, reuse, robustness_table
+    from das_lib.tasks.pricetag import variants
     finding = findings.finding(gpu_grid)
-    result = reuse.robustness_of(gpu_grid, finding, ["standard", "sibling"], 32, 32, 64, whole_grid=True)
+    result = reuse.robustness_of(gpu_grid, finding, variants.make_settings(["standard", "sibling"]), 32, 32, 64, whole_grid=True)
     table = robustness_table.chosen_table(result)
     assert len(table) == 5 and table["iia"].between(0, 1).all() and len(result.cells) == 3 * 2
     matrix = crosscheck.cross_matrix(gpu_grid, finding)

@@ -21,6 +21,8 @@ from das_lib.method.seeds import setting_games_seed
 from das_lib.method.stats import binomial_interval, paired_difference
 from das_lib.method.training import PlainForward, TrainConfig, answer_tokens_under
 from das_lib.models.standin import build_tokenizer
+from das_lib.method.task import Variant
+from das_lib.tasks.pricetag import variants
 from das_lib.tasks.pricetag.game import get_hypothesis, majority_rate_of_games, sample_game, task_label
 from das_lib.tasks.pricetag.task import PriceTagTask
 from das_lib.runs import crosscheck, findings, grids, reuse
@@ -30,6 +32,7 @@ from das_lib.runs.grid import Cell, Grid, IncompleteGrid
 from das_lib.runs.sweep import spec_from_params, sweep_spec
 
 TEMPLATE = "standin"
+STANDARD = {"template": TEMPLATE, "variant": "yesno", "context": None}
 KINDS = ["standard", "fixed_bracket", "sibling", "correct_only", "incorrect_only"]
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # damaged records are set aside with a warning
 
@@ -65,44 +68,45 @@ def finding(grid) -> findings.Finding:
 
 @pytest.fixture(scope="module")
 def result(grid, finding) -> rb.RobustnessResult:
-    return reuse.robustness_of(grid, finding, KINDS, n_pairs=16, n_games=40, max_screened=128, whole_grid=True)
+    return reuse.robustness_of(grid, finding, variants.make_settings(KINDS), n_pairs=16, n_games=40, max_screened=128,
+                               whole_grid=True)
 
 
 # --- settings -----------------------------------------------------------------------------------
 
 
 def test_settings_follow_the_paper():
-    settings = {s.key: s for s in rb.make_settings()}
+    settings = {s.key: s for s in variants.make_settings()}
     assert list(settings) == ["standard_left", "standard_left_right", "correct_only", "incorrect_only", "fixed_seen",
                               "fixed_unseen", "context_1", "context_2", "context_3", "sibling"]
     # Left Boundary for the fixed-bracket rows, Left and Right otherwise
     assert {k for k, s in settings.items() if s.hypothesis == "left"} == {"standard_left", "fixed_seen", "fixed_unseen"}
-    assert settings["fixed_unseen"].bracket == (251, 551)
-    assert settings["context_2"].context == "Fruitarian Frogs May Be Doing Flowers a Favor"
-    assert settings["sibling"].variant == "truefalse"
+    assert settings["fixed_unseen"].changes == (("bracket", (251, 551)),)
+    assert settings["context_2"].changes == (("context", "Fruitarian Frogs May Be Doing Flowers a Favor"),)
+    assert settings["sibling"].changes == (("variant", "truefalse"),)
     assert (settings["correct_only"].answers, settings["incorrect_only"].answers) == ("correct", "incorrect")
     assert settings["context_3"].paper is None  # our longer passage is not in the paper
     assert all(s.paper in paper.ROBUSTNESS for k, s in settings.items() if k != "context_3")
-    other = {s.key: s for s in rb.make_settings(["fixed_bracket"], bracket_unseen="1.00-4.00")}
+    other = {s.key: s for s in variants.make_settings(["fixed_bracket"], bracket_unseen="1.00-4.00")}
     assert other["fixed_unseen"].paper is None and other["fixed_seen"].paper is not None
 
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="setting kinds"):
-        rb.make_settings(["standard", "upside_down"])
+        variants.make_settings(["standard", "upside_down"])
     with pytest.raises(ValueError, match="must look like"):
-        rb.make_settings(["fixed_bracket"], bracket_seen="cheap")
+        variants.make_settings(["fixed_bracket"], bracket_seen="cheap")
     with pytest.raises(ValueError, match="contexts"):
-        rb.make_settings(["context"], contexts=[""])
+        variants.make_settings(["context"], contexts=[""])
     with pytest.raises(ValueError, match="answers"):
-        rb.Setting("x", "x", "left", answers="maybe")
+        Variant("x", "x", "left", "standard", answers="maybe")
 
 
 def test_positions_move_with_a_context(tok):
     game = {"lb": 549, "ub": 849, "amount": 712}
-    plain = rb.Setting("s", "s", "left").task(tok, TEMPLATE)
-    setting = next(s for s in rb.make_settings(["context"]) if s.key == "context_3")
-    moved = setting.task(tok, TEMPLATE)
+    plain = rb.setting_task("pricetag", tok, STANDARD, Variant("s", "s", "left", "standard"))
+    setting = next(s for s in variants.make_settings(["context"]) if s.key == "context_3")
+    moved = rb.setting_task("pricetag", tok, STANDARD, setting)
     shift = len(moved.encode([game])["input_ids"][0]) - len(plain.encode([game])["input_ids"][0])
     assert shift > 10  # the long passage adds many tokens
     assert moved.searched_roles() == plain.searched_roles()
@@ -113,8 +117,8 @@ def test_positions_move_with_a_context(tok):
 
 
 def test_sibling_labels_are_true_and_false(tok):
-    sibling = next(s for s in rb.make_settings(["sibling"]))
-    task = sibling.task(tok, TEMPLATE)
+    sibling = next(s for s in variants.make_settings(["sibling"]))
+    task = rb.setting_task("pricetag", tok, STANDARD, sibling)
     true_id, false_id = tok.convert_tokens_to_ids("True"), tok.convert_tokens_to_ids("False")
     assert task.answer_ids() == (true_id, false_id)
     assert {true_id, false_id}.isdisjoint(PriceTagTask(tok, TEMPLATE).answer_ids())
@@ -166,10 +170,10 @@ def test_screening_keeps_pairs_by_the_models_answers(tok):
 def test_a_model_at_chance_on_a_setting_is_flagged(tok):
     """The check fires for a model that always says Yes (its accuracy is the Yes rate, below the majority rate of
     the games) and not for one that answers every game."""
-    setting = rb.make_settings(["standard"])[0]
-    task = setting.task(tok, TEMPLATE)
-    lazy = rb.task_check(Answerer(tok, task, always_yes=True), task, setting, 60, seed=0)
-    right = rb.task_check(Answerer(tok, task, always_yes=False), task, setting, 60, seed=0)
+    setting = variants.make_settings(["standard"])[0]
+    task = rb.setting_task("pricetag", tok, STANDARD, setting)
+    lazy = rb.task_check(Answerer(tok, task, always_yes=True), task, 60, seed=0)
+    right = rb.task_check(Answerer(tok, task, always_yes=False), task, 60, seed=0)
     assert lazy["majority"] == right["majority"] > 0.5 and lazy["task acc"] == pytest.approx(1 - lazy["majority"])
     assert (lazy["task acc low"], lazy["task acc high"]) == binomial_interval(round(60 * lazy["task acc"]), 60)
     assert not lazy["answers"] and right["answers"] and right["task acc"] == 1.0
@@ -189,10 +193,10 @@ def test_a_setting_at_chance_is_shown_without_its_iia(result):
 
 
 def test_no_incorrect_pairs_is_reported_not_hidden(tok, result):
-    setting = rb.make_settings(["incorrect_only"])[0]
-    oracle = Answerer(tok, setting.task(tok, TEMPLATE), always_yes=False)
-    empty = rb.evaluate_settings(oracle, tok, TEMPLATE, [setting], result.alignments, n_pairs=8, n_games=10, seed=0,
-                                 max_screened=64)
+    setting = variants.make_settings(["incorrect_only"])[0]
+    oracle = Answerer(tok, rb.setting_task("pricetag", tok, STANDARD, setting), always_yes=False)
+    empty = rb.evaluate_settings(oracle, tok, "pricetag", STANDARD, [setting], result.alignments, n_pairs=8, n_games=10,
+                                 seed=0, max_screened=64)
     assert empty.checks.loc["incorrect_only", ["pairs", "screened"]].tolist() == [0, 64]
     assert empty.outcomes == {} and empty.cells.empty and empty.grids() == {}
     assert rt.chosen_table(empty)["iia"].isna().all() and np.isnan(rt.headline_numbers(empty)["iia_incorrect_only_left"])
@@ -233,7 +237,7 @@ def test_the_chosen_cells_numbers_by_hand_on_the_plain_path(tok, grid, result):
     """The sibling's outcome of the chosen cell, computed here pair by pair on the plain hooked forward, and its
     intervals from das_lib.method.stats."""
     setting = next(s for s in result.settings if s.key == "sibling")
-    task, model = setting.task(tok, TEMPLATE), grid.runner.model
+    task, model = rb.setting_task("pricetag", tok, STANDARD, setting), grid.runner.model
     pairs, _ = rb.setting_pairs(setting, model, task, 16, grid.spec.data_seed, 128)
     cell = result.alignments.chosen["left_right"]
     intervention = result.alignments.interventions[cell]
@@ -265,21 +269,22 @@ def test_the_whole_grid_gives_the_heatmaps_and_the_papers_statistics(grid, resul
     assert list(groups) == ["new inputs", "irrelevant context", "instruction and inputs"]
     assert list(groups["new inputs"])[:2] == ["trained: Left Boundary", "standard inputs"]
     assert list(groups["instruction and inputs"])[1:] == [s.short or s.title for s in with_pairs
-                                                          if s.answers or s.variant == "truefalse"]
+                                                          if s.figure == "instruction and inputs"]
 
 
 def test_the_settings_task_accuracy_and_majority_are_measured_on_their_games(tok, grid, result):
     setting = next(s for s in result.settings if s.key == "fixed_unseen")
     rng = random.Random(setting_games_seed(0))
-    games = [sample_game(rng, setting.bracket) for _ in range(40)]
+    games = [sample_game(rng, dict(setting.changes)["bracket"]) for _ in range(40)]
     row = result.checks.loc["fixed_unseen"]
     assert row["majority"] == majority_rate_of_games(games)
-    assert row["task acc"] == pytest.approx(setting.task(tok, TEMPLATE).accuracy(grid.runner.model, games)["answers"])
+    task = rb.setting_task("pricetag", tok, STANDARD, setting)
+    assert row["task acc"] == pytest.approx(task.readings(grid.runner.model, games)[0].float().mean().item())
 
 
 def test_headline_numbers_name_every_default_setting(result):
-    numbers = rt.headline_numbers(result)
-    assert np.isnan(numbers["iia_context_1_left"]) and np.isnan(numbers["corr_context"])  # not evaluated here
+    numbers = rt.headline_numbers(result, variants.make_settings())
+    assert np.isnan(numbers["iia_context_1_left"]) and np.isnan(numbers["mean_corr_context"])  # not evaluated here
     assert numbers["iia_sibling_right"] == rt.chosen_table(result).loc[("sibling", "right"), "iia"]
     assert numbers["site_sibling"] == rt.chosen_table(result).loc[("sibling", "left"), "site"]
     assert numbers["paper_max_iia_fixed_seen"] == paper.ROBUSTNESS["fixed bracket 5.49-8.49 (seen)"][0]
@@ -287,7 +292,7 @@ def test_headline_numbers_name_every_default_setting(result):
 
 def test_a_hypothesis_the_grid_does_not_search_is_named(grid, finding):
     with pytest.raises(KeyError, match=r"alignments of \['left'\], which the grid does not search"):
-        reuse.robustness_of(replace_candidates(grid, ("left_right",)), finding, ["fixed_bracket"], 8, 8, 8)
+        reuse.robustness_of(replace_candidates(grid, ("left_right",)), finding, variants.make_settings(["fixed_bracket"]), 8, 8, 8)
 
 
 def replace_candidates(grid: Grid, candidates: tuple[str, ...]) -> Grid:
@@ -383,7 +388,7 @@ def test_chapter_6_builds_chapter_5s_grid_from_the_same_parameters():
     six, five = parameter_defaults("06_robustness.ipynb"), parameter_defaults("05_sweep.ipynb")
     reading = Reading({**six, "orthogonal_map": six["orthogonal_map"] or None})  # the chapter's check reads "" as None
     spec = spec_from_params(reading)
-    assert set(spec.candidates) == {s.hypothesis for s in rb.make_settings()}
+    assert set(spec.candidates) == {s.hypothesis for s in variants.make_settings()}
     shared = (reading.read - {"hypotheses"}) & set(five)
     assert {"model", "layers", "positions", "seeds", "budget", "n_val", "n_test"} <= shared
     assert {k: six[k] for k in [*shared, "store"]} == {k: five[k] for k in [*shared, "store"]}

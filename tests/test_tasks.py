@@ -9,9 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, normalizers, processors
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerFast,
+)
 
-from das_lib.tasks.pricetag.game import ALPACA_TEMPLATE, INSTRUCTIONS, sample_game, sample_pairs, task_label
+from das_lib.models.standin import build_tokenizer
+from das_lib.tasks import make_task
+from das_lib.tasks.pricetag.game import (
+    ALPACA_TEMPLATE,
+    INSTRUCTIONS,
+    sample_game,
+    sample_pairs,
+    task_label,
+)
 from das_lib.tasks.pricetag.task import PriceTagTask, model_answers, task_accuracy
 
 GAME = {"lb": 549, "ub": 849, "amount": 712}
@@ -284,3 +297,18 @@ def test_a_template_with_another_layout_is_refused(llama, monkeypatch):
     monkeypatch.setitem(pricetag.TEMPLATES, "standin", "{instruction}\n{input}\nAnswer:\n")
     with pytest.raises(ValueError, match=r"prompt 0 .*does not end with the input and then '\\n\\n### Response:\\n'"):
         PriceTagTask(llama, "standin").roles(GAME)
+
+
+def test_a_fixed_bracket_is_a_setting_of_the_game_that_leaves_the_standard_settings_alone():
+    """A task with a fixed bracket draws every game in it and says so in its settings; the standard task's settings
+    (which a record's config hashes) do not name a bracket."""
+    tok = build_tokenizer(0)
+    standard = PriceTagTask(tok, "standin")
+    assert "bracket" not in standard.settings()
+    fixed = make_task("pricetag", tok, {**standard.settings(), "bracket": [251, 551]})
+    assert fixed.bracket == (251, 551) and fixed.settings()["bracket"] == [251, 551]
+    rng = random.Random(0)
+    assert all((g["lb"], g["ub"]) == (251, 551) for g in (fixed.sample_input(rng) for _ in range(20)))
+    assert all((b["lb"], s["ub"]) == (251, 551) for b, s in (fixed.sample_pair(rng) for _ in range(20)))
+    with pytest.raises(ValueError, match="lower < upper"):
+        PriceTagTask(tok, "standin", bracket=(600, 500))

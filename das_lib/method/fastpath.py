@@ -45,7 +45,7 @@ from das_lib.method.fastpath_checks import (
     self_disagreement,
 )
 from das_lib.method.layer_cache import LayerCache
-from das_lib.method.sites import Site, find_layers, layer_module, main_output, select_positions, write_positions
+from das_lib.method.sites import Site, find_layers, main_output, select_positions, write_positions
 from das_lib.method.training import InterventionForward, PlainForward
 
 class CachedForward:

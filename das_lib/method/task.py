@@ -9,6 +9,7 @@ registry.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
 import torch
@@ -54,9 +55,57 @@ class Task(Protocol):
     def interchange_data(self, pairs: Sequence[CounterfactualPair], role: str | Sequence[str]) -> InterchangeData:
         """The pairs as tensors at `role` (one, or several as (N, k) positions), answers read over `answer_tensor`."""
 
-    def accuracy(self, model: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
-        """The share of `inputs` the model answers right, over the answer tokens ("answers") and over the whole
-        vocabulary ("vocabulary")."""
+    def readings(self, model: nn.Module, inputs: Sequence[Inputs], batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) bool each: does the model answer each input right, read over the answer tokens, and read over the
+        whole vocabulary (the paper's reading)."""
+
+
+ANSWER_FILTERS = ("correct", "incorrect")
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A variant of a task on which learned alignments are reused without retraining (the paper's robustness
+    settings): some of the task's settings changed (its prompts, or the inputs it draws), optionally only the pairs
+    whose base and source the model answers both right (`answers="correct"`) or not (`"incorrect"`).
+
+    `hypothesis` names whose alignments it reuses. `kind` groups variants made alike (their statistics are also
+    averaged together), `figure` the group of heatmaps its panel is drawn in, `paper` the row of the paper's table
+    it is compared with (das_lib.paper.ROBUSTNESS), `short` its panel's title (default: the title).
+    """
+
+    key: str
+    title: str
+    hypothesis: str
+    kind: str
+    changes: tuple[tuple[str, Any], ...] = ()
+    answers: str | None = None
+    figure: str = ""
+    paper: str | None = None
+    short: str = ""
+
+    def __post_init__(self) -> None:
+        if self.answers not in (None, *ANSWER_FILTERS):
+            raise ValueError(f"variant {self.key!r}: answers must be None, 'correct' or 'incorrect', got {self.answers!r}")
+
+    def settings(self, standard: Mapping[str, Any]) -> dict[str, Any]:
+        """The task's settings under this variant: the `standard` ones with its changes."""
+        return {**standard, **dict(self.changes)}
+
+
+def factual_answers(task: Task, inputs: Sequence[Inputs]) -> list[Any]:
+    """The right answer to each input: the output of the task's causal models (every hypothesis computes it)."""
+    reference = next(iter(task.hypotheses().values())).model
+    return [reference.predict(x) for x in inputs]
+
+
+def accuracy(task: Task, model: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
+    """The share of `inputs` the model answers right, over the answer tokens ("answers") and over the whole
+    vocabulary ("vocabulary"), and the accuracy of always giving the inputs' most common answer ("majority")."""
+    ours, vocabulary = task.readings(model, inputs)
+    answers = factual_answers(task, inputs)
+    return {"answers": ours.float().mean().item(), "vocabulary": vocabulary.float().mean().item(),
+            "majority": max(answers.count(a) for a in set(answers)) / len(answers)}
 
 
 def labelled_pairs(task: Task, hypothesis: str, n: int, seed: int) -> list[CounterfactualPair]:

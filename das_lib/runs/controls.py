@@ -20,6 +20,7 @@ from dataclasses import replace
 from typing import Any, Sequence
 
 import pandas as pd
+import torch
 
 from das_lib.method.outcome import Outcome, candidate_score
 from das_lib.method.subspaces import random_rotation_like
@@ -136,7 +137,7 @@ def whole_swap(grid: Grid, finding: findings.Finding, candidate: str) -> Outcome
     return replace(learned, correct=tokens.numpy() == grid.labels(candidate, "test"), vocab_correct=None, vocab_none=None)
 
 
-def planted_subspaces(model: str) -> dict[str, "torch.Tensor"]:
+def planted_subspaces(model: str) -> dict[str, torch.Tensor]:
     """The planted model's planted subspace per variable (d x k bases), the illusion check's reference."""
     from das_lib.method.illusion import learned_subspace
 

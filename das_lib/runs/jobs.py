@@ -18,9 +18,8 @@ vocabulary.
 """
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -35,7 +34,7 @@ from das_lib.method.interventions import BoundlessDASIntervention, save_interven
 from das_lib.method.outcome import Outcome
 from das_lib.method.programs import Candidate
 from das_lib.method.sites import Site, layer_module
-from das_lib.method.task import Task
+from das_lib.method.task import Task, accuracy
 from das_lib.method.training import (
     PlainForward, TrainConfig, answer_tokens_under, answers_both_ways, set_seed, train_intervention,
 )
@@ -209,11 +208,9 @@ class Runner:
         whole vocabulary, and the accuracy of always giving the more common answer."""
         task, rng = self.task(config), random.Random(config["seed"])
         inputs = [task.sample_input(rng) for _ in range(config["n_games"])]
-        reference = next(iter(task.hypotheses().values())).model  # every hypothesis gives the factual answer
-        answers = [reference.predict(x) for x in inputs]
-        accuracy = task.accuracy(self.model, inputs)
-        return {"task_accuracy": accuracy["answers"], "task_accuracy_vocabulary": accuracy["vocabulary"],
-                "majority": max(answers.count(a) for a in set(answers)) / len(answers)}
+        measured = accuracy(task, self.model, inputs)
+        return {"task_accuracy": measured["answers"], "task_accuracy_vocabulary": measured["vocabulary"],
+                "majority": measured["majority"]}
 
 
 def majority_rate(label_ids: np.ndarray) -> float:

@@ -15,7 +15,7 @@ and the set of groups they do not separate from the first (das_lib.runs.findings
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Sequence

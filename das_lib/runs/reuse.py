@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
-from das_lib import paper
 from das_lib.method.outcome import candidate_score
+from das_lib.method.task import Variant
 from das_lib.runs import robustness
 from das_lib.runs.findings import Finding
 from das_lib.runs.grid import Cell, Grid
@@ -77,23 +77,20 @@ def alignments(grid: Grid, finding: Finding, hypotheses: Sequence[str], whole_gr
                                  trained[["candidate", "layer", "position", "seed", "iia"]].reset_index(drop=True))
 
 
-def robustness_of(grid: Grid, finding: Finding, kinds: Sequence[str], n_pairs: int, n_games: int, max_screened: int,
-                  contexts: Sequence[str] = paper.CONTEXTS, whole_grid: bool = False,
-                  brackets: tuple[str, str] = (paper.BRACKETS["seen"], paper.BRACKETS["unseen"])
-                  ) -> robustness.RobustnessResult:
-    """The grid's alignments of every hypothesis the settings `kinds` reuse, without retraining, on those settings
-    (the fixed `brackets` seen and unseen, and `contexts`): `n_pairs` pairs and `n_games` games per setting, drawn
-    from the grid's data seed; with `whole_grid`, every cell of their grid too (heatmaps, the paper's statistics)."""
-    settings = robustness.make_settings(kinds, *brackets, contexts)
+def robustness_of(grid: Grid, finding: Finding, settings: Sequence[Variant], n_pairs: int, n_games: int,
+                  max_screened: int, whole_grid: bool = False) -> robustness.RobustnessResult:
+    """The grid's alignments of every hypothesis the `settings` (variants of the grid's task) reuse, without
+    retraining, on those settings: `n_pairs` pairs and `n_games` inputs per setting, drawn from the grid's data
+    seed; with `whole_grid`, every cell of their grid too (heatmaps, the paper's statistics)."""
     hypotheses = list(dict.fromkeys(s.hypothesis for s in settings))
     absent = [h for h in hypotheses if h not in grid.spec.candidates]
     if absent:
-        raise KeyError(f"the settings {list(kinds)} reuse the alignments of {absent}, which the grid does not search "
-                       f"(its candidates: {list(grid.spec.candidates)}): add them to its hypotheses")
+        raise KeyError(f"the settings {[s.key for s in settings]} reuse the alignments of {absent}, which the grid does "
+                       f"not search (its candidates: {list(grid.spec.candidates)}): add them to its hypotheses")
     reused = alignments(grid, finding, hypotheses, whole_grid)
     runner = grid.runner
-    return robustness.evaluate_settings(runner.model, runner.tokenizer, grid.task.settings()["template"], settings, reused,
-                                        n_pairs, n_games, grid.spec.data_seed, max_screened)
+    return robustness.evaluate_settings(runner.model, runner.tokenizer, grid.spec.task, grid.task.settings(), settings,
+                                        reused, n_pairs, n_games, grid.spec.data_seed, max_screened)
 
 
 def summary(grid: Grid, finding: Finding, hypotheses: Sequence[str]) -> pd.DataFrame:

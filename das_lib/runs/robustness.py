@@ -1,12 +1,14 @@
-"""Robustness of learned alignments: reuse them, without retraining, on new inputs, contexts and instructions.
+"""Robustness of learned alignments: reuse them, without retraining, on variants of the task.
 
 The paper's second result: an alignment Boundless DAS learned on the standard yes/no games keeps its
 IIA when the games change (a fixed bracket), when an irrelevant sentence is prepended to the
 instruction, when the instruction becomes its True/False sibling, and on the inputs the model gets
-right or wrong. Here each such *setting* is a `Setting`, and `evaluate_settings` runs a grid's alignments
-(inference only) on the setting's pairs, as the grid scored them: every pair once per variable of the
-alignment's candidate (that variable swapped alone), read over the setting's own answer tokens, into an
-`Outcome` per alignment (das_lib.method.outcome).
+right or wrong. Here each such *setting* is a `Variant` of the task (das_lib.method.task: the task's
+settings changed, the pairs optionally filtered by the model's answers; a task's own settings, such as the
+game's in das_lib.tasks.pricetag.variants, are made by the task), and `evaluate_settings` runs a grid's
+alignments (inference only) on the setting's pairs, as the grid scored them: every pair once per variable
+of the alignment's candidate (that variable swapped alone), read over the setting's own answer tokens,
+into an `Outcome` per alignment (das_lib.method.outcome).
 
 Which alignments: for each hypothesis, the cell chosen on validation (das_lib.runs.reuse: at the site a
 `Finding` chose, the seed of highest validation score), every run at that site (training seeds x data
@@ -33,16 +35,16 @@ import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from das_lib import paper
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import caches_or_plain
 from das_lib.method.outcome import Outcome
+from das_lib.method.programs import Candidate
 from das_lib.method.seeds import screening_seed, setting_games_seed, setting_seed
 from das_lib.method.stats import binomial_interval
+from das_lib.method.task import Task, Variant, factual_answers
 from das_lib.method.training import PlainForward, answer_tokens, answers_both_ways
-from das_lib.tasks.pricetag.game import HYPOTHESES, get_hypothesis, majority_rate_of_games, parse_bracket, price, sample_game, sample_pair
-from das_lib.tasks.pricetag.task import PriceTagTask, model_answers
+from das_lib.tasks import make_task
 from das_lib.runs import pools
 from das_lib.runs.grid import Cell
 from das_lib.runs.grids import iia_grid
@@ -50,104 +52,9 @@ from das_lib.runs.jobs import candidate_data
 
 Pair = pools.Pair
 
-# A longer irrelevant passage (not in the stand-in's training pool of contexts).
-LONG_CONTEXT = (
-    "Last spring the town library moved into the old railway station. Volunteers carried thousands of "
-    "books across the square, and the mayor cut a ribbon made of recycled paper. Visitors now read under "
-    "the tall arched windows while freight trains rumble past on the new line behind the building."
-)
-DEFAULT_CONTEXTS = (*paper.CONTEXTS, LONG_CONTEXT)
-
-# ---------------------------------------------------------------------------------------------
-# Settings
-
-SETTING_KINDS = ("standard", "fixed_bracket", "context", "sibling", "correct_only", "incorrect_only")
-ANSWER_FILTERS = ("correct", "incorrect")
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One robustness setting: how its pairs and prompts differ from the standard ones, and whose alignments it reuses.
-
-    `hypothesis` names the alignments evaluated and the standard grid the setting is compared with
-    (the paper: Left Boundary for the fixed-bracket rows, Left and Right Boundary otherwise).
-    `answers` keeps only pairs whose base and source games the model answers both correctly
-    ("correct"), or not both correctly ("incorrect").
-    """
-
-    key: str
-    title: str
-    hypothesis: str
-    bracket: tuple[int, int] | None = None
-    context: str | None = None
-    variant: str = "yesno"
-    answers: str | None = None
-    paper: str | None = None  # row of paper.ROBUSTNESS to compare with, if the paper has one
-    short: str = ""  # the title of its heatmap panel (default: the title)
-
-    def __post_init__(self) -> None:
-        get_hypothesis(self.hypothesis)
-        if self.answers not in (None, *ANSWER_FILTERS):
-            raise ValueError(f"setting {self.key!r}: answers must be None, 'correct' or 'incorrect', got {self.answers!r}")
-        if self.paper is not None and self.paper not in paper.ROBUSTNESS:
-            raise KeyError(f"setting {self.key!r}: {self.paper!r} is not a row of paper.ROBUSTNESS")
-
-    def task(self, tokenizer: PreTrainedTokenizerBase, template: str) -> PriceTagTask:
-        """The setting's prompts: the standard template with its instruction variant and context."""
-        return PriceTagTask(tokenizer, template, self.variant, self.context)
-
-
-def _short(text: str, n: int = 48) -> str:
-    return text if len(text) <= n else text[: n - 3].rstrip() + "..."
-
-
-def make_settings(
-    kinds: Sequence[str] = SETTING_KINDS,
-    bracket_seen: str = paper.BRACKETS["seen"],
-    bracket_unseen: str = paper.BRACKETS["unseen"],
-    contexts: Sequence[str] = DEFAULT_CONTEXTS,
-) -> list[Setting]:
-    """The settings of the robustness table, in the paper's order, for the given kinds, brackets and contexts."""
-    bad = [k for k in kinds if k not in SETTING_KINDS]
-    if not kinds or bad:
-        raise ValueError(f"setting kinds must be a non-empty list drawn from {list(SETTING_KINDS)}; bad: {bad or 'empty list'}")
-    if "context" in kinds and (not contexts or any(not isinstance(c, str) or not c.strip() for c in contexts)):
-        raise ValueError(f"contexts must be a non-empty list of non-empty strings, got {list(contexts)!r}")
-    out: list[Setting] = []
-    if "standard" in kinds:
-        for key in ("left", "left_right"):
-            title = HYPOTHESES[key].title
-            out.append(Setting(f"standard_{key}", f"standard inputs ({title})", key, paper=title, short="standard inputs"))
-    if "correct_only" in kinds:
-        out.append(Setting("correct_only", "correct-only inputs", "left_right", answers="correct", paper="correct-only inputs"))
-    if "incorrect_only" in kinds:
-        out.append(Setting("incorrect_only", "incorrect-only inputs", "left_right", answers="incorrect", paper="incorrect-only inputs"))
-    if "fixed_bracket" in kinds:
-        for which, text in (("seen", bracket_seen), ("unseen", bracket_unseen)):
-            bracket = parse_bracket(text)
-            name = f"{price(bracket[0])}-{price(bracket[1])}"
-            row = f"fixed bracket {name} ({which})"
-            out.append(Setting(f"fixed_{which}", f"fixed bracket {name} ({which})", "left", bracket=bracket,
-                               paper=row if row in paper.ROBUSTNESS else None, short=f"bracket {name} ({which})"))
-    if "context" in kinds:
-        for i, text in enumerate(contexts, start=1):
-            row = f'irrelevant context "{text}"'
-            out.append(Setting(f"context_{i}", f'irrelevant context "{_short(text)}"', "left_right", context=text,
-                               paper=row if row in paper.ROBUSTNESS else None, short=f'"{_short(text, 36)}"'))
-    if "sibling" in kinds:
-        title = 'sibling instruction "say True ... otherwise False"'
-        out.append(Setting("sibling", title, "left_right", variant="truefalse", paper=title, short="say True ... otherwise False"))
-    return out
-
-
-def settings_table(settings: Sequence[Setting]) -> pd.DataFrame:
-    """One row per setting: what changes, whose alignments are reused, the paper's row it is compared with."""
-    return pd.DataFrame([{
-        "key": s.key, "setting": s.title, "alignments of": HYPOTHESES[s.hypothesis].title,
-        "bracket": "random" if s.bracket is None else f"{price(s.bracket[0])}-{price(s.bracket[1])}",
-        "context": _short(s.context or "", 32), "instruction": s.variant, "inputs": s.answers or "all",
-        "in the paper": s.paper is not None,
-    } for s in settings]).set_index("key")
+def setting_task(task: str, tokenizer: PreTrainedTokenizerBase, standard: Mapping[str, Any], setting: Variant) -> Task:
+    """The task `task` (a das_lib.tasks name) under `setting`: its `standard` settings with the setting's changes."""
+    return make_task(task, tokenizer, setting.settings(standard))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,8 +71,8 @@ def split_by_answers(pairs: Sequence[Pair], base_ok: Sequence[bool], source_ok: 
     return correct, incorrect
 
 
-def screen_pairs(model: nn.Module, task: PriceTagTask, n: int, seed: int, max_screened: int,
-                 bracket: tuple[int, int] | None = None, chunk: int = 512) -> tuple[dict[str, list[Pair]], int]:
+def screen_pairs(model: nn.Module, task: Task, n: int, seed: int, max_screened: int, chunk: int = 512
+                 ) -> tuple[dict[str, list[Pair]], int]:
     """Pairs of games split by the model's factual answers, drawn in rounds until both sets ("correct",
     "incorrect") have `n` pairs or `max_screened` pairs were screened.
 
@@ -176,8 +83,8 @@ def screen_pairs(model: nn.Module, task: PriceTagTask, n: int, seed: int, max_sc
     while screened < max_screened and any(len(v) < n for v in found.values()):
         size = min(chunk, max_screened - screened)
         rng = random.Random(screening_seed(seed, round_))
-        pairs = [sample_pair(rng, bracket) for _ in range(size)]
-        right = model_answers(model, task, [b for b, _ in pairs] + [s for _, s in pairs])
+        pairs = [task.sample_pair(rng) for _ in range(size)]
+        right = task.readings(model, [b for b, _ in pairs] + [s for _, s in pairs])[0]
         correct, incorrect = split_by_answers(pairs, right[:size].tolist(), right[size:].tolist())
         found["correct"] += correct
         found["incorrect"] += incorrect
@@ -185,31 +92,32 @@ def screen_pairs(model: nn.Module, task: PriceTagTask, n: int, seed: int, max_sc
     return {k: v[:n] for k, v in found.items()}, screened
 
 
-def setting_pairs(setting: Setting, model: nn.Module, task: PriceTagTask, n: int, seed: int, max_screened: int,
+def setting_pairs(setting: Variant, model: nn.Module, task: Task, n: int, seed: int, max_screened: int,
                   screened: dict[Any, Any] | None = None) -> tuple[list[Pair], int]:
-    """The setting's pairs of games (drawn from seeds.setting_seed(seed), with its bracket) and how many pairs
-    were screened to find them (0 when none had to be). `screened` keeps a screening for the next setting with
-    the same prompts (correct-only and incorrect-only share one)."""
+    """The setting's pairs (drawn by `task`, the task under the setting, from seeds.setting_seed(seed)) and how many
+    pairs were screened to find them (0 when none had to be). `screened` keeps a screening for the next setting
+    with the same changes (correct-only and incorrect-only share one)."""
     if setting.answers is None:
         rng = random.Random(setting_seed(seed))
-        return [sample_pair(rng, setting.bracket) for _ in range(n)], 0
-    key = (setting.variant, setting.context, setting.bracket)
+        return [task.sample_pair(rng) for _ in range(n)], 0
+    key = setting.changes
     screened = {} if screened is None else screened
     if key not in screened:
-        screened[key] = screen_pairs(model, task, n, setting_seed(seed), max_screened, setting.bracket)
+        screened[key] = screen_pairs(model, task, n, setting_seed(seed), max_screened)
     found, count = screened[key]
     return found[setting.answers], count
 
 
-def task_check(model: nn.Module, task: PriceTagTask, setting: Setting, n_games: int, seed: int) -> dict[str, Any]:
-    """Does the model answer the setting's games (its prompts and bracket) better than chance? Its accuracy on
-    `n_games` games (over the setting's answer tokens) with the exact 95% interval, the rate of always giving
-    the games' more common answer, and `answers`: the interval's lower end lies above that rate."""
+def task_check(model: nn.Module, task: Task, n_games: int, seed: int) -> dict[str, Any]:
+    """Does the model answer the task (under a setting: its prompts and inputs) better than chance? Its accuracy on
+    `n_games` inputs (over the task's answer tokens) with the exact 95% interval, the rate of always giving the
+    inputs' most common answer, and `answers`: the interval's lower end lies above that rate."""
     rng = random.Random(setting_games_seed(seed))
-    games = [sample_game(rng, setting.bracket) for _ in range(n_games)]
-    right = int(model_answers(model, task, games).sum())
+    games = [task.sample_input(rng) for _ in range(n_games)]
+    right = int(task.readings(model, games)[0].sum())
     low, high = binomial_interval(right, n_games)
-    majority = majority_rate_of_games(games)
+    answers = factual_answers(task, games)
+    majority = max(answers.count(a) for a in set(answers)) / n_games
     return {"games": n_games, "task acc": right / n_games, "task acc low": low, "task acc high": high,
             "majority": majority, "answers": bool(low > majority)}
 
@@ -235,14 +143,14 @@ class Alignments:
         return list(dict.fromkeys([self.chosen[hypothesis], *self.at_site[hypothesis], *self.grid.get(hypothesis, [])]))
 
 
-def encode_pairs(task: PriceTagTask, pairs: Sequence[Pair], roles: Sequence[str], device: torch.device) -> InterchangeData:
+def encode_pairs(task: Task, pairs: Sequence[Pair], roles: Sequence[str], device: torch.device) -> InterchangeData:
     """The pairs' prompts at `roles` ((N, k) positions), on `device`; every candidate puts its own labels on them."""
     reference = next(iter(task.hypotheses().values()))
     labelled = [make_pair(reference.model, base, source, reference.variables[:1]) for base, source in pairs]
     return task.interchange_data(labelled, list(roles)).to(device)
 
 
-def outcomes_on(model: nn.Module, task: PriceTagTask, pairs: Sequence[Pair], interventions: Mapping[Cell, nn.Module]
+def outcomes_on(model: nn.Module, task: Task, pairs: Sequence[Pair], interventions: Mapping[Cell, nn.Module]
                 ) -> tuple[dict[Cell, Outcome], dict[str, np.ndarray]]:
     """Each alignment's `Outcome` on `pairs` under `task` (every pair once per variable of its candidate), from
     one pass of the model per layer for all positions (the exact fast path; the plain one where it cannot run),
@@ -276,12 +184,13 @@ class RobustnessResult:
     """Every evaluated alignment's `Outcome` on every setting, what each setting's pairs can mean (`checks`), and
     the alignments reused; das_lib.runs.robustness_table reads the tables from it."""
 
-    settings: list[Setting]
+    settings: list[Variant]
     alignments: Alignments
     outcomes: dict[str, dict[Cell, Outcome]]  # setting key -> cell -> Outcome
     labels: dict[str, np.ndarray]  # setting key -> (V, N) label tokens of the setting's hypothesis
     checks: pd.DataFrame  # per setting key: pairs, screened, games, task acc (low, high), majority, answers
     positions: list[str]
+    hypotheses: dict[str, Candidate]  # the task's hypotheses, by key (their titles and variables)
     seconds: float = 0.0  # wall-clock time of the evaluation
     cpu_seconds: float = 0.0  # CPU time of this process (all threads): comparable on a busy machine
     cells: pd.DataFrame = field(init=False)  # one row per (setting, grid cell): the IIA the heatmaps show
@@ -293,7 +202,7 @@ class RobustnessResult:
                 if cell in self.alignments.grid.get(cell.candidate, [])]
         self.cells = pd.DataFrame(rows, columns=["setting", "hypothesis", "layer", "position", "seed", "iia"])
 
-    def setting(self, key: str) -> Setting:
+    def setting(self, key: str) -> Variant:
         return next(s for s in self.settings if s.key == key)
 
     def grid(self, key: str) -> pd.DataFrame:
@@ -317,19 +226,18 @@ class RobustnessResult:
         for s in self.settings:
             if not (self.cells["setting"] == s.key).any():
                 continue
-            group = ("new inputs" if s.bracket is not None or s.key == "standard_left" else
-                     "irrelevant context" if s.context is not None or s.key == "standard_left_right" else
-                     "instruction and inputs")
-            panels = groups.setdefault(group, {f"trained: {HYPOTHESES[s.hypothesis].title}": self.trained_grid(s.hypothesis)})
+            title = self.hypotheses[s.hypothesis].title
+            panels = groups.setdefault(s.figure, {f"trained: {title}": self.trained_grid(s.hypothesis)})
             panels[s.short or s.title] = self.grid(s.key)
-        order = ("new inputs", "irrelevant context", "instruction and inputs")
-        return {g: groups[g] for g in order if g in groups}
+        return groups
 
 
-def evaluate_settings(model: nn.Module, tokenizer: PreTrainedTokenizerBase, template: str, settings: Sequence[Setting],
-                      alignments: Alignments, n_pairs: int, n_games: int, seed: int, max_screened: int) -> RobustnessResult:
-    """Every alignment of each setting's hypothesis in `alignments` on the setting's `n_pairs` pairs (inference
-    only), and the model's accuracy on `n_games` of the setting's games beside its majority rate."""
+def evaluate_settings(model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, standard: Mapping[str, Any],
+                      settings: Sequence[Variant], alignments: Alignments, n_pairs: int, n_games: int, seed: int,
+                      max_screened: int) -> RobustnessResult:
+    """Every alignment of each setting's hypothesis in `alignments` on `n_pairs` pairs of the task `task` (a
+    das_lib.tasks name) under the setting, its `standard` settings changed (inference only), and the model's
+    accuracy on `n_games` of the setting's inputs beside their majority rate."""
     if n_pairs < 2 or n_games < 1 or max_screened < 2:
         raise ValueError(f"need n_pairs >= 2, n_games >= 1 and max_screened >= 2; got {n_pairs}, {n_games}, {max_screened}")
     missing = sorted({s.hypothesis for s in settings} - set(alignments.chosen))
@@ -338,17 +246,17 @@ def evaluate_settings(model: nn.Module, tokenizer: PreTrainedTokenizerBase, temp
     start, cpu_start = time.perf_counter(), time.process_time()
     outcomes, labels, checks, screened, known = {}, {}, {}, {}, {}
     for s in settings:
-        task = s.task(tokenizer, template)
-        pairs, count = setting_pairs(s, model, task, n_pairs, seed, max_screened, screened)
-        prompts = (s.variant, s.context, s.bracket)
-        if prompts not in known:  # settings with the same prompts and games share the check
-            known[prompts] = task_check(model, task, s, n_games, seed)
-        checks[s.key] = {"setting": s.title, "hypothesis": s.hypothesis, "pairs": len(pairs), "screened": count, **known[prompts]}
+        changed = setting_task(task, tokenizer, standard, s)
+        pairs, count = setting_pairs(s, model, changed, n_pairs, seed, max_screened, screened)
+        if s.changes not in known:  # settings with the same prompts and inputs share the check
+            known[s.changes] = task_check(model, changed, n_games, seed)
+        checks[s.key] = {"setting": s.title, "hypothesis": s.hypothesis, "pairs": len(pairs), "screened": count, **known[s.changes]}
         if pairs:
             interventions = {c: alignments.interventions[c] for c in alignments.cells(s.hypothesis)}
-            outcomes[s.key], by_candidate = outcomes_on(model, task, pairs, interventions)
+            outcomes[s.key], by_candidate = outcomes_on(model, changed, pairs, interventions)
             labels[s.key] = by_candidate[s.hypothesis]
     positions = list(dict.fromkeys(c.position for cells in alignments.grid.values() for c in cells))
     table = pd.DataFrame.from_dict(checks, orient="index").rename_axis("key")
-    return RobustnessResult(list(settings), alignments, outcomes, labels, table, positions,
+    hypotheses = dict(make_task(task, tokenizer, standard).hypotheses())
+    return RobustnessResult(list(settings), alignments, outcomes, labels, table, positions, hypotheses,
                             time.perf_counter() - start, time.process_time() - cpu_start)

@@ -14,16 +14,16 @@
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
 from das_lib import paper
 from das_lib.method.stats import binomial_interval, paired_difference
-from das_lib.tasks.pricetag.game import HYPOTHESES
+from das_lib.method.task import Variant
 from das_lib.runs.grids import COLUMNS, grid_stats
-from das_lib.runs.robustness import RobustnessResult, Setting, make_settings
+from das_lib.runs.robustness import RobustnessResult
 
 CHECK_COLUMNS = ("pairs", "screened", "task acc", "task acc low", "task acc high", "majority", "answers")
 NUMBERS = ("iia", "iia low", "iia high", "none", "gain", "gain low", "gain high", "runs", "runs min", "runs max",
@@ -43,7 +43,7 @@ def chosen_table(result: RobustnessResult) -> pd.DataFrame:
         check = result.checks.loc[s.key]
         cell = result.alignments.chosen[s.hypothesis]
         outcomes = result.outcomes.get(s.key, {})
-        for v, variable in enumerate(HYPOTHESES[s.hypothesis].variables):
+        for v, variable in enumerate(result.hypotheses[s.hypothesis].variables):
             row: dict[str, Any] = {"key": s.key, "variable": variable, "setting": s.title, "hypothesis": s.hypothesis,
                                    "site": f"L{cell.layer} {cell.position}", "seed": cell.seed,
                                    **{c: check[c] for c in CHECK_COLUMNS}}
@@ -88,26 +88,27 @@ def page_table(result: RobustnessResult) -> pd.DataFrame:
     return table.reset_index().set_index(["setting", "variable"])[columns]
 
 
-def _settings(result: RobustnessResult) -> list[Setting]:
-    """The default settings and the result's, each once by key (so that every default name exists)."""
-    by_key = {s.key: s for s in make_settings()} | {s.key: s for s in result.settings}
+def _settings(result: RobustnessResult, defaults: Sequence[Variant]) -> list[Variant]:
+    """The `defaults` and the result's settings, each once by key (so that every default name exists)."""
+    by_key = {s.key: s for s in defaults} | {s.key: s for s in result.settings}
     return list(by_key.values())
 
 
-def headline_numbers(result: RobustnessResult) -> dict[str, Any]:
+def headline_numbers(result: RobustnessResult, defaults: Sequence[Variant] = ()) -> dict[str, Any]:
     """Named numbers for a chapter's prose: per setting key k and variable v, `iia_k_v`, `iia_low_k_v`,
     `iia_high_k_v`, `none_k_v`, `gain_k_v`, `gain_low_k_v`, `gain_high_k_v`, `runs_min_k_v`, `runs_max_k_v`; per
     setting, `site_k`, `pairs_k`, `screened_k`, `task_acc_k` (and `_low`, `_high`), `majority_k`, `answers_k`, and
     over the whole grid `grid_max_iia_k`, `corr_k`, `var_k` with the paper's `paper_max_iia_k`, `paper_corr_k`,
-    `paper_var_k`; `corr_context`, the mean r over the contexts; `at_chance` and `transferred`: the titles of the
-    settings the model answers no better than chance, and of those where it answers and every variable's gain
-    lies above 0. NaN where a setting was not evaluated, so that every default name exists."""
+    `paper_var_k`; per kind of setting `mean_corr_KIND`, the mean r over its settings (`mean_corr_context`: over the
+    contexts); `at_chance` and `transferred`: the titles of the settings the model answers no better than chance,
+    and of those where it answers and every variable's gain lies above 0. NaN where a setting was not evaluated,
+    so that every name of the `defaults` exists."""
     chosen, grid = chosen_table(result), grid_table(result)
     nan = float("nan")
     out: dict[str, Any] = {}
-    for s in _settings(result):
+    for s in _settings(result, defaults):
         k, evaluated = s.key, s.key in result.checks.index
-        for v in HYPOTHESES[s.hypothesis].variables:
+        for v in result.hypotheses[s.hypothesis].variables:
             have = evaluated and (k, v) in chosen.index
             for name in ("iia", "iia low", "iia high", "none", "gain", "gain low", "gain high", "runs min", "runs max"):
                 out[f"{name.replace(' ', '_')}_{k}_{v}"] = float(chosen.loc[(k, v), name]) if have else nan
@@ -121,8 +122,9 @@ def headline_numbers(result: RobustnessResult) -> dict[str, Any]:
         theirs = paper.ROBUSTNESS.get(s.paper) if s.paper else None
         for i, name in enumerate(("paper_max_iia", "paper_corr", "paper_var")):
             out[f"{name}_{k}"] = theirs[i] if theirs else nan
-    known = [out[f"corr_{s.key}"] for s in result.settings if s.context is not None and not np.isnan(out[f"corr_{s.key}"])]
-    out["corr_context"] = float(np.mean(known)) if known else nan
+    for kind in dict.fromkeys(s.kind for s in _settings(result, defaults)):
+        known = [out[f"corr_{s.key}"] for s in result.settings if s.kind == kind and not np.isnan(out[f"corr_{s.key}"])]
+        out[f"mean_corr_{kind}"] = float(np.mean(known)) if known else nan
     out["at_chance"] = [s.title for s in result.settings if not result.checks.loc[s.key, "answers"]]
     out["transferred"] = [s.title for s in result.settings if result.checks.loc[s.key, "answers"]
                           and s.key in result.outcomes and bool((chosen.loc[s.key, "gain low"] > 0).all())]

@@ -107,11 +107,11 @@ class MCQATask:
         """An item of the task's distribution."""
         return self.items.sample_item(rng)
 
-    def accuracy(self, model: nn.Module, inputs: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-        """The share of items the model answers right, over the letters ("answers") and over the vocabulary."""
-        expected = torch.tensor([self.answer_id(answer(x)) for x in inputs], dtype=torch.long, device="cpu")
-        ours, vocabulary = answer_readings(model, self.encode, inputs, expected, self.answer_tensor())
-        return {"answers": ours.float().mean().item(), "vocabulary": vocabulary.float().mean().item()}
+    def readings(self, model: nn.Module, inputs: Sequence[Mapping[str, Any]], batch_size: int = 64
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) bool each: is the model's answer to each item right, read over the letters and over the vocabulary."""
+        expected = torch.tensor([self.answer_id(answer(x)) for x in inputs], dtype=torch.long)
+        return answer_readings(model, self.encode, inputs, expected, self.answer_tensor(), batch_size)
 
     # -- text and tokens -------------------------------------------------------------------------------
 

@@ -66,9 +66,14 @@ def parse_bracket(text: str) -> tuple[int, int]:
         lo, hi = (float(x) for x in text.split("-"))
     except ValueError:
         raise ValueError(f"bracket {text!r} must look like '5.49-8.49'") from None
-    lb, ub = _cents(lo), _cents(hi)
+    return check_bracket((_cents(lo), _cents(hi)))
+
+
+def check_bracket(bracket: Sequence[int]) -> tuple[int, int]:
+    """(lower, upper) in cents as a tuple, refusing brackets that leave a region empty."""
+    lb, ub = (int(x) for x in bracket)
     if not 1 < lb < ub < 999:
-        raise ValueError(f"bracket {text!r} must satisfy 0.01 < lower < upper < 9.99")
+        raise ValueError(f"bracket {lb / 100:.2f}-{ub / 100:.2f} must satisfy 0.01 < lower < upper < 9.99")
     return lb, ub
 
 

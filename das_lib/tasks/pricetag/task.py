@@ -29,9 +29,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
-from das_lib.method.prompts import pair_targets, role_positions
-from das_lib.method.readout import over_answers, predicted_tokens
-from das_lib.method.sites import answer_logits
+from das_lib.method.prompts import answer_readings, pair_targets, role_positions
 from das_lib.tasks.pricetag import programs
 from das_lib.tasks.pricetag.game import (
     ANSWERS,
@@ -41,6 +39,7 @@ from das_lib.tasks.pricetag.game import (
     INSTRUCTIONS,
     TEMPLATES,
     answer_word,
+    check_bracket,
     price,
     render_input,
     render_instruction,
@@ -92,12 +91,14 @@ def _token_name(text: str) -> str:
 
 @dataclass
 class PriceTagTask:
-    """The price-tagging game for one tokenizer, prompt template, instruction variant and context."""
+    """The price-tagging game for one tokenizer, prompt template, instruction variant and context, its games drawn
+with a random bracket each or with one fixed `bracket` (lower, upper) in cents."""
 
     tokenizer: PreTrainedTokenizerBase
     template: str = "alpaca"  # "alpaca" | "standin" (pricetag.TEMPLATES) | "chat" (the tokenizer's chat template)
     variant: str = "yesno"  # pricetag.INSTRUCTIONS key; "truefalse" is the sibling instruction
     context: str | None = None  # irrelevant context prepended to the instruction
+    bracket: tuple[int, int] | None = None  # a fixed bracket in cents for every game (None: one drawn per game)
     _answer_ids: tuple[int, int] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -105,6 +106,8 @@ class PriceTagTask:
             raise KeyError(f"unknown template {self.template!r}; choose one of {list(TEMPLATE_NAMES)}")
         if self.variant not in INSTRUCTIONS:
             raise KeyError(f"unknown instruction variant {self.variant!r}; choose one of {list(INSTRUCTIONS)}")
+        if self.bracket is not None:
+            self.bracket = check_bracket(self.bracket)
         if not getattr(self.tokenizer, "is_fast", False):
             raise TypeError(
                 f"{type(self.tokenizer).__name__} is not a fast tokenizer: token positions are found from its "
@@ -116,8 +119,9 @@ class PriceTagTask:
     # -- the task as the method needs it (das_lib.method.task.Task) ---------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        """What fixes the prompts: template, instruction variant, context."""
-        return {"template": self.template, "variant": self.variant, "context": self.context}
+        """What fixes the prompts and games: template, instruction variant, context (and a fixed bracket, if any)."""
+        fixed = {} if self.bracket is None else {"bracket": list(self.bracket)}
+        return {"template": self.template, "variant": self.variant, "context": self.context, **fixed}
 
     def hypotheses(self) -> dict[str, Hypothesis]:
         """The paper's four hypotheses, by key."""
@@ -133,17 +137,18 @@ class PriceTagTask:
 
     def sample_pair(self, rng: random.Random) -> tuple[dict[str, int], dict[str, int]]:
         """A (base, source) pair of games, the amount's region of each drawn uniformly (game.sample_pair)."""
-        return sample_pair(rng)
+        return sample_pair(rng, self.bracket)
 
     def sample_input(self, rng: random.Random) -> dict[str, int]:
         """A game of the factual task's distribution."""
-        return sample_game(rng)
+        return sample_game(rng, self.bracket)
 
-    def accuracy(self, model: nn.Module, inputs: Sequence[Mapping[str, int]]) -> dict[str, float]:
-        """The share of the games `inputs` the model answers right, over the answer tokens ("answers") and over the
-        whole vocabulary ("vocabulary"), from one forward pass."""
-        ours, vocabulary = answer_readings(model, self, inputs)
-        return {"answers": ours.float().mean().item(), "vocabulary": vocabulary.float().mean().item()}
+    def readings(self, model: nn.Module, inputs: Sequence[Mapping[str, int]], batch_size: int = 64
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N,) bool each, from one forward pass: is the model's answer to each game right, read over the two answer
+        tokens (das_lib.method.readout), and read over the whole vocabulary (the paper's reading)."""
+        expected = torch.tensor([self.answer_id(task_label(g)) for g in inputs], dtype=torch.long)
+        return answer_readings(model, self.encode, inputs, expected, self.answer_tensor(), batch_size)
 
     # -- text ---------------------------------------------------------------------------------------
 
@@ -370,28 +375,11 @@ def roles_table(tasks: Mapping[str, PriceTagTask], game: Mapping[str, int]) -> p
     return pd.DataFrame({name: task.roles(game) for name, task in tasks.items()}).loc[searched].T
 
 
-def answer_readings(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]],
-                    batch_size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
-    """(N,) bool each, from one forward pass: is the model's answer the correct answer token, read over the two
-    answer tokens (das_lib.method.readout), and read over the whole vocabulary (the paper's reading)."""
-    device = next(model.parameters()).device
-    expected = torch.tensor([task.answer_id(task_label(g)) for g in games], dtype=torch.long, device="cpu")
-    answers = task.answer_tensor()
-    ours, vocabulary = [], []
-    with torch.no_grad():
-        for start in range(0, len(games), batch_size):
-            inputs = {k: v.to(device) for k, v in task.encode(games[start : start + batch_size]).items()}
-            logits = answer_logits(model, inputs)
-            ours.append(predicted_tokens(over_answers(logits, answers), answers).cpu())
-            vocabulary.append(predicted_tokens(logits, None).cpu())
-    return torch.cat(ours) == expected, torch.cat(vocabulary) == expected
-
-
 def model_answers(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64,
                   vocabulary: bool = False) -> torch.Tensor:
     """(N,) bool: is the model's answer the correct answer token: the more likely of the two answer tokens (the
     readout of das_lib.method.readout), or with `vocabulary` the argmax over the whole vocabulary (the paper's)."""
-    return answer_readings(model, task, games, batch_size)[1 if vocabulary else 0]
+    return task.readings(model, games, batch_size)[1 if vocabulary else 0]
 
 
 def task_accuracy(model: nn.Module, task: PriceTagTask, games: Sequence[Mapping[str, int]], batch_size: int = 64,
