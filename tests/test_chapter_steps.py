@@ -11,8 +11,9 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from das_lib.book import params, plots, report  # noqa: E402
+from das_lib.book import heatmaps, params, plots, report  # noqa: E402
 from das_lib.method import neurons  # noqa: E402
+from das_lib.method.counterfactual import majority_rate_of  # noqa: E402
 from das_lib.method.sites import Site  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
 from das_lib.models import standin, toy  # noqa: E402
@@ -156,9 +157,9 @@ def test_chapter_2_tables():
     with pytest.raises(ValueError, match="no pair"):
         tables.yes_share(unbalanced["left"], "right", (2, 1))
     summary = tables.balance_summary(pairs, unbalanced)
-    assert summary.loc["Left Boundary", "dummy acc"] == game.majority_rate_of(pairs["left"]) == 0.5
+    assert summary.loc["Left Boundary", "dummy acc"] == majority_rate_of(pairs["left"]) == 0.5
     assert summary.loc["Bracket Identity", "label changed"] == tables.changed_rate(pairs["bracket"])
-    assert summary.loc["Mid-point Distance", "dummy acc unbalanced"] == game.majority_rate_of(unbalanced["midpoint"])
+    assert summary.loc["Mid-point Distance", "dummy acc unbalanced"] == majority_rate_of(unbalanced["midpoint"])
 
 
 def test_roles_table_follows_the_context():
@@ -210,7 +211,7 @@ def test_pairs_and_references(alignment):
     model, task, pairs, refs, *_ = alignment
     assert [len(pairs[k]) for k in ("train", "scan", "test")] == [32, 32, 32]
     assert pairs["train"] != pairs["test"] and pairs["scan"] != pairs["test"]
-    assert refs["dummy"] == game.majority_rate_of(pairs["test"])
+    assert refs["dummy"] == majority_rate_of(pairs["test"])
     assert 0 <= refs["no_intervention_iia"] <= 1 and refs["task_accuracy"] > 0.8
 
 
@@ -263,7 +264,7 @@ def test_chapter_figures_fit_the_column_and_unshown_closes_them():
               for s in range(3)]
     figures = [plots.layer_bars(results, 0.3), plots.projection_scatter(frame, "S", "p", "c"),
                plots.growth_curve([0.1, 0.2], {"DAS": 0.8, "doing nothing": 0.3}),
-               plots.region_heatmaps({"a": pd.DataFrame([[0.0, 1.0], [1.0, 0.5]])}),
+               heatmaps.region_heatmaps({"a": pd.DataFrame([[0.0, 1.0], [1.0, 0.5]])}),
                plots.accuracy_bars({"m": correct}, 0.5), plots.training_curves(curves)]
     for fig in figures:
         assert _fits(fig)

@@ -10,9 +10,10 @@ import torch
 
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.prompts import answer_token
-from das_lib.method.task import accuracy
+from das_lib.method.task import Variant, accuracy
 from das_lib.method.training import TrainConfig
-from das_lib.models.load import load_tokenizer
+from das_lib.models.load import load_model, load_tokenizer
+from das_lib.runs import alignments, findings, reuse, robustness_table
 from das_lib.runs.grid import Grid, GridSpec
 from das_lib.tasks import make_task
 from das_lib.tasks.mcqa import game
@@ -297,6 +298,24 @@ def test_a_tiny_grid_runs_on_the_standin(tmp_path):
     settings = MCQATask(load_tokenizer("standin"), "plain").settings()
     assert grid.config(grid.grid_cells()[0])["task"] == {"name": "mcqa", "settings": settings}
     assert 0 <= grid.task_accuracy() <= 1
+    # the robustness study is the task's too: the pointer's alignment reused on objects and colours held out
+    held_out = Variant("held_out", "held-out objects and colours", "pointer", "split", (("split", "held_out"),))
+    result = reuse.robustness_of(grid, findings.finding(grid), [held_out], n_pairs=8, n_games=8, max_screened=16)
+    row = robustness_table.chosen_table(result).loc[("held_out", "pointer")]
+    assert row["pairs"] == 8 and 0 <= row["iia"] <= 1 and 0 <= row["task acc"] <= 1
     with pytest.raises(ValueError, match="positions \\['answer_marker'\\]"):
         Grid(GridSpec(model="standin", task="mcqa", task_settings={"template": "plain"}, candidates=("pointer",),
                       layers=(1,), positions=("answer_marker",)), tmp_path, progress=False)
+
+
+def test_chapter_4s_steps_run_on_any_task():
+    """runs.alignments names no task: its pairs, references and example table come from the task's own methods."""
+    torch.set_num_threads(1)
+    model, tokenizer = load_model("standin")
+    task = MCQATask(tokenizer, "plain")
+    pairs, reference = alignments.pairs_and_references(model, task, "pointer", 16, 8, 16, seed=0)
+    assert [len(pairs[k]) for k in ("train", "scan", "test")] == [16, 8, 8]
+    assert 0 <= reference["task_accuracy"] <= 1 and 0 < reference["dummy"] <= 1
+    table = task.pairs_table(pairs["test"])
+    assert {"base", "source", "variable", "counterfactual"} <= set(table.columns) and len(table) == 8
+    assert table["counterfactual"].tolist() == [p.label for p in pairs["test"]]

@@ -9,7 +9,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from das_lib.book import plots  # noqa: E402
+from das_lib.book import heatmaps, plots  # noqa: E402
 
 POSITIONS = ["resp_colon", "last", "d0"]  # not alphabetical: the order the sweep ran them
 
@@ -21,15 +21,15 @@ def _frame() -> pd.DataFrame:
 
 
 def test_grids_keep_the_run_order_and_compute_the_gain() -> None:
-    grids = plots.grids_by(_frame(), {"left": "Left", "midpoint": "Mid"}, "gain")
+    grids = heatmaps.grids_by(_frame(), {"left": "Left", "midpoint": "Mid"}, "gain")
     assert list(grids["Left"].columns) == POSITIONS
     assert list(grids["Left"].index) == [2, 1, 0]
     assert np.allclose(grids["Left"].loc[2], 0.5 + 0.2 - 0.6)
 
 
 def test_heatmap_panels_fit_the_column_with_colorbars() -> None:
-    grids = plots.grids_by(_frame(), {"left": "Left", "midpoint": "Mid"}, "gain")
-    fig = plots.heatmap_panels(grids, POSITIONS, gain=True, suptitle="gain")
+    grids = heatmaps.grids_by(_frame(), {"left": "Left", "midpoint": "Mid"}, "gain")
+    fig = heatmaps.heatmap_panels(grids, POSITIONS, gain=True, suptitle="gain")
     assert fig.get_size_inches()[0] * fig.dpi <= 800
     panels = fig.axes
     assert len(panels) == 2  # colorbars are children of their panel, so a chapter's loop over fig.axes sees panels only
@@ -52,7 +52,7 @@ def test_drawing_keeps_rcparams_set_meanwhile(monkeypatch) -> None:
     monkeypatch.setattr(plt, "subplots", subplots)
     plt.rcParams["interactive"] = False
     size = plt.rcParams["font.size"]
-    fig = plots.heatmap_panels({"a": pd.DataFrame(np.eye(2))})
+    fig = heatmaps.heatmap_panels({"a": pd.DataFrame(np.eye(2))})
     assert plt.rcParams["interactive"] is True
     assert plt.rcParams["font.size"] == size
     plt.rcParams["interactive"] = False
@@ -72,9 +72,9 @@ def test_normalised_heatmaps_write_n_a_where_it_is_undefined() -> None:
     frame = _frame().assign(normalised=lambda f: (f["iia"] - 0.5) / 0.45)
     frame.loc[(frame.hypothesis == "left") & (frame.layer == 0) & (frame.position == "last"), "normalised"] = np.nan
     frame.loc[frame.hypothesis == "midpoint", "normalised"] = np.nan  # a model no better than the majority rate
-    grids = plots.grids_by(frame, {"left": "Left", "midpoint": "Mid"}, "normalised", positions=POSITIONS)
+    grids = heatmaps.grids_by(frame, {"left": "Left", "midpoint": "Mid"}, "normalised", positions=POSITIONS)
     assert grids["Mid"].shape == (3, 3) and grids["Mid"].isna().all().all()  # kept, not dropped
-    fig = plots.heatmap_panels(grids, POSITIONS, normalised=True)
+    fig = heatmaps.heatmap_panels(grids, POSITIONS, normalised=True)
     left, mid = fig.axes
     texts = [t.get_text() for t in left.texts]
     assert texts.count("n/a") == 1 and "0.44" in texts and not any("nan" in t for t in texts)
@@ -86,8 +86,8 @@ def test_normalised_heatmaps_write_n_a_where_it_is_undefined() -> None:
 
 def test_the_normalised_scale_widens_to_values_beyond_0_and_1() -> None:
     grid = pd.DataFrame([[-0.4, 0.5], [1.2, np.nan]], index=[1, 0], columns=["a", "b"])
-    fig = plots.heatmap_panels({"x": grid}, normalised=True)
+    fig = heatmaps.heatmap_panels({"x": grid}, normalised=True)
     assert fig.axes[0].collections[0].get_clim() == (-0.4, 1.2)
     plt.close(fig)
     with pytest.raises(ValueError, match="not both"):
-        plots.heatmap_panels({"x": grid}, gain=True, normalised=True)
+        heatmaps.heatmap_panels({"x": grid}, gain=True, normalised=True)

@@ -1,4 +1,4 @@
-"""Figures of the paper: IIA heatmaps over (layer, position) and boundary-learning curves.
+"""The book's figures (the IIA heatmaps are in das_lib.book.heatmaps) and the style every figure is drawn in.
 
 Every figure is drawn for the book's content column: WIDTH_IN inches at DPI dots per inch (about
 750 px, shown at its natural size), with no text under MIN_FONT_PT points (12 px as displayed). The
@@ -14,9 +14,6 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from das_lib.book.report import MISSING
-from das_lib.tasks.pricetag.task import REFERENCE_GAME, PriceTagTask, position_table
-from das_lib.runs.grids import iia_grid
 
 WIDTH_IN = 7.5
 DPI = 100
@@ -25,14 +22,10 @@ MIN_FONT_PT = 9.0
 STYLE = {"font.size": 10, "axes.titlesize": 11, "axes.labelsize": 10, "xtick.labelsize": MIN_FONT_PT,
          "ytick.labelsize": MIN_FONT_PT, "legend.fontsize": MIN_FONT_PT, "figure.titlesize": 12,
          "figure.dpi": DPI}
-# Above this many positions a heatmap panel gets the full width: narrower cells cannot hold a number.
-FULL_WIDTH_COLUMNS = 6
-GAIN_LABEL = "IIA gain over no intervention"
-NORMALISED_LABEL = "normalised IIA (0: majority rate,\n1: task accuracy)"
 
 
 @contextmanager
-def _style() -> Iterator[None]:
+def styled() -> Iterator[None]:
     """Apply STYLE while a figure is drawn, then restore those keys only.
 
     Not plt.rc_context: it restores every rcParam, and the first figure of a notebook switches the
@@ -46,116 +39,12 @@ def _style() -> Iterator[None]:
         plt.rcParams.update(saved)
 
 
-
-
-def _gain_limit(grids: Sequence[pd.DataFrame]) -> float:
-    """The symmetric colour limit of gain grids: their largest gain or loss, at least 0.05."""
-    values = [float(np.nanmax(np.abs(g.to_numpy(dtype=float)))) for g in grids if g.size]
-    return max([0.05] + [v for v in values if np.isfinite(v)])
-
-
-def _one_scale(gain: bool, normalised: bool) -> None:
-    if gain and normalised:
-        raise ValueError("a heatmap shows the gain or the normalised IIA, not both: pass one of gain, normalised")
-
-
-def _normalised_limits(grids: Sequence[pd.DataFrame]) -> tuple[float, float]:
-    """The colour limits of normalised IIA grids: 0 to 1 (majority rate to task accuracy), widened to any
-    value beyond (an alignment can do worse than the majority rate, or better than the model's accuracy)."""
-    values = np.concatenate([g.to_numpy(dtype=float).ravel() for g in grids] + [np.array([0.0, 1.0])])
-    values = values[np.isfinite(values)]
-    return float(values.min()), float(values.max())
-
-
-def heatmap(grid: pd.DataFrame, ax: plt.Axes, title: str, labels: Sequence[str] | None = None,
-            vmin: float | None = None, vmax: float | None = None, gain: bool = False, colorbar: bool = True,
-            cbar_label: str | None = None, normalised: bool = False) -> plt.Axes:
-    """One annotated heatmap: layer on y, token position (with its token text) on x, with a colorbar.
-    A cell with no value (NaN) is written MISSING ("n/a").
-
-    vmin/vmax default to 0 and 1. gain: the grid holds IIA - no-intervention IIA; a diverging scale
-    centred on 0 (limits default to the largest gain or loss) shows where an alignment does better
-    (red) or worse (blue) than leaving the model alone. normalised: the grid holds the paper's normalised
-    IIA (0: the majority rate, 1: the model's task accuracy), on 0 to 1 widened to any value beyond."""
-    _one_scale(gain, normalised)
-    if normalised:
-        low, high = _normalised_limits([grid])
-        vmin, vmax, cmap = low if vmin is None else vmin, high if vmax is None else vmax, "magma"
-    elif gain:
-        limit = _gain_limit([grid])
-        vmin, vmax, cmap = -limit if vmin is None else vmin, limit if vmax is None else vmax, "RdBu_r"
-    else:
-        vmin, vmax, cmap = 0.0 if vmin is None else vmin, 1.0 if vmax is None else vmax, "magma"
-    cells = max(grid.shape[1], 1)
-    # the annotation shrinks with the cell, but never below the smallest size of the book's figures
-    size = MIN_FONT_PT if cells > 4 else MIN_FONT_PT + 1
-    # no seaborn `center`: the gain limits are symmetric already, and center re-cuts the colormap
-    # with a call matplotlib now warns about
-    sns.heatmap(grid, ax=ax, vmin=vmin, vmax=vmax, cmap=cmap, annot=True,
-                fmt="+.2f" if gain else ".2f", annot_kws={"size": size}, cbar=False,
-                linewidths=0.3, linecolor="white")
-    for row, col in zip(*np.nonzero(grid.isna().to_numpy())):
-        ax.text(col + 0.5, row + 0.5, MISSING, ha="center", va="center", fontsize=size, color="dimgray")
-    if colorbar and ax.collections:
-        # An inset colorbar stays a child of the panel: fig.axes lists only the panels, so a chapter
-        # that relabels every axis of the figure (chapter 2) does not relabel the colorbars.
-        cax = ax.inset_axes([1.03, 0.0, 0.035, 1.0])
-        bar = ax.figure.colorbar(ax.collections[0], cax=cax)
-        bar.ax.tick_params(labelsize=MIN_FONT_PT)
-        bar.set_label(cbar_label or (GAIN_LABEL if gain else NORMALISED_LABEL if normalised else ""),
-                      fontsize=MIN_FONT_PT)
-    if labels is not None:
-        ax.set_xticks(np.arange(len(labels)) + 0.5, labels, rotation=45 if len(labels) > 3 else 0,
-                      ha="right" if len(labels) > 3 else "center", fontsize=MIN_FONT_PT)
-    ax.tick_params(axis="y", rotation=0)
-    ax.set_title(title)
-    ax.set_xlabel("token position")
-    ax.set_ylabel("layer")
-    return ax
-
-
-def heatmap_panels(grids: dict[str, pd.DataFrame], labels: Sequence[str] | None = None, ncols: int | None = None,
-                   vmin: float = 0.0, vmax: float = 1.0, suptitle: str | None = None,
-                   gain: bool = False, cbar_label: str | None = None, normalised: bool = False) -> plt.Figure:
-    """A panel per hypothesis (or setting), sharing one colour scale, sized for the page's column.
-
-    ncols None: 2 columns, or 1 (each panel full width) when a grid has more than FULL_WIDTH_COLUMNS
-    positions. gain: the grids hold IIA - no-intervention IIA (grids_by(..., "gain")), drawn on a
-    diverging scale centred on 0; the shared limit is the largest gain or loss of any panel.
-    normalised: the grids hold normalised IIA (grids_by(..., "normalised")), on 0 to 1 widened to any
-    panel's value beyond; a cell where it is undefined reads "n/a"."""
-    _one_scale(gain, normalised)
-    n = len(grids)
-    first = next(iter(grids.values()))
-    if ncols is None:
-        ncols = 1 if first.shape[1] > FULL_WIDTH_COLUMNS else 2
-    ncols = min(ncols, n)
-    nrows = int(np.ceil(n / ncols))
-    if gain:
-        limit = _gain_limit(list(grids.values()))
-        vmin, vmax = -limit, limit
-    if normalised:
-        vmin, vmax = _normalised_limits(list(grids.values()))
-    # rows sized to the grid's layers; the x labels are rotated token texts, so leave them room
-    height = (0.42 * first.shape[0] + 1.9) * nrows + (0.4 if suptitle else 0.0)
-    with _style():
-        fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH_IN, height), squeeze=False)
-        for ax, (title, grid) in zip(axes.flat, grids.items()):
-            heatmap(grid, ax, title, labels, vmin, vmax, gain=gain, cbar_label=cbar_label, normalised=normalised)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        if suptitle:
-            fig.suptitle(suptitle)
-        fig.tight_layout(w_pad=3.0)
-    return fig
-
-
 def boundary_curves(curves: pd.DataFrame, hue: str = "shrank", window: int = 10) -> plt.Figure:
     """IIA (training batches, rolling mean over `window` steps) and learned boundary width against
     training step, one line per run, split by `hue`."""
     curves = curves.assign(batch_iia=curves.groupby("run")["batch_iia"].transform(
         lambda s: s.rolling(window, min_periods=1).mean()))
-    with _style():
+    with styled():
         fig, axes = plt.subplots(1, 2, figsize=(WIDTH_IN, 3.4))
         sns.lineplot(curves, x="step", y="batch_iia", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[0])
         sns.lineplot(curves, x="step", y="boundary_dims", hue=hue, units="run", estimator=None, alpha=0.5, lw=0.8, ax=axes[1])
@@ -165,22 +54,6 @@ def boundary_curves(curves: pd.DataFrame, hue: str = "shrank", window: int = 10)
     return fig
 
 
-def grids_by(frame: pd.DataFrame, titles: dict[str, str], value: str = "iia", by: str = "hypothesis",
-             positions: Sequence[str] | None = None) -> dict[str, pd.DataFrame]:
-    """One layer x position grid of `value` per value of column `by` (in the order of `titles`, which names them).
-
-    value "gain": IIA - no-intervention IIA, for heatmap_panels(..., gain=True); "normalised": the paper's
-    normalised IIA (a sweep frame's column), for heatmap_panels(..., normalised=True)."""
-    return {title: iia_grid(frame[frame[by] == key], value, positions) for key, title in titles.items()
-            if (frame[by] == key).any()}
-
-
-def position_labels(task: PriceTagTask, positions: Sequence[str]) -> list[str]:
-    """Heatmap x labels: each position's token text (on the reference game) and role."""
-    tokens = position_table(task, REFERENCE_GAME).set_index("role")["token"]
-    return [f"{tokens.get(p, '?')} {p}" for p in positions]
-
-
 def training_curves(curves: pd.DataFrame | list[dict], title: str | None = None) -> plt.Figure:
     """One Boundless DAS run against training step: loss, IIA (training batches and held-out), learned
     subspace size and temperature (curves of training.train_intervention, held-out IIA every eval_every steps;
@@ -188,7 +61,7 @@ def training_curves(curves: pd.DataFrame | list[dict], title: str | None = None)
 
     Two rows of two panels, so that each is half the page's column wide."""
     curves = pd.DataFrame(curves)
-    with _style():
+    with styled():
         fig, grid = plt.subplots(2, 2, figsize=(WIDTH_IN, 5.4))
         axes = grid.flat
         axes[0].plot(curves["step"], curves["loss"], lw=0.8, label="loss")
@@ -217,7 +90,7 @@ def training_curves(curves: pd.DataFrame | list[dict], title: str | None = None)
 
 def neuron_weight_bars(weights: dict[str, np.ndarray]) -> plt.Figure:
     """One bar chart per variable: the weight of each original neuron in its learned subspace, against 1/d."""
-    with _style():
+    with styled():
         fig, axes = plt.subplots(len(weights), 1, figsize=(WIDTH_IN, 2.4 * len(weights)), squeeze=False)
         for ax, (variable, w) in zip(axes[:, 0], weights.items()):
             d = len(w)
@@ -243,7 +116,7 @@ def unshown(fig: plt.Figure) -> plt.Figure:
 def layer_bars(results: pd.DataFrame, floor: float, floor_label: str = "doing nothing") -> plt.Figure:
     """IIA per layer (x) and method (hue) from a frame with columns layer, method and IIA, with a dashed
     line at `floor`, the IIA of doing nothing."""
-    with _style():
+    with styled():
         fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.6))
         sns.barplot(results, x="layer", y="IIA", hue="method", ax=ax, palette="colorblind")
         ax.axhline(floor, color="gray", ls="--", lw=1, label=floor_label)
@@ -256,7 +129,7 @@ def layer_bars(results: pd.DataFrame, floor: float, floor_label: str = "doing no
 
 def projection_scatter(frame: pd.DataFrame, x: str, y: str, hue: str) -> plt.Figure:
     """One point per row of `frame`: column y against column x, coloured by column hue."""
-    with _style():
+    with styled():
         fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.8))
         sns.scatterplot(frame, x=x, y=y, hue=hue, palette="viridis", legend="full", s=25, alpha=0.6, ax=ax)
         ax.legend(title=hue, ncol=2, bbox_to_anchor=(1.01, 1), loc="upper left")
@@ -267,7 +140,7 @@ def projection_scatter(frame: pd.DataFrame, x: str, y: str, hue: str) -> plt.Fig
 def growth_curve(iia: Sequence[float], levels: dict[str, float], xlabel: str = "neurons swapped") -> plt.Figure:
     """IIA after each step of a growing search (a greedy neuron set), against horizontal reference levels
     (label -> IIA; one named 'doing nothing' is dashed grey)."""
-    with _style():
+    with styled():
         fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.2))
         ax.plot(range(1, len(iia) + 1), list(iia), marker="o", ms=3, label="greedy neuron set")
         for i, (label, level) in enumerate(levels.items()):
@@ -279,20 +152,11 @@ def growth_curve(iia: Sequence[float], levels: dict[str, float], xlabel: str = "
     return fig
 
 
-def region_heatmaps(panels: dict[str, pd.DataFrame]) -> plt.Figure:
-    """Chapter 2's panels of pricetag.tables.region_panels: the share of Yes labels per (base region, source region)."""
-    fig = heatmap_panels(panels, ncols=3, cbar_label="share of Yes")
-    for ax in fig.axes:
-        ax.set_xlabel("source region")
-        ax.set_ylabel("base region")
-    return fig
-
-
 def accuracy_bars(corrects: dict[str, pd.DataFrame], majority: float) -> plt.Figure:
     """Task accuracy per setting (x) and model (hue; name -> a standin.correct_by_game table), with a
     dashed line at the accuracy of always giving the more common answer."""
     frame = pd.concat([c.assign(model=name, correct=c["correct"].astype(float)) for name, c in corrects.items()])
-    with _style():
+    with styled():
         fig, ax = plt.subplots(figsize=(WIDTH_IN, 3.8))
         sns.barplot(data=frame, x="setting", y="correct", hue="model", errorbar=None, ax=ax)
         ax.axhline(majority, color="grey", linestyle="--", linewidth=1, label="majority answer")
@@ -309,7 +173,7 @@ def accuracy_bars(corrects: dict[str, pd.DataFrame], majority: float) -> plt.Fig
 
 def iia_bars(iia: dict[str, float], no_intervention: float) -> plt.Figure:
     """One bar per run (its held-out IIA), with the IIA of no intervention as a dashed line."""
-    with _style():
+    with styled():
         fig, ax = plt.subplots(figsize=(WIDTH_IN * 0.7, 3.2))
         ax.bar(list(iia), list(iia.values()), color=[f"C{i}" for i in range(len(iia))])
         ax.axhline(no_intervention, color="grey", linestyle="--", linewidth=1, label="no intervention")
@@ -342,7 +206,7 @@ def finding_figure(rows: pd.DataFrame, title: str | None = None) -> plt.Figure:
     groups = list(dict.fromkeys(rows["group"]))
     colours = {g: f"C{i}" for i, g in enumerate(groups)}
     t = rows[::-1]
-    with _style():
+    with styled():
         fig, ax = plt.subplots(figsize=(WIDTH_IN, 1.2 + 0.34 * len(rows)))
         ax.barh(list(t.index), t["value"], color=[colours[g] for g in t["group"]])
         ax.errorbar(t["value"], list(t.index), xerr=[(t["value"] - t["low"]).clip(lower=0), (t["high"] - t["value"]).clip(lower=0)],
@@ -363,7 +227,7 @@ def budget_curves(curves: pd.DataFrame, titles: dict[str, str], chosen: tuple[in
     "model"), each point with its 95% interval; the budget the search ran at marked."""
     curves = curves.assign(examples=curves["steps"] * curves["batch"])
     models = list(dict.fromkeys(curves["model"]))
-    with _style():
+    with styled():
         fig, axes = plt.subplots(1, len(models), figsize=(WIDTH_IN, 3.4), squeeze=False, sharey=True)
         for ax, model in zip(axes[0], models):
             for i, (candidate, c) in enumerate(curves[curves["model"] == model].groupby("candidate", sort=False)):
@@ -387,7 +251,7 @@ def score_ranking(rankings: dict[str, tuple], top: int = 8) -> plt.Figure:
     colour, the programs it did not consider in another, and a line at 0 (doing nothing)."""
     chosen = {name: f.order[:top] + sorted(set(keep) & set(f.order[top:]), key=f.order.index)
               for name, (f, _, _, keep) in rankings.items()}
-    with _style():
+    with styled():
         fig, axes = plt.subplots(len(rankings), 1, figsize=(WIDTH_IN, 0.9 + 0.27 * sum(map(len, chosen.values())) + 0.5 * len(rankings)),
                                  gridspec_kw={"height_ratios": [len(r) + 2 for r in chosen.values()]}, squeeze=False)
         for ax, (name, (f, titles, papers, _)) in zip(axes[:, 0], rankings.items()):

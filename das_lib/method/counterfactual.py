@@ -72,3 +72,8 @@ def sample_causal_pairs(
         "use balance=False or a sampler that reaches every label"
     )
 
+
+def majority_rate_of(pairs: Sequence[CounterfactualPair]) -> float:
+    """Share of the most common counterfactual label: the IIA of always giving it (the dummy classifier's)."""
+    counts = Counter(p.label for p in pairs)
+    return max(counts.values()) / len(pairs)

@@ -144,5 +144,5 @@ class InterchangeData:
         if self.roles is not None and position is not None and self.roles != (position,):
             raise ValueError(
                 f"the site is at position {position!r} but these examples are encoded at {list(self.roles)}; "
-                "encode them at the site's role (PriceTagTask.interchange_data), or take that column (.column(j))"
+                "encode them at the site's role (the task's interchange_data), or take that column (.column(j))"
             )

@@ -40,7 +40,7 @@ dormant directions over that of the pool's own states (1: as natural).
   paired difference lies above 0): part of U's effect comes from elsewhere;
 - "passes": both lie above 0, and U does not beat read_and_active.
 
-The data name the task's two answer tokens (`InterchangeData.answers`, as PriceTagTask encodes them): the
+The data name the task's two answer tokens (`InterchangeData.answers`, as a task's interchange_data encodes them): the
 margin is the first one's logit minus the second's, and a pair's answer is the more likely of the two
 (das_lib.method.readout), as the book reads it.
 """
@@ -142,7 +142,7 @@ def _check_answers(data: InterchangeData, name: str) -> None:
     if data.answers is None or data.answers.numel() != 2:
         got = "none" if data.answers is None else data.answers.tolist()
         raise ValueError(f"the {name} pairs must name the task's two answer tokens (InterchangeData.answers), got {got}: "
-                         "encode them with PriceTagTask.interchange_data, or name them with data.read_over(ids)")
+                         "encode them with the task's interchange_data, or name them with data.read_over(ids)")
 
 
 def site_states(model: nn.Module, site: Site, data: InterchangeData, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:

@@ -154,3 +154,13 @@ class Candidate(Protocol):
     title: str
     model: CausalModel
     variables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A hand-written `Candidate`: a causal model, its name, and the variables whose alignment is searched."""
+
+    key: str
+    title: str
+    model: CausalModel
+    variables: tuple[str, ...]

@@ -12,8 +12,10 @@ import random
 from dataclasses import dataclass
 from typing import Any, Mapping, Protocol, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
+from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import CounterfactualPair, make_pair
 from das_lib.method.data import InterchangeData
@@ -24,6 +26,8 @@ Inputs = Mapping[str, Any]  # one input of the task's causal models, e.g. {"lb":
 
 class Task(Protocol):
     """A task for one tokenizer and prompt format."""
+
+    tokenizer: PreTrainedTokenizerBase
 
     def settings(self) -> dict[str, Any]:
         """Plain data that fixes the prompts (a record's config holds it): template, variant, ..."""
@@ -42,6 +46,12 @@ class Task(Protocol):
 
     def sample_pair(self, rng: random.Random) -> tuple[Inputs, Inputs]:
         """A (base, source) pair of inputs: the pool every candidate labels."""
+
+    def sample_pairs(self, hypothesis: str, n: int, seed: int) -> list[CounterfactualPair]:
+        """`n` pairs labelled by `hypothesis`'s causal model, as the task draws them to train one alignment."""
+
+    def pairs_table(self, pairs: Sequence[CounterfactualPair]) -> pd.DataFrame:
+        """One row per pair, as a reader reads it: at least "base", "source", "variable" and "counterfactual"."""
 
     def sample_input(self, rng: random.Random) -> Inputs:
         """One input from the task's own distribution (for the model's task accuracy)."""

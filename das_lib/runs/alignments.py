@@ -12,13 +12,14 @@
 """
 from __future__ import annotations
 
+import random
 from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
 from torch import nn
 
-from das_lib.method.counterfactual import CounterfactualPair
+from das_lib.method.counterfactual import CounterfactualPair, majority_rate_of
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import BoundlessDASIntervention, RotatedSpaceIntervention
@@ -28,17 +29,13 @@ from das_lib.method.readout import over_answers, predicted_tokens
 from das_lib.method.sites import Site, answer_logits, capture, layer_module
 from das_lib.method.subspaces import captured_variation, effective_neurons, neuron_weights, random_rotation_like, subspace
 from das_lib.method.stats import beats, paired_difference
+from das_lib.method.task import Task, accuracy
 from das_lib.method.training import (
     InterventionForward, PlainForward, TrainConfig, TrainResult, set_seed, start_temperature, train_intervention,
     unintervened_correct, unintervened_iia,
 )
 from das_lib.models.standin.planted import planted_for
-from das_lib.tasks.pricetag.game import HYPOTHESES, majority_rate_of, sample_games, sample_pairs
-from das_lib.tasks.pricetag.tables import pairs_table
-from das_lib.tasks.pricetag.task import PriceTagTask, model_answers, task_accuracy
 from das_lib.runs.scaling import rotation_footprint
-
-
 
 
 def train_boundless(
@@ -65,7 +62,7 @@ def train_boundless(
 
 def scan_sites(
     model: nn.Module,
-    task: PriceTagTask,
+    task: Task,
     train_pairs: Sequence[CounterfactualPair],
     test_pairs: Sequence[CounterfactualPair],
     sites: Iterable[Site],
@@ -82,14 +79,8 @@ def scan_sites(
     return pd.DataFrame(rows)
 
 
-
-
-
-
-
-
 def intervention_example(
-    model: nn.Module, task: PriceTagTask, site: Site, intervention: nn.Module, pair: CounterfactualPair
+    model: nn.Module, task: Task, site: Site, intervention: nn.Module, pair: CounterfactualPair
 ) -> pd.Series:
     """One pair in action: the games, the model's answers on base and source and on the base after the
     intervention (exact, plain hooked forward), and the causal model's counterfactual answer."""
@@ -102,10 +93,10 @@ def intervention_example(
         on_base = decode(over_answers(answer_logits(model, data.base), data.answers))
         on_source = decode(over_answers(answer_logits(model, data.source), data.answers))
         after = decode(PlainForward(model, site, intervention)(data))
-    row = pairs_table([pair], task.variant).iloc[0]  # the games and the causal model's answers
+    row = task.pairs_table([pair]).iloc[0]  # the inputs and the causal model's answers
     return pd.Series({
-        "base (amount in bracket)": row["base"],
-        "source (amount in bracket)": row["source"],
+        "base": row["base"],
+        "source": row["source"],
         "intervened variable": row["variable"],
         "model on base": on_base,
         "model on source": on_source,
@@ -113,10 +104,6 @@ def intervention_example(
         "model on base, intervened": after,
         "causal model's counterfactual": row["counterfactual"],
     }, name="example")
-
-
-
-
 
 
 def planted_comparison(
@@ -144,26 +131,26 @@ def planted_comparison(
 
 
 def pairs_and_references(
-    model: nn.Module, task: PriceTagTask, hypothesis: str, n_train: int, n_test: int, n_task: int, seed: int,
+    model: nn.Module, task: Task, hypothesis: str, n_train: int, n_test: int, n_task: int, seed: int,
 ) -> tuple[dict[str, list[CounterfactualPair]], dict[str, float]]:
     """Training, scan and test pairs of `hypothesis` (seeds from split_seeds(seed, 3); scan and test have
     n_test each), and the reference points: the model's task accuracy on n_task fresh games (seed; over the two
     answer tokens, and over the whole vocabulary), and on the test pairs the majority rate and the IIA of no
     intervention."""
     train_seed, scan_seed, test_seed = split_seeds(seed, 3)
-    pairs = {"train": sample_pairs(hypothesis, n_train, train_seed), "scan": sample_pairs(hypothesis, n_test, scan_seed),
-             "test": sample_pairs(hypothesis, n_test, test_seed)}
+    pairs = {"train": task.sample_pairs(hypothesis, n_train, train_seed),
+             "scan": task.sample_pairs(hypothesis, n_test, scan_seed), "test": task.sample_pairs(hypothesis, n_test, test_seed)}
     device = next(model.parameters()).device
-    games = sample_games(n_task, seed)
-    reference = {"task_accuracy": task_accuracy(model, task, games),
-                 "task_accuracy_vocabulary": task_accuracy(model, task, games, vocabulary=True),
+    rng = random.Random(seed)
+    measured = accuracy(task, model, [task.sample_input(rng) for _ in range(n_task)])
+    reference = {"task_accuracy": measured["answers"], "task_accuracy_vocabulary": measured["vocabulary"],
                  "dummy": majority_rate_of(pairs["test"]),
                  "no_intervention_iia": unintervened_iia(model, task.interchange_data(pairs["test"], "last").to(device))}
     return pairs, reference
 
 
 def choose_site(
-    model: nn.Module, task: PriceTagTask, pairs: dict[str, list[CounterfactualPair]], sites: Sequence[Site],
+    model: nn.Module, task: Task, pairs: dict[str, list[CounterfactualPair]], sites: Sequence[Site],
     config: TrainConfig, n_variables: int = 1,
 ) -> tuple[Site, pd.DataFrame | None]:
     """The only site, or the best of a `scan_sites` over `sites` (trained on pairs['train'], scored on
@@ -181,7 +168,7 @@ def scan_table(scan: pd.DataFrame) -> pd.DataFrame:
 
 
 def train_at(
-    model: nn.Module, task: PriceTagTask, site: Site, pairs: dict[str, list[CounterfactualPair]], config: TrainConfig,
+    model: nn.Module, task: Task, site: Site, pairs: dict[str, list[CounterfactualPair]], config: TrainConfig,
     n_variables: int = 1,
 ) -> tuple[BoundlessDASIntervention, TrainResult, InterventionForward]:
     """`train_boundless` at `site` on pairs['train'], its IIA measured on pairs['test']."""
@@ -229,7 +216,7 @@ def top_neurons(weights: torch.Tensor, top: int = 5) -> pd.DataFrame:
 
 
 def planted_check(
-    model: nn.Module, name: str, task: PriceTagTask, site: Site, intervention: RotatedSpaceIntervention,
+    model: nn.Module, name: str, task: Task, site: Site, intervention: RotatedSpaceIntervention,
     variables: Sequence[str], pairs: Sequence[CounterfactualPair],
 ) -> pd.DataFrame | None:
     """`planted_comparison` with the subspace planted in the model called `name` (as load_model names it),
@@ -243,17 +230,17 @@ def planted_check(
 
 
 def first_example(
-    model: nn.Module, task: PriceTagTask, site: Site, intervention: nn.Module, pairs: Sequence[CounterfactualPair],
+    model: nn.Module, task: Task, site: Site, intervention: nn.Module, pairs: Sequence[CounterfactualPair],
 ) -> pd.DataFrame | None:
     """`intervention_example` of the first pair whose base and source the model answers correctly and whose
     counterfactual answer differs from the base's; None when no pair qualifies."""
-    right = model_answers(model, task, [p.base for p in pairs]) & model_answers(model, task, [p.source for p in pairs])
+    right = task.readings(model, [p.base for p in pairs])[0] & task.readings(model, [p.source for p in pairs])[0]
     pair = next((p for p, ok in zip(pairs, right.tolist()) if ok and p.label != p.base_label), None)
     return None if pair is None else intervention_example(model, task, site, intervention, pair).to_frame()
 
 
 def rank_comparison(
-    model: nn.Module, task: PriceTagTask, site: Site, hypothesis: str, ranks: Sequence[int | None],
+    model: nn.Module, task: Task, site: Site, hypothesis: str, ranks: Sequence[int | None],
     config: TrainConfig, n_train: int, n_test: int,
 ) -> tuple[pd.DataFrame, float]:
     """Boundless DAS at one site for each rank (None: the full rotation), from the same pairs, seed and
@@ -262,9 +249,9 @@ def rank_comparison(
     the comparison of the last rank with the first: the difference of their IIAs with its 95% interval,
     and whether either beats doing nothing (its gain's interval above 0)."""
     train_seed, _, test_seed = split_seeds(config.seed, 3)
-    train = task.interchange_data(sample_pairs(hypothesis, n_train, train_seed), site.position)
-    test = task.interchange_data(sample_pairs(hypothesis, n_test, test_seed), site.position)
-    n_variables, d = len(HYPOTHESES[hypothesis].variables), model.config.hidden_size
+    train = task.interchange_data(task.sample_pairs(hypothesis, n_train, train_seed), site.position)
+    test = task.interchange_data(task.sample_pairs(hypothesis, n_test, test_seed), site.position)
+    n_variables, d = len(task.hypotheses()[hypothesis].variables), model.config.hidden_size
     rows, results = {}, []
     for r in ranks:
         intervention, result, _ = train_boundless(model, site, train, test, config, rank=r, n_variables=n_variables)

@@ -47,7 +47,7 @@ def control_spec(spec: GridSpec, model: str, layers: Sequence[int] = (), positio
     from das_lib.models.load import load_config
 
     layers = tuple(layers) or tuple(range(load_config(model).num_hidden_layers))
-    return replace(spec, model=model, task_settings=task_settings(model), layers=layers,
+    return replace(spec, model=model, task_settings=task_settings(model, spec.task), layers=layers,
                    positions=tuple(positions) or spec.positions, dtype="float32")
 
 

@@ -50,7 +50,7 @@ from das_lib.runs.distributed import run_on_dask
 from das_lib.runs.identity import run_identity
 from das_lib.runs.jobs import Runner, layers_of, run_job, runner_for
 from das_lib.runs.store import Store
-from das_lib.tasks import make_task
+from das_lib.tasks import DEFAULT_TASK, make_task
 
 
 READ_LOG = "DAS_LIB_READ_LOG"  # environment variable: a file each alignment read back is listed in (book.stores)
@@ -99,7 +99,7 @@ class GridSpec:
     n_test: int = 512
     data_seed: int = 0
     separate: Mapping[str, Any] | None = None  # pools.design's `separate`: pairs chosen to separate a family
-    task: str = "pricetag"  # das_lib.tasks name
+    task: str = DEFAULT_TASK  # das_lib.tasks name
     n_task: int = 1000  # inputs the model's task accuracy is measured on (0: not measured)
     dtype: str = "float32"
 

@@ -31,7 +31,7 @@ from das_lib.runs import committed, findings, pools, protocol
 from das_lib.runs.grid import Cell, Grid, GridSpec
 from das_lib.runs.store import Store
 from das_lib.runs.sweep import task_settings
-from das_lib.tasks import make_task
+from das_lib.tasks import DEFAULT_TASK, make_task
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class SearchSpec:
     family: dict[str, Any] = field(default_factory=lambda: {"n_brackets": 60, "thresholds": [500]})  # Task.family settings
     rank: int | None = None
     dtype: str = "float32"
+    task: str = DEFAULT_TASK  # das_lib.tasks name: its `family` is searched
 
     def separate(self) -> dict[str, Any]:
         """The design's `separate`: the family (its verification games drawn from the data seed) and the selection."""
@@ -65,13 +66,14 @@ class ProgramSearch:
     def __init__(self, spec: SearchSpec, store: str | Path | Store, device: str = "cpu", progress: bool = True):
         self.spec, self.device, self.progress = spec, device, progress
         self.store = store if isinstance(store, Store) else Store(store)
-        self.task, self.design = make_task("pricetag", load_tokenizer(spec.model), task_settings(spec.model)), spec.separate()
+        self.task = make_task(spec.task, load_tokenizer(spec.model), task_settings(spec.model, spec.task))
+        self.design = spec.separate()
         self.family = self.task.family(self.design["family"])
 
     def _grid(self, candidates: Sequence[str], layers: Sequence[int], positions: Sequence[str],
               seeds: Sequence[int] | None = None, extra: Sequence[int] = ()) -> Grid:
         s = self.spec
-        spec = GridSpec(model=s.model, task_settings=task_settings(s.model), candidates=tuple(candidates),
+        spec = GridSpec(model=s.model, task=s.task, task_settings=task_settings(s.model, s.task), candidates=tuple(candidates),
                         layers=tuple(layers), positions=tuple(positions), seeds=tuple(seeds or s.seeds),
                         extra_seeds=tuple(extra), train=s.train, rank=s.rank, n_train=s.n_train, n_val=s.n_val,
                         n_test=s.n_test, data_seed=s.data_seed, separate=s.separate(), n_task=0, dtype=s.dtype)
@@ -211,10 +213,11 @@ def spec_of(model: str, budget: Sequence[int], n_val: int, n_test: int, pool_fac
                       dtype=dtype)
 
 
-def scan_sites(model: str, layers: Sequence[int], positions: Sequence[str]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+def scan_sites(model: str, layers: Sequence[int], positions: Sequence[str], task: str = DEFAULT_TASK
+               ) -> tuple[tuple[int, ...], tuple[str, ...]]:
     """The layers ([]: every layer of `model`) and positions a scan covers, refusing what the model does not have."""
     n_layers = load_config(model).num_hidden_layers
-    roles = make_task("pricetag", load_tokenizer(model), task_settings(model)).searched_roles()
+    roles = make_task(task, load_tokenizer(model), task_settings(model, task)).searched_roles()
     bad_layers = [l for l in layers if not 0 <= l < n_layers]  # noqa: E741
     bad_positions = [p for p in positions if p not in roles]
     if bad_layers or bad_positions or not positions:

@@ -4,8 +4,8 @@ The paper's second result: an alignment Boundless DAS learned on the standard ye
 IIA when the games change (a fixed bracket), when an irrelevant sentence is prepended to the
 instruction, when the instruction becomes its True/False sibling, and on the inputs the model gets
 right or wrong. Here each such *setting* is a `Variant` of the task (das_lib.method.task: the task's
-settings changed, the pairs optionally filtered by the model's answers; a task's own settings, such as the
-game's in das_lib.tasks.pricetag.variants, are made by the task), and `evaluate_settings` runs a grid's
+settings changed, the pairs optionally filtered by the model's answers; a task's own settings are made in its
+folder, das_lib.tasks.<name>.variants), and `evaluate_settings` runs a grid's
 alignments (inference only) on the setting's pairs, as the grid scored them: every pair once per variable
 of the alignment's candidate (that variable swapped alone), read over the setting's own answer tokens,
 into an `Outcome` per alignment (das_lib.method.outcome).
@@ -215,7 +215,7 @@ class RobustnessResult:
         return iia_grid(trained[trained["candidate"] == hypothesis], positions=self.positions)
 
     def grids(self) -> dict[str, pd.DataFrame]:
-        """Every setting's grid with pairs, by title (for plots.heatmap_panels)."""
+        """Every setting's grid with pairs, by title (for heatmaps.heatmap_panels)."""
         return {s.title: self.grid(s.key) for s in self.settings if (self.cells["setting"] == s.key).any()}
 
     def figure_groups(self) -> dict[str, dict[str, pd.DataFrame]]:

@@ -17,6 +17,7 @@ writing to a store every worker sees). With one GPU per worker, e.g. on a cluste
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Any, Mapping, Sequence
 
 import pandas as pd
@@ -25,27 +26,30 @@ from das_lib.method.outcome import candidate_score, variable_scores
 from das_lib.method.training import TrainConfig
 from das_lib.models.load import default_template, load_config, load_tokenizer
 from das_lib.runs.grid import Grid, GridSpec
-from das_lib.tasks import make_task
+from das_lib.tasks import DEFAULT_TASK, make_task, standard_settings
 
 SHRINK_RATIO = 0.5  # a boundary "shrank" when it ended below this share of its starting size
 
 
-def task_settings(model: str, template: str | None = None, variant: str = "yesno", context: str | None = None) -> dict[str, Any]:
-    """The price-tag prompt settings of a sweep on `model`: its own template unless one is given."""
-    return {"template": template or default_template(load_tokenizer(model)), "variant": variant, "context": context}
+def task_settings(model: str, task: str = DEFAULT_TASK, template: str | None = None, **settings: Any) -> dict[str, Any]:
+    """The settings of `task`'s prompts on `model`: the model's own template (load.default_template) unless one is
+    given, the task's defaults, and `settings`."""
+    tokenizer = load_tokenizer(model)
+    return standard_settings(task, tokenizer, template=template or default_template(tokenizer), **settings)
 
 
 def sweep_spec(model: str, hypotheses: Sequence[str], layers: Sequence[int] = (), positions: Sequence[str] = (),
-               **settings: Any) -> GridSpec:
-    """The grid of `hypotheses` at `layers` ([]: every layer of the model) x `positions` ([]: every searched
-    position of its prompts); `settings` are the other fields of `GridSpec` (seeds, train, n_train, ...), and
-    `template`, `variant`, `context` of the prompts."""
-    prompts = task_settings(model, settings.pop("template", None), settings.pop("variant", "yesno"), settings.pop("context", None))
+               task: str = DEFAULT_TASK, **settings: Any) -> GridSpec:
+    """The grid of `task`'s `hypotheses` at `layers` ([]: every layer of the model) x `positions` ([]: every
+    searched position of its prompts); `settings` are the other fields of `GridSpec` (seeds, train, n_train, ...)
+    and the task's own settings (the game's `template`, `variant`, `context`)."""
+    grid_fields = {f.name for f in fields(GridSpec)}
+    prompts = task_settings(model, task, **{k: settings.pop(k) for k in list(settings) if k not in grid_fields})
     if not layers:
         layers = range(load_config(model).num_hidden_layers)
     if not positions:
-        positions = make_task("pricetag", load_tokenizer(model), prompts).searched_roles()
-    return GridSpec(model=model, task_settings=prompts, candidates=tuple(hypotheses), layers=tuple(layers),
+        positions = make_task(task, load_tokenizer(model), prompts).searched_roles()
+    return GridSpec(model=model, task=task, task_settings=prompts, candidates=tuple(hypotheses), layers=tuple(layers),
                     positions=tuple(positions), **settings)
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from das_lib.method.causal import CausalModel, Variable
-from das_lib.tasks.pricetag.game import Hypothesis
+from das_lib.method.programs import Hypothesis
 
 # ---------------------------------------------------------------------------------------------
 # Vocabulary: common objects of a typical colour, each colour one word (one token in SmolLM2's tokenizer)

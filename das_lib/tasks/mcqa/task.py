@@ -30,6 +30,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
+import pandas as pd
 import torch
 from torch import nn
 from transformers import PreTrainedTokenizerBase
@@ -37,8 +38,9 @@ from transformers import PreTrainedTokenizerBase
 from das_lib.method import prompts
 from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
+from das_lib.method.task import labelled_pairs
 from das_lib.method.prompts import Layout, answer_readings, answer_token, left_pad, pad_id, place_roles, require_fast
-from das_lib.tasks.pricetag.game import Hypothesis
+from das_lib.method.programs import Hypothesis
 from das_lib.tasks.mcqa.game import CONTROLS, DEFAULT_FAMILIES, HYPOTHESES, Items, answer, pointer_of, render
 
 TEMPLATES = ("chat", "plain")
@@ -102,6 +104,19 @@ class MCQATask:
     def sample_pair(self, rng: random.Random) -> tuple[dict[str, Any], dict[str, Any]]:
         """A (base, source) pair from the task's counterfactual families (game.Items.sample_pair)."""
         return self.items.sample_pair(rng)
+
+    def sample_pairs(self, hypothesis: str, n: int, seed: int) -> list[CounterfactualPair]:
+        """`n` pairs of the task's families labelled by `hypothesis` (das_lib.method.task.labelled_pairs)."""
+        return labelled_pairs(self, hypothesis, n, seed)
+
+    def pairs_table(self, pairs: Sequence[CounterfactualPair]) -> pd.DataFrame:
+        """One row per pair: base and source items (object, stated colour, options), variable, answers."""
+        def text(item: Mapping[str, Any]) -> str:
+            options = " ".join(f"{letter}. {option}" for letter, option in zip(item["letters"], item["options"]))
+            return f"{item['object']} is {item['colour']}; {options}"
+        return pd.DataFrame([{"base": text(p.base), "source": text(p.source), "variable": ", ".join(p.variables),
+                              "base answer": p.base_label,
+                              "source answer": p.source_label, "counterfactual": p.label} for p in pairs])
 
     def sample_input(self, rng: random.Random) -> dict[str, Any]:
         """An item of the task's distribution."""

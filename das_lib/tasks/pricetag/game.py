@@ -6,11 +6,11 @@ decimals. A game is a dict {"lb": cents, "ub": cents, "amount": cents}.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 from das_lib.method.causal import CausalModel, Variable
 from das_lib.method.counterfactual import CounterfactualPair, make_pair
+from das_lib.method.programs import Hypothesis
 
 # ---------------------------------------------------------------------------------------------
 # Sampling (paper: width ~ U(2.50, 7.50); lb ~ U(0.05, 9.95 - width); ub = lb + width;
@@ -117,16 +117,6 @@ BRACKET_IDENTITY = CausalModel(
     ],
     output="answer",
 )
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    """A causal model and the variables whose alignment is searched (one subspace each)."""
-
-    key: str
-    title: str
-    model: CausalModel
-    variables: tuple[str, ...]
 
 
 HYPOTHESES: dict[str, Hypothesis] = {
@@ -372,12 +362,6 @@ def answer_word(label: bool, variant: str = "yesno") -> str:
 def task_label(game: Mapping[str, Any]) -> bool:
     """The factual answer: is lb <= amount <= ub?"""
     return LEFT_BOUNDARY.predict(game)
-
-
-def majority_rate_of(pairs: Sequence[CounterfactualPair]) -> float:
-    """Share of the most common counterfactual label: the dummy classifier's IIA."""
-    yes = sum(bool(p.label) for p in pairs)
-    return max(yes, len(pairs) - yes) / len(pairs)
 
 
 def majority_rate_of_games(games: Sequence[Mapping[str, Any]]) -> float:

@@ -6,8 +6,8 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from das_lib.method.counterfactual import CounterfactualPair
-from das_lib.tasks.pricetag.game import answer_word, get_hypothesis, majority_rate_of, price, task_label
+from das_lib.method.counterfactual import CounterfactualPair, majority_rate_of
+from das_lib.tasks.pricetag.game import answer_word, get_hypothesis, price, task_label
 
 
 # ---------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from das_lib.method.counterfactual import CounterfactualPair
 from das_lib.method.data import InterchangeData
 from das_lib.method.prompts import answer_readings, pair_targets, role_positions
 from das_lib.tasks.pricetag import programs
+from das_lib.tasks.pricetag.tables import pairs_table
 from das_lib.tasks.pricetag.game import (
     ANSWERS,
     Controls,
@@ -46,6 +47,7 @@ from das_lib.tasks.pricetag.game import (
     render_prompt,
     sample_game,
     sample_pair,
+    sample_pairs,
     task_label,
 )
 
@@ -138,6 +140,14 @@ with a random bracket each or with one fixed `bracket` (lower, upper) in cents."
     def sample_pair(self, rng: random.Random) -> tuple[dict[str, int], dict[str, int]]:
         """A (base, source) pair of games, the amount's region of each drawn uniformly (game.sample_pair)."""
         return sample_pair(rng, self.bracket)
+
+    def sample_pairs(self, hypothesis: str, n: int, seed: int) -> list[CounterfactualPair]:
+        """The paper's pairs: `n` pairs of `hypothesis`, Yes and No labels balanced (game.sample_pairs)."""
+        return sample_pairs(hypothesis, n, seed, self.bracket)
+
+    def pairs_table(self, pairs: Sequence[CounterfactualPair]) -> pd.DataFrame:
+        """One row per pair: the games (amount in bracket), regions, variable, answers (tables.pairs_table)."""
+        return pairs_table(pairs, self.variant)
 
     def sample_input(self, rng: random.Random) -> dict[str, int]:
         """A game of the factual task's distribution."""
