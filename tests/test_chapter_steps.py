@@ -17,6 +17,7 @@ from das_lib.method.counterfactual import majority_rate_of  # noqa: E402
 from das_lib.method.sites import Site  # noqa: E402
 from das_lib.method.training import TrainConfig  # noqa: E402
 from das_lib.models import standin, toy  # noqa: E402
+from das_lib.tasks.toy import task as toy_task  # noqa: E402
 from das_lib.models.load import default_template, load_model  # noqa: E402
 from das_lib.tasks.pricetag import game, tables  # noqa: E402
 from das_lib.tasks.pricetag.task import PriceTagTask, roles_table  # noqa: E402
@@ -78,18 +79,18 @@ def test_glue_values_glues_each_key_with_the_prefix(monkeypatch):
 
 @pytest.fixture(scope="module")
 def toy_run():
-    split = toy.split_triples(5, 0.2, seed=0)
-    S, P = toy.sum_model(), toy.distributive_model()
-    pairs = {"S": toy.pair_split(S, "S", split, (200, 60), 0), "P": toy.pair_split(P, "P", split, (200, 60), 0)}
+    split = toy_task.split_triples(5, 0.2, seed=0)
+    S, P = toy_task.sum_model(), toy_task.distributive_model()
+    pairs = {"S": toy_task.pair_split(S, "S", split, (200, 60), 0), "P": toy_task.pair_split(P, "P", split, (200, 60), 0)}
     net = toy.train_toy_model(split[0], 5, width=8, n_layers=2, steps=200, seed=0)
     return split, pairs, net
 
 
 def test_interchange_table_and_same_outputs():
-    table = toy.interchange_table({"S": toy.sum_model(), "P": toy.distributive_model()}, BASE, SOURCE)
+    table = toy_task.interchange_table({"S": toy_task.sum_model(), "P": toy_task.distributive_model()}, BASE, SOURCE)
     assert list(table.index) == ["S", "P"]
     assert table.iloc[:, -1].tolist() == [12, 15] and table.iloc[:, -2].tolist() == [3, 3]
-    assert toy.same_outputs(toy.sum_model(), toy.distributive_model(), 5)
+    assert toy_task.same_outputs(toy_task.sum_model(), toy_task.distributive_model(), 5)
 
 
 def test_pair_split_shares_inputs_across_hypotheses_and_counts(toy_run):
@@ -99,24 +100,24 @@ def test_pair_split_shares_inputs_across_hypotheses_and_counts(toy_run):
     assert [p.base for p in test_S] == [p.base for p in test_P]
     held_out = {tuple(t.values()) for t in split[1]}
     assert all(tuple(p.base.values()) in held_out for p in test_S)
-    assert toy.noop_rate(test_S) == sum(p.label == p.base_label for p in test_S) / 60
-    assert toy.labels_differ(test_S, test_P) == sum(s.label != w.label for s, w in zip(test_S, test_P)) / 60
-    table = toy.pairs_table({"S": test_S[:3], "P": test_P[:3]})
+    assert toy_task.noop_rate(test_S) == sum(p.label == p.base_label for p in test_S) / 60
+    assert toy_task.labels_differ(test_S, test_P) == sum(s.label != w.label for s, w in zip(test_S, test_P)) / 60
+    table = toy_task.pairs_table({"S": test_S[:3], "P": test_P[:3]})
     assert list(table.columns) == ["base", "source", "base answer", "label under S", "label under P"]
     assert table["label under P"].tolist() == [p.label for p in test_P[:3]]
 
 
 def test_layer_steps_of_chapter_1(toy_run):
     _, pairs, net = toy_run
-    data_S = toy.interchange_data(pairs["S"][1])
+    data_S = toy_task.interchange_data(pairs["S"][1])
     search = toy.neuron_search_by_layer(net, [1], data_S)
     assert list(search) == [0, 1] and all(len(found) == 8 for found in search.values())
     table = neurons.best_sets_table(search)
     assert table["IIA"].tolist() == [found[0].iia for found in search.values()]
     assert table["sets tried"].tolist() == [8, 8] and neurons.n_neuron_sets(8, [1, 2]) == 8 + 28
     config = TrainConfig(steps=5, lr=1e-2, seed=0)
-    das_S = toy.das_by_layer(net, 1, toy.interchange_data(pairs["S"][0]), data_S, config)
-    das_P = toy.das_by_layer(net, 1, toy.interchange_data(pairs["P"][0]), toy.interchange_data(pairs["P"][1]), config)
+    das_S = toy.das_by_layer(net, 1, toy_task.interchange_data(pairs["S"][0]), data_S, config)
+    das_P = toy.das_by_layer(net, 1, toy_task.interchange_data(pairs["P"][0]), toy_task.interchange_data(pairs["P"][1]), config)
     results = toy.iia_by_layer(search, {"S": das_S, "P": das_P}, 1)
     assert set(results["method"]) == {"best neuron set, S", "DAS (k=1), S", "DAS (k=1), P (wrong)"}
     assert len(results) == 6
@@ -125,7 +126,7 @@ def test_layer_steps_of_chapter_1(toy_run):
     assert best["das_iia"] == max(r.iia for _, r in das_S) == das_S[layer][1].iia
     assert best["wrong_iia"] == das_P[layer][1].iia
     assert best["exhaustive_iia"] == max(found[0].iia for found in search.values())
-    frame = toy.projection_frame(net, Site(layer), das_S[layer][0], toy.all_triples(5))
+    frame = toy.projection_frame(net, Site(layer), das_S[layer][0], toy_task.all_triples(5))
     assert len(frame) == 125 and list(frame.columns[:2]) == ["S = a + b", "c"]
     answers = toy.intervened_answers(net, Site(layer), BASE, SOURCE, {"DAS on S": das_S[layer][0]})
     assert list(answers) == ["no intervention", "DAS on S"]

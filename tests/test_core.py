@@ -8,6 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from das_lib.method.causal import CausalModel, Variable
 from das_lib.method.counterfactual import sample_causal_pairs
 from das_lib.models import toy
+from das_lib.tasks.toy import task as toy_task
 from das_lib.method.interventions import (
     FILE_FORMAT, BoundlessDASIntervention, DASIntervention, NeuronIntervention, load_intervention, save_intervention,
 )
@@ -89,9 +90,9 @@ def test_swapping_every_neuron_at_the_top_gives_the_source_run(llama, mlp):
 # --- orthogonality, save and load ----------------------------------------------------------------
 
 def toy_data(mlp, n: int = 64) -> InterchangeData:
-    model = toy.sum_model()
+    model = toy_task.sum_model()
     pairs = sample_causal_pairs(model, lambda rng: {k: rng.randrange(10) for k in "abc"}, ["S"], n, seed=0)
-    return toy.interchange_data(pairs)
+    return toy_task.interchange_data(pairs)
 
 
 @pytest.mark.parametrize("make", [lambda: DASIntervention(16, 3), lambda: DASIntervention(16, 2, r=6),
@@ -225,7 +226,7 @@ def test_causal_model_refuses_bad_definitions(variables, output, words):
 
 
 def test_causal_model_refuses_unknown_interventions_and_missing_inputs():
-    model = toy.sum_model()
+    model = toy_task.sum_model()
     with pytest.raises(KeyError, match="cannot intervene on \\['T'\\]"):
         model.run({"a": 1, "b": 2, "c": 3}, {"T": 5})
     with pytest.raises(KeyError, match="cannot intervene on"):
