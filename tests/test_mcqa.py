@@ -15,6 +15,7 @@ from das_lib.method.training import TrainConfig
 from das_lib.models.load import load_model, load_tokenizer
 from das_lib.runs import alignments, findings, reuse, robustness_table
 from das_lib.runs.grid import Grid, GridSpec
+from das_lib.runs.sweep import sweep_spec
 from das_lib.tasks import make_task
 from das_lib.tasks.mcqa import game
 from das_lib.tasks.mcqa.game import CONTROLS, MCQA, Items, answer, vocabulary
@@ -319,3 +320,10 @@ def test_chapter_4s_steps_run_on_any_task():
     table = task.pairs_table(pairs["test"])
     assert {"base", "source", "variable", "counterfactual"} <= set(table.columns) and len(table) == 8
     assert table["counterfactual"].tolist() == [p.label for p in pairs["test"]]
+
+
+def test_a_sweep_takes_the_task_by_name():
+    spec = sweep_spec("standin", ["pointer"], [1], ["last"], task="mcqa", template="plain", n_options=3, n_train=16)
+    assert (spec.task, spec.n_train, spec.task_settings["template"], spec.task_settings["n_options"]) == ("mcqa", 16, "plain", 3)
+    with pytest.raises(TypeError, match=r"task 'mcqa' has no setting \['variant'\]"):
+        sweep_spec("standin", ["pointer"], [1], ["last"], task="mcqa", template="plain", variant="yesno")
