@@ -125,7 +125,7 @@ class MCQATask:
     def readings(self, model: nn.Module, inputs: Sequence[Mapping[str, Any]], batch_size: int = 64
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) bool each: is the model's answer to each item right, read over the letters and over the vocabulary."""
-        expected = torch.tensor([self.answer_id(answer(x)) for x in inputs], dtype=torch.long)
+        expected = torch.tensor([self.answer_id(answer(x)) for x in inputs], dtype=torch.long, device="cpu")
         return answer_readings(model, self.encode, inputs, expected, self.answer_tensor(), batch_size)
 
     # -- text and tokens -------------------------------------------------------------------------------

@@ -157,7 +157,7 @@ with a random bracket each or with one fixed `bracket` (lower, upper) in cents."
                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N,) bool each, from one forward pass: is the model's answer to each game right, read over the two answer
         tokens (das_lib.method.readout), and read over the whole vocabulary (the paper's reading)."""
-        expected = torch.tensor([self.answer_id(task_label(g)) for g in inputs], dtype=torch.long)
+        expected = torch.tensor([self.answer_id(task_label(g)) for g in inputs], dtype=torch.long, device="cpu")
         return answer_readings(model, self.encode, inputs, expected, self.answer_tensor(), batch_size)
 
     # -- text ---------------------------------------------------------------------------------------
