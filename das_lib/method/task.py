@@ -109,13 +109,18 @@ def factual_answers(task: Task, inputs: Sequence[Inputs]) -> list[Any]:
     return [reference.predict(x) for x in inputs]
 
 
+def majority_rate(task: Task, inputs: Sequence[Inputs]) -> float:
+    """The accuracy of always giving the most common right answer of `inputs`."""
+    answers = factual_answers(task, inputs)
+    return max(answers.count(a) for a in set(answers)) / len(answers)
+
+
 def accuracy(task: Task, model: nn.Module, inputs: Sequence[Inputs]) -> dict[str, float]:
     """The share of `inputs` the model answers right, over the answer tokens ("answers") and over the whole
     vocabulary ("vocabulary"), and the accuracy of always giving the inputs' most common answer ("majority")."""
     ours, vocabulary = task.readings(model, inputs)
-    answers = factual_answers(task, inputs)
     return {"answers": ours.float().mean().item(), "vocabulary": vocabulary.float().mean().item(),
-            "majority": max(answers.count(a) for a in set(answers)) / len(answers)}
+            "majority": majority_rate(task, inputs)}
 
 
 def labelled_pairs(task: Task, hypothesis: str, n: int, seed: int) -> list[CounterfactualPair]:

@@ -42,7 +42,7 @@ from das_lib.method.outcome import Outcome
 from das_lib.method.programs import Candidate
 from das_lib.method.seeds import screening_seed, setting_games_seed, setting_seed
 from das_lib.method.stats import binomial_interval
-from das_lib.method.task import Task, Variant, factual_answers
+from das_lib.method.task import Task, Variant, majority_rate
 from das_lib.method.training import PlainForward, answer_tokens, answers_both_ways
 from das_lib.tasks import make_task
 from das_lib.runs import pools
@@ -116,8 +116,7 @@ def task_check(model: nn.Module, task: Task, n_games: int, seed: int) -> dict[st
     games = [task.sample_input(rng) for _ in range(n_games)]
     right = int(task.readings(model, games)[0].sum())
     low, high = binomial_interval(right, n_games)
-    answers = factual_answers(task, games)
-    majority = max(answers.count(a) for a in set(answers)) / n_games
+    majority = majority_rate(task, games)
     return {"games": n_games, "task acc": right / n_games, "task acc low": low, "task acc high": high,
             "majority": majority, "answers": bool(low > majority)}
 
