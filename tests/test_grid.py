@@ -20,7 +20,7 @@ from das_lib.method.training import PlainForward, TrainConfig, answers_both_ways
 from das_lib.models import load
 from das_lib.models.load import STANDIN_DIR
 from das_lib.tasks.pricetag import game
-from das_lib.runs import controls, findings, grid as grid_module, jobs, protocol, store, sweep
+from das_lib.runs import controls, crosscheck, findings, grid as grid_module, jobs, protocol, store, sweep
 from das_lib.runs.grid import Cell, Grid, IncompleteGrid
 from das_lib.runs.identity import model_identity
 from das_lib.runs.store import DamagedRecordWarning
@@ -316,6 +316,9 @@ def test_a_loaded_alignment_reproduces_its_recorded_outcome(tiny_grid):
         tokens = tiny_grid.runner.predictions(record["config"], intervention.eval(), "test")
         recorded_outcome = Outcome.from_dict(record["results"]["outcomes"]["test"])
         assert np.array_equal(tokens.numpy() == tiny_grid.labels(cell.candidate, "test"), recorded_outcome.correct)
+        # two answer tokens: the record gives every answer, the wrong ones included, as a rerun does
+        assert not recorded_outcome.correct.all()
+        assert np.array_equal(crosscheck.recorded_answers(tiny_grid, cell), tokens.numpy())
 
 
 def test_the_control_task_is_trained_like_a_hypothesis_with_labels_from_its_causal_model(tiny_grid, tmp_path):

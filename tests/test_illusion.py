@@ -192,6 +192,16 @@ def test_the_planted_subspace_passes(standin):
         assert row.gain_low <= 0 and row.gain_high < diagnosis.row("whole").gain_low, diagnosis.table
 
 
+def test_test_pairs_shared_by_several_subspaces_give_the_same_diagnosis(standin):
+    model, site, _, test, spaces, _, _, planted = standin
+    half = test.select(np.arange(0, len(test), 2))  # drawn from the shared pairs, as a candidate's variable is
+    shared = illusion.diagnose(model, site, planted, half, spaces, run=illusion.test_run(model, site, test))
+    alone = illusion.diagnose(model, site, planted, half, spaces)
+    assert shared.table.equals(alone.table) and shared.dose.equals(alone.dose)
+    with pytest.raises(ValueError, match="not drawn from the pairs"):
+        illusion.diagnose(model, site, planted, half, spaces, run=illusion.test_run(model, site, half.select(np.arange(8))))
+
+
 def test_an_illusion_built_on_purpose_is_flagged(standin):
     model, site, pool, test, spaces, states, left, planted = standin
     a, b, v = illusory.construct(states, left, spaces)

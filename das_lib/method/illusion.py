@@ -291,11 +291,40 @@ class Diagnosis:
         return rows.iloc[0]
 
 
+@dataclass
+class TestRun:
+    """What every subspace patched on one set of test pairs at a site shares: the forward (fast path or plain, its
+    intervention swapped for each part) and the pairs' (base, source) states at the site."""
+
+    forward: InterventionForward
+    base_states: torch.Tensor  # (N, d) float64, row i of the pairs' dataset at row_ids[i]
+    source_states: torch.Tensor
+    origin: str  # the pairs' InterchangeData.origin
+    row_ids: np.ndarray
+
+    def rows(self, test: InterchangeData) -> np.ndarray:
+        """The rows of these states that hold `test`'s pairs (a dataset drawn from the same pairs)."""
+        where = {int(i): r for r, i in enumerate(self.row_ids)}
+        if test.origin != self.origin or any(int(i) not in where for i in test.row_ids()):
+            raise ValueError("the test pairs are not drawn from the pairs of this TestRun: make one of them (test_run)")
+        return np.array([where[int(i)] for i in test.row_ids()])
+
+
+def test_run(model: nn.Module, site: Site, pairs: InterchangeData, fast: bool = True) -> TestRun:
+    """The `TestRun` of `pairs` at `site`; every dataset drawn from `pairs` (`select`, `relabelled`: the same origin)
+    reuses its cache, so the variables of one candidate share one."""
+    pairs = pairs.to(_device(model))
+    nothing = FixedSubspace(torch.zeros(model.config.hidden_size, 0, dtype=torch.float64)).to(_device(model))
+    forward = make_forward(model, site, nothing, [pairs], fast=fast)
+    return TestRun(forward, *site_states(model, site, pairs), pairs.origin, pairs.row_ids())
+
+
 def diagnose(model: nn.Module, site: Site, basis: torch.Tensor, test: InterchangeData, spaces: SiteSpaces,
              references: Mapping[str, torch.Tensor] | None = None, fast: bool = True, level: float = 0.95,
-             seed: int = 0, min_norm: float = MIN_NORM) -> Diagnosis:
+             seed: int = 0, min_norm: float = MIN_NORM, run: TestRun | None = None) -> Diagnosis:
     """Patch U (`basis`) and each of its parts alone on `test` (see the module docstring). `references`: named
-    (d, j) orthonormal bases (e.g. a planted subspace); U's part inside and outside each is patched too."""
+    (d, j) orthonormal bases (e.g. a planted subspace); U's part inside and outside each is patched too. `run`: the
+    `test_run` of the pairs `test` was drawn from (its rows' states are taken from it), made here when not given."""
     _check_answers(test, "test")
     test = test.to(_device(model))
     named = parts(basis, spaces, min_norm)
@@ -304,8 +333,10 @@ def diagnose(model: nn.Module, site: Site, basis: torch.Tensor, test: Interchang
                                                                   min_norm)
     whole = named["whole"]
     nothing = whole[:, :0]
-    forward = make_forward(model, site, FixedSubspace(nothing), [test], fast=fast)
-    base_states, source_states = site_states(model, site, test)
+    run = test_run(model, site, test, fast) if run is None else run
+    rows = run.rows(test)
+    forward = _with(run.forward, FixedSubspace(nothing).to(_device(model)))
+    base_states, source_states = run.base_states[rows], run.source_states[rows]
     dormant = spaces.dormant_space()
     natural = float(torch.diagonal(dormant.T @ spaces.covariance @ dormant).sum())  # the pool's energy there
 

@@ -10,6 +10,10 @@ labels and the column's differ (on the diagonal: on every pair), with the exact 
 interval over those pairs and their count. An alignment that realises its own variable scores high on its
 diagonal and low against the others where they disagree; one that scores as high against another
 candidate's labels there follows that candidate instead.
+
+The answers are read from the cell's record where the task has two answers: read over two answer tokens, an
+answer that is not the label is the other token, so the recorded `correct` flags give every answer exactly
+(`recorded_answers`; a test checks them against a rerun). A task with more answers runs the alignment again.
 """
 from __future__ import annotations
 
@@ -19,9 +23,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from das_lib.method.outcome import Outcome
 from das_lib.method.stats import binomial_interval
 from das_lib.runs.findings import Finding
-from das_lib.runs.grid import Grid
+from das_lib.runs.grid import Cell, Grid
 from das_lib.runs.reuse import chosen_cell
 
 
@@ -48,15 +53,29 @@ def name(grid: Grid, candidate: str, variable: str) -> str:
     return c.title if len(c.variables) == 1 else f"{c.title} ({variable})"
 
 
+def recorded_answers(grid: Grid, cell: Cell) -> np.ndarray | None:
+    """(V, N) the answer tokens of `cell` on the test pairs of its data seed, from its recorded outcome, where the
+    task has two answer tokens (a wrong answer is the other one); None where it has more."""
+    answers = grid.task.answer_tensor().tolist()
+    if len(answers) != 2:
+        return None
+    correct = Outcome.from_dict(grid.record(cell)["results"]["outcomes"]["test"]).correct
+    labels = grid.labels(cell.candidate, "test", cell.data_seed)
+    other = np.where(labels == answers[0], answers[1], answers[0])
+    return np.where(correct, labels, other)
+
+
 def cross_matrix(grid: Grid, finding: Finding, candidates: Sequence[str] | None = None) -> CrossMatrix:
     """The matrix of the module docstring over `candidates` (default: every candidate the finding chose a site
     for), in their order, one row and one column per variable."""
     candidates = list(candidates or finding.sites)
-    runner, answers, labels = grid.runner, {}, {}
+    answers, labels = {}, {}
     for c in candidates:
         cell = chosen_cell(grid, finding, c)
-        intervention, record = grid.load_alignment(cell)
-        predicted = runner.predictions(record["config"], intervention.eval(), "test").numpy()  # (V, N)
+        predicted = recorded_answers(grid, cell)
+        if predicted is None:
+            intervention, record = grid.load_alignment(cell)
+            predicted = grid.runner.predictions(record["config"], intervention.eval(), "test").numpy()  # (V, N)
         ids = grid.labels(c, "test", cell.data_seed)
         for v, variable in enumerate(grid.candidate(c).variables):
             answers[name(grid, c, variable)], labels[name(grid, c, variable)] = predicted[v], ids[v]

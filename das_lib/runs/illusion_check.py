@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from das_lib.method.illusion import diagnose, learned_subspace, reading, site_spaces
+from das_lib.method.illusion import diagnose, learned_subspace, reading, site_spaces, test_run
 from das_lib.runs.findings import Finding
 from das_lib.runs.grid import Grid
-from das_lib.runs.jobs import candidate_data
+from das_lib.runs.jobs import candidate_data, data_key
 from das_lib.runs.reuse import chosen_cell
 
 POOL = 256  # training pairs whose states give the site's natural spread and read space
@@ -29,21 +29,26 @@ def check(grid: Grid, finding: Finding, candidates: Sequence[str] | None = None,
     """One row per variable of each of `candidates` (default: the finding's) at its chosen site: U's size, its gain
     over doing nothing and that of each part (read and active; connected, disconnected; active, dormant; inside
     and outside a reference) with 95% intervals, the dose of U's top variance direction, and the verdict."""
-    rows = []
+    rows, at_site = [], {}
     for key in candidates or list(finding.sites):
         site = finding.sites[key]
         intervention, record = grid.load_alignment(chosen_cell(grid, finding, key))
         runner, config = grid.runner, record["config"]
-        pool = runner.pool(config)
-        j = pool.roles.index(site.position)
-        spaces = site_spaces(runner.model, site, pool.encoded["train"].column(j).select(np.arange(min(POOL, len(pool.encoded["train"])))))
+        if (site, data_key(config)) not in at_site:  # candidates at one site on one pool share its measurements
+            pool = runner.pool(config)
+            j = pool.roles.index(site.position)
+            train = pool.encoded["train"].column(j)
+            pairs = pool.encoded["test"].column(j)
+            at_site[site, data_key(config)] = (site_spaces(runner.model, site, train.select(np.arange(min(POOL, len(train))))),
+                                               pairs, test_run(runner.model, site, pairs))  # one cache, one pass for the states
+        spaces, pairs, run = at_site[site, data_key(config)]
         labels = runner.targets(config, "test")[0]
-        test = candidate_data(pool.encoded["test"].column(j), labels)
+        test = candidate_data(pairs, labels)
         n = labels.shape[1]
         for v, variable in enumerate(grid.candidate(key).variables):
             basis = learned_subspace(intervention.to(runner.device), v)
             refs = {name: ref for name, ref in (references or {}).items() if name == variable}
-            found = diagnose(runner.model, site, basis, test.select(np.arange(v * n, (v + 1) * n)), spaces, refs)
+            found = diagnose(runner.model, site, basis, test.select(np.arange(v * n, (v + 1) * n)), spaces, refs, run=run)
             verdict = reading(found)
             row = {"candidate": key, "variable": variable, "site": f"L{site.layer} {site.position}", "U dims": basis.shape[1],
                    "verdict": verdict["verdict"], "dose 1 gain": float(found.dose.iloc[0]["gain"])}

@@ -29,7 +29,7 @@ from torch import nn
 
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, caches_or_plain
+from das_lib.method.fastpath import CachedForward, caches_or_plain, unintervened
 from das_lib.method.interventions import BoundlessDASIntervention, save_intervention
 from das_lib.method.outcome import Outcome
 from das_lib.method.programs import Candidate
@@ -132,15 +132,9 @@ class Runner:
         pool = self.pool(config)
         if split not in pool.answers:
             j = pool.roles.index("last") if "last" in pool.roles else len(pool.roles) - 1
-            column = pool.encoded[split].column(j)
-            layer = next((l for l, c in (self.caches.value or {}).items() if c is not None), None) if self.caches.full \
-                and self.caches.key[0] == data_key(config) else None
-            if layer is not None:
-                forward = self.caches.value[layer].for_position(j, [pool.encoded[s].column(j) for s in pools.SPLITS],
-                                                                Site(layer, pool.roles[j]), lambda base, source, variable: base)
-            else:
-                forward = PlainForward(self.model, Site(0, pool.roles[j]), lambda base, source, variable: base)
-            pool.answers[split] = answers_both_ways(forward, column)
+            held = self.caches.value if self.caches.full and self.caches.key[0] == data_key(config) else {}
+            forward = unintervened(self.model, held or {}, j, [pool.encoded[s].column(j) for s in pools.SPLITS], pool.roles[j])
+            pool.answers[split] = answers_both_ways(forward, pool.encoded[split].column(j))
         return pool.answers[split]
 
     def targets(self, config: Mapping[str, Any], split: str) -> tuple[np.ndarray, np.ndarray]:

@@ -37,13 +37,13 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import caches_or_plain
+from das_lib.method.fastpath import caches_or_plain, unintervened
 from das_lib.method.outcome import Outcome
 from das_lib.method.programs import Candidate
 from das_lib.method.seeds import screening_seed, setting_games_seed, setting_seed
 from das_lib.method.stats import binomial_interval
 from das_lib.method.task import Task, Variant, majority_rate
-from das_lib.method.training import PlainForward, answer_tokens, answers_both_ways
+from das_lib.method.training import PlainForward, answers_both_ways
 from das_lib.tasks import make_task
 from das_lib.runs import pools
 from das_lib.runs.grid import Cell
@@ -158,8 +158,7 @@ def outcomes_on(model: nn.Module, task: Task, pairs: Sequence[Pair], interventio
     roles = list(dict.fromkeys(c.position for c in interventions))
     data = encode_pairs(task, pairs, roles, device)
     caches = caches_or_plain(model, sorted({c.layer for c in interventions}), [data])
-    base = data.column(0)
-    none, vocab_none = answer_tokens(model, base), answer_tokens(model, base.read_over(None))
+    none, vocab_none = answers_both_ways(unintervened(model, caches, 0, [data.column(0)], roles[0]), data.column(0))
     labels: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     out = {}
     for cell, intervention in interventions.items():
