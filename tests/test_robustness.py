@@ -72,6 +72,20 @@ def result(grid, finding) -> rb.RobustnessResult:
                                whole_grid=True)
 
 
+def test_a_study_is_recorded_in_the_grids_store_and_read_back_unchanged(grid, finding, result):
+    again = reuse.robustness_of(grid, finding, variants.make_settings(KINDS), n_pairs=16, n_games=40, max_screened=128,
+                                whole_grid=True)
+    assert not result.stored and again.stored  # no evaluation the second time
+    assert again.outcomes.keys() == result.outcomes.keys() and again.checks.equals(result.checks)
+    for key, by_cell in result.outcomes.items():
+        assert again.outcomes[key].keys() == by_cell.keys()
+        assert all(np.array_equal(again.outcomes[key][c].correct, o.correct) for c, o in by_cell.items())
+        assert np.array_equal(again.labels[key], result.labels[key])
+    assert rt.page_table(again).equals(rt.page_table(result))
+    other = reuse.robustness_of(grid, finding, variants.make_settings(KINDS), n_pairs=8, n_games=40, max_screened=128)
+    assert not other.stored  # another budget is another study
+
+
 # --- settings -----------------------------------------------------------------------------------
 
 

@@ -314,7 +314,7 @@ def test_run(model: nn.Module, site: Site, pairs: InterchangeData, fast: bool = 
     """The `TestRun` of `pairs` at `site`; every dataset drawn from `pairs` (`select`, `relabelled`: the same origin)
     reuses its cache, so the variables of one candidate share one."""
     pairs = pairs.to(_device(model))
-    nothing = FixedSubspace(torch.zeros(model.config.hidden_size, 0, dtype=torch.float64)).to(_device(model))
+    nothing = FixedSubspace(torch.zeros(model.config.hidden_size, 0, dtype=torch.float64, device=_device(model)))
     forward = make_forward(model, site, nothing, [pairs], fast=fast)
     return TestRun(forward, *site_states(model, site, pairs), pairs.origin, pairs.row_ids())
 

@@ -178,7 +178,12 @@ class Grid:
 
     def task_config(self) -> dict[str, Any]:
         """The config of the model's task-accuracy measurement."""
-        return {**self._base_config(), "kind": "task_accuracy", "n_games": self.spec.n_task, "seed": self.spec.data_seed}
+        return self.study_config("task_accuracy", n_games=self.spec.n_task, seed=self.spec.data_seed)
+
+    def study_config(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """The config of another job on the grid's model and task (`kind`, and what fixes its numbers), for a record
+        in the grid's store beside its cells."""
+        return {**self._base_config(), "kind": kind, **fields}
 
     # ---- cells ----------------------------------------------------------------------------------
     def grid_cells(self, candidates: tuple[str, ...] | None = None) -> list[Cell]:

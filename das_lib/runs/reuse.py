@@ -10,7 +10,10 @@ on test pairs:
   beside;
 - `alignments`: the `robustness.Alignments` of some hypotheses, loaded (and, with `whole_grid`, every cell of
   their grid, for the heatmaps);
-- `robustness_of`: a grid's alignments on the robustness settings (das_lib.runs.robustness).
+- `robustness_of`: a grid's alignments on the robustness settings (das_lib.runs.robustness), kept as a record in
+  the grid's store under a config naming the alignments (their cells' hashes), the settings and the budget, so
+  that a rerun (or a build reading a committed store, das_lib.runs.committed) reads it back instead of
+  evaluating again; the result says which (`stored`).
 
 Nothing is read from a grid that is not complete: `Grid.runs` raises IncompleteGrid naming the cells that
 have no record, and an alignment file that cannot be read is named and set aside with its record, so that
@@ -18,6 +21,7 @@ the next `Grid.run` trains it again (`Grid.load_alignment`).
 """
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -81,16 +85,25 @@ def robustness_of(grid: Grid, finding: Finding, settings: Sequence[Variant], n_p
                   max_screened: int, whole_grid: bool = False) -> robustness.RobustnessResult:
     """The grid's alignments of every hypothesis the `settings` (variants of the grid's task) reuse, without
     retraining, on those settings: `n_pairs` pairs and `n_games` inputs per setting, drawn from the grid's data
-    seed; with `whole_grid`, every cell of their grid too (heatmaps, the paper's statistics)."""
+    seed; with `whole_grid`, every cell of their grid too (heatmaps, the paper's statistics). Read back from the grid's
+    store where this study was recorded (see the module docstring)."""
     hypotheses = list(dict.fromkeys(s.hypothesis for s in settings))
     absent = [h for h in hypotheses if h not in grid.spec.candidates]
     if absent:
         raise KeyError(f"the settings {[s.key for s in settings]} reuse the alignments of {absent}, which the grid does "
                        f"not search (its candidates: {list(grid.spec.candidates)}): add them to its hypotheses")
     reused = alignments(grid, finding, hypotheses, whole_grid)
+    cells = [grid.record(c)["hash"] for c in reused.interventions]  # the alignments, by the configs that made them
+    config = grid.study_config("robustness", alignments=cells, settings=[asdict(s) for s in settings], n_pairs=n_pairs,
+                               n_games=n_games, max_screened=max_screened, seed=grid.spec.data_seed)
+    record = grid.store.get(config)
+    if record is not None:
+        return robustness.from_record(record["results"], settings, reused, grid.task.hypotheses())
     runner = grid.runner
-    return robustness.evaluate_settings(runner.model, runner.tokenizer, grid.spec.task, grid.task.settings(), settings,
-                                        reused, n_pairs, n_games, grid.spec.data_seed, max_screened)
+    result = robustness.evaluate_settings(runner.model, runner.tokenizer, grid.spec.task, grid.task.settings(), settings,
+                                          reused, n_pairs, n_games, grid.spec.data_seed, max_screened)
+    grid.store.put(config, robustness.as_record(result))
+    return result
 
 
 def summary(grid: Grid, finding: Finding, hypotheses: Sequence[str]) -> pd.DataFrame:

@@ -191,6 +191,7 @@ class RobustnessResult:
     hypotheses: dict[str, Candidate]  # the task's hypotheses, by key (their titles and variables)
     seconds: float = 0.0  # wall-clock time of the evaluation
     cpu_seconds: float = 0.0  # CPU time of this process (all threads): comparable on a busy machine
+    stored: bool = False  # read back from a store's record rather than evaluated in this process
     cells: pd.DataFrame = field(init=False)  # one row per (setting, grid cell): the IIA the heatmaps show
 
     def __post_init__(self) -> None:
@@ -228,6 +229,39 @@ class RobustnessResult:
             panels = groups.setdefault(s.figure, {f"trained: {title}": self.trained_grid(s.hypothesis)})
             panels[s.short or s.title] = self.grid(s.key)
         return groups
+
+
+def _cell_key(cell: Cell) -> str:
+    return f"{cell.candidate}|{cell.layer}|{cell.position}|{cell.seed}|{cell.data_seed}"
+
+
+def as_record(result: RobustnessResult) -> dict[str, Any]:
+    """What `from_record` needs to give `result` back (plain data for a store's record): every Outcome, the labels,
+    the checks and the evaluation's times; the alignments themselves are the grid's cells."""
+    return {"outcomes": {k: {_cell_key(c): o.as_dict() for c, o in by_cell.items()} for k, by_cell in result.outcomes.items()},
+            "labels": {k: v.tolist() for k, v in result.labels.items()},
+            "checks": result.checks.to_dict("split"), "check_types": result.checks.dtypes.astype(str).to_dict(),
+            "index_name": result.checks.index.name, "positions": result.positions,
+            "seconds": result.seconds, "cpu_seconds": result.cpu_seconds}
+
+
+def from_record(results: Mapping[str, Any], settings: Sequence[Variant], alignments: Alignments,
+                hypotheses: Mapping[str, Candidate]) -> RobustnessResult:
+    """The `RobustnessResult` that `as_record` wrote, on the same settings and alignments (`stored`: True)."""
+    cells = {_cell_key(c): c for c in alignments.interventions}
+    missing = sorted({key for by_cell in results["outcomes"].values() for key in by_cell} - set(cells))
+    if missing:
+        raise KeyError(f"the stored robustness study evaluated alignments {missing} that were not given")
+    # a record's JSON sorts its keys: the settings' and the alignments' own order is restored here
+    stored = results["outcomes"]
+    outcomes = {s.key: {c: Outcome.from_dict(stored[s.key][_cell_key(c)]) for c in alignments.cells(s.hypothesis)}
+                for s in settings if s.key in stored}
+    labels = {s.key: np.array(results["labels"][s.key], dtype=np.int64) for s in settings if s.key in stored}
+    split = results["checks"]
+    checks = pd.DataFrame(split["data"], index=split["index"], columns=split["columns"]).astype(results["check_types"])
+    checks.index.name = results["index_name"]
+    return RobustnessResult(list(settings), alignments, outcomes, labels, checks, list(results["positions"]), dict(hypotheses),
+                            float(results["seconds"]), float(results["cpu_seconds"]), stored=True)
 
 
 def evaluate_settings(model: nn.Module, tokenizer: PreTrainedTokenizerBase, task: str, standard: Mapping[str, Any],
