@@ -25,7 +25,7 @@ from das_lib.method.task import Variant
 from das_lib.tasks.pricetag import variants
 from das_lib.tasks.pricetag.game import get_hypothesis, majority_rate_of_games, sample_game, task_label
 from das_lib.tasks.pricetag.task import PriceTagTask
-from das_lib.runs import crosscheck, findings, grids, reuse
+from das_lib.runs import committed, crosscheck, findings, grids, reuse
 from das_lib.runs import robustness as rb
 from das_lib.runs import robustness_table as rt
 from das_lib.runs.grid import Cell, Grid, IncompleteGrid
@@ -84,6 +84,21 @@ def test_a_study_is_recorded_in_the_grids_store_and_read_back_unchanged(grid, fi
     assert rt.page_table(again).equals(rt.page_table(result))
     other = reuse.robustness_of(grid, finding, variants.make_settings(KINDS), n_pairs=8, n_games=40, max_screened=128)
     assert not other.stored  # another budget is another study
+
+
+def test_a_study_read_back_is_checked_by_evaluating_one_setting_again(grid, finding, result):
+    study = reuse.robustness_of(grid, finding, variants.make_settings(KINDS), n_pairs=16, n_games=40, max_screened=128,
+                                whole_grid=True)
+    table = committed.verify_study(grid, study)
+    assert study.stored and list(table.index) == [table.index[0]] and table["within"].all()
+    assert table["recomputed"].iloc[0] == table["committed"].iloc[0] > 0.2  # the same pairs, the same answers
+    assert committed.verify_study(grid, result).empty  # evaluated here: nothing to check
+    setting = next(s for s in study.settings if s.answers is None)
+    cell = study.alignments.chosen[setting.hypothesis]
+    wrong = replace(study.outcomes[setting.key][cell], correct=np.zeros_like(study.outcomes[setting.key][cell].correct))
+    stale = replace(study, outcomes={**study.outcomes, setting.key: {**study.outcomes[setting.key], cell: wrong}})
+    with pytest.raises(committed.CommittedMismatch, match="regenerate the committed store"):
+        committed.verify_study(grid, stale)
 
 
 # --- settings -----------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from das_lib.method.sites import Site
 from das_lib.runs import committed, controls, protocol
 from das_lib.runs.findings import Finding
 from das_lib.runs.grid import Cell, Grid
+from das_lib.runs.robustness import RobustnessResult
 
 CHECKS = {"first": "planted program first", "site": "at the planted site", "variables": "each variable realised",
           "search": "first among programs"}
@@ -146,12 +147,14 @@ def null_values(rows: Sequence[Mapping[str, Any]], null_grid: Grid, subspaces: p
     return out
 
 
-def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch: str) -> pd.DataFrame:
+def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch: str,
+                 study: RobustnessResult | None = None) -> pd.DataFrame:
     """Retrain from scratch the chosen cell (first seed, first pool) of every candidate of each (grid, finding) in
     `read` (the model's hypotheses, its control task, the positive control's) and check each against the committed
     one (`committed.verify`, one fresh scratch store per grid); without a committed store, say that every cell was
-    trained by this build."""
-    tables = []
+    trained by this build. A robustness `study` of the first grid read back from its store is checked too
+    (`committed.verify_study`)."""
+    tables = [] if study is None or not store_name else [committed.verify_study(read[0][0], study).round(3)]
     for i, (grid, finding) in enumerate(read):
         cells = [Cell(c, s.layer, s.position, grid.spec.seeds[0], grid.spec.data_seed) for c, s in finding.sites.items()]
         if not store_name:
@@ -163,13 +166,16 @@ def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch:
     return pd.concat(tables)
 
 
-def committed_note(name: str, seeded: int) -> str:
-    """Where the committed cells came from (its manifest), or that this run used none."""
+def committed_note(name: str, seeded: int, study: RobustnessResult | None = None) -> str:
+    """Where the committed cells came from (its manifest), or that this run used none; and whether the robustness
+    `study` was read back rather than evaluated by this run."""
     about = committed.manifest(name) if name else None
+    read_back = ("; the robustness study was read back from the store, not evaluated by this run" if study is not None
+                 and study.stored else "")
     if not name or about is None:
-        return "this run used no committed store"
-    return (f"{seeded} cells copied into this run's store; made on {about['date']} on {about['machine']} in "
-            f"{about['hours']:.1f} hours by `{about['command']}`")
+        return "this run used no committed store" + read_back
+    return (f"{seeded} records copied into this run's store; made on {about['date']} on {about['machine']} in "
+            f"{about['hours']:.1f} hours by `{about['command']}`" + read_back)
 
 
 def finding_rows(finding: Finding, titles: Mapping[str, str], nulls: Sequence[Mapping[str, Any]], control: Finding,

@@ -8,7 +8,8 @@ with the store's own parameters finds its cells there (`seed` copies them into t
 so a run with other parameters trains its own), and then retrains some of them from scratch into a fresh
 store (`verify`): the headline cell and each hypothesis's chosen cell. A recomputed cell whose test score
 falls outside the committed cell's 95% interval fails the build (`CommittedMismatch`), and the chapter says
-which numbers this build recomputed.
+which numbers this build recomputed. A study read back from the store (a robustness study, das_lib.runs.reuse)
+has one of its settings evaluated again in the build (`verify_study`), and fails it alike.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from typing import Any, Iterable
 import pandas as pd
 
 from das_lib.method.outcome import Outcome, candidate_score
-from das_lib.runs import protocol
+from das_lib.method.stats import binomial_interval
+from das_lib.runs import protocol, robustness
 from das_lib.runs.grid import Cell, Grid
 from das_lib.runs.jobs import run_job
 from das_lib.runs.store import Store
@@ -115,4 +117,29 @@ def verify(grid: Grid, cells: Iterable[Cell], scratch: str | Path) -> pd.DataFra
         raise CommittedMismatch(f"retrained cells {bad} score outside the committed cells' 95% intervals "
                                 f"({out.loc[bad, ['committed', 'low', 'high', 'recomputed']].to_dict('index')}): the "
                                 "committed store no longer matches this code; regenerate it (das_lib.book.stores)")
+    return out
+
+
+def verify_study(grid: Grid, result: robustness.RobustnessResult) -> pd.DataFrame:
+    """Evaluate again, in this process, the first setting of a study read back from a store (`result.stored`) that
+    needs no screening, with its hypothesis's chosen alignment, and compare its IIA with the stored one: one row with
+    the stored IIA, its exact 95% interval and the recomputed IIA. Raises CommittedMismatch outside the interval;
+    an empty table for a study this process evaluated itself."""
+    if not result.stored:
+        return pd.DataFrame(columns=["committed", "low", "high", "recomputed", "within"]).rename_axis("cell")
+    setting = next(s for s in result.settings if s.answers is None and s.key in result.outcomes)
+    cell = result.alignments.chosen[setting.hypothesis]
+    one = robustness.Alignments({setting.hypothesis: cell}, {setting.hypothesis: [cell]}, {},
+                                {cell: result.alignments.interventions[cell]}, result.alignments.trained.iloc[:0])
+    checks = result.checks.loc[setting.key]
+    again = robustness.evaluate_settings(grid.runner.model, grid.runner.tokenizer, grid.spec.task, grid.task.settings(),
+                                         [setting], one, int(checks["pairs"]), int(checks["games"]), grid.spec.data_seed, 2)
+    stored, recomputed = result.outcomes[setting.key][cell].correct, again.outcomes[setting.key][cell].correct
+    low, high = binomial_interval(int(stored.sum()), stored.size)
+    row = {"committed": float(stored.mean()), "low": low, "high": high, "recomputed": float(recomputed.mean())}
+    name = f"robustness, {setting.title}: {cell.candidate} L{cell.layer} {cell.position} seed {cell.seed}"
+    out = pd.DataFrame([{**row, "within": low <= row["recomputed"] <= high}], index=pd.Index([name], name="cell"))
+    if not out["within"].all():
+        raise CommittedMismatch(f"the stored study's IIA on {setting.title!r} ({row}) is not what this build computes: "
+                                "regenerate the committed store (das_lib.book.stores)")
     return out
