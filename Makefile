@@ -44,9 +44,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps pyvene==0.1.8; \
 	touch $(STAMP); echo "==> setup: $$(( $$(date +%s) - start )) s"
 
+# Two pytest workers, each running whole test files (their module fixtures are built once).
 unit: setup
 	@start=$$(date +%s); echo "==> unit tests"; \
-	$(PY) -m pytest tests -q --durations=8; \
+	$(PY) -m pytest tests -q -n 2 --dist loadfile --durations=8; \
 	echo "==> unit tests: $$(( $$(date +%s) - start )) s"
 
 # Each chapter: inject its smoke parameters (papermill --prepare-only) and execute it once, which gives

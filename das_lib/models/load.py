@@ -15,19 +15,20 @@ so the answer of each prompt in a batch is read at the last position.
 """
 from __future__ import annotations
 
-import copy
 import importlib.util
 import json
 import os
 import re
+import shutil
 import socket
 import struct
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Iterator
 from urllib.parse import urlparse
 
 import torch
+import transformers
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import try_to_load_from_cache
 from safetensors import SafetensorError, safe_open
@@ -254,8 +255,7 @@ def load_tokenizer(name: str = "standin") -> PreTrainedTokenizerBase:
     require_hub(source)
     check_directory(source, gguf_file, weights=False)
     with reading(source, gguf_file):  # names the file: no such directory, unknown hub id, a truncated GGUF
-        tokenizer = _read_once("tokenizer", source, gguf_file, lambda: AutoTokenizer.from_pretrained(
-            source, **({"gguf_file": gguf_file} if gguf_file else {})))
+        tokenizer = AutoTokenizer.from_pretrained(gguf_copy(source, gguf_file) if gguf_file else source)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # Llama's tokenizer has none; padded positions are masked anyway
         tokenizer.pad_token = tokenizer.eos_token
@@ -273,24 +273,34 @@ def load_config(name: str = "standin") -> PretrainedConfig:
     require_hub(source)
     check_directory(source, gguf_file, weights=False)
     with reading(source, gguf_file):
-        return _read_once("config", source, gguf_file, lambda: AutoConfig.from_pretrained(
-            source, **({"gguf_file": gguf_file} if gguf_file else {})))
+        return AutoConfig.from_pretrained(gguf_copy(source, gguf_file) if gguf_file else source)
 
 
-_READ: dict[tuple, Any] = {}  # what a GGUF file gave, by (kind, file, size, modification time)
-
-
-def _read_once(kind: str, source: str, gguf_file: str | None, read: Callable[[], Any]) -> Any:
-    """`read()`, made once per process for a GGUF file while its size and modification time stay the same (reading
-    a tokenizer or a config from a GGUF parses the whole file: seconds, again and again for every grid), as a copy."""
-    if gguf_file is None:
-        return read()
+def gguf_copy(source: str, gguf_file: str) -> str:
+    """A model directory (float32 safetensors, config, tokenizer) holding what transformers reads from a GGUF file,
+    made once under CACHE_DIR and reused: de-quantising the weights and parsing the file's tokenizer and config take
+    seconds (about 20 for SmolLM2) in every process, reading the copy a fraction of one. The weights are the same
+    float32 tensors, so every number is unchanged (a test compares the two); a record still names the GGUF file
+    (das_lib.runs.identity). Keyed by the file's size and modification time and transformers' version."""
     path = Path(source) / gguf_file
     stat = path.stat()
-    key = (kind, str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _READ:
-        _READ[key] = read()
-    return copy.deepcopy(_READ[key])
+    out = CACHE_DIR / "gguf" / f"{path.stem}-{stat.st_size}-{stat.st_mtime_ns}-transformers-{transformers.__version__}"
+    if (out / "config.json").exists():
+        return str(out)
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are de-quantised: plain float32 tensors, saved as such
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    staging = out.with_name(f"{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(out)  # config.json appears with the rest: a copy is whole or absent
+    except OSError:  # another process made it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(out)
 
 
 def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dtype = "float32") -> tuple[nn.Module, PreTrainedTokenizerBase]:
@@ -305,15 +315,13 @@ def load_model(name: str = "standin", device: str = "cpu", dtype: str | torch.dt
         return _load_merged(name, base, device, dtype)
     kwargs = {"dtype": _resolve_dtype(dtype)}
     source, gguf_file = model_source(name)
-    if gguf_file is not None:
-        kwargs["gguf_file"] = gguf_file
     on_gpu = torch.device(device).type == "cuda"
     if on_gpu:
         kwargs["device_map"] = {"": device}  # every module on this one device
     tokenizer = load_tokenizer(name)
     check_directory(source, gguf_file, weights=True)
     with reading(source, gguf_file):
-        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_copy(source, gguf_file) if gguf_file else source, **kwargs)
     if not on_gpu:
         model = model.to(device)
     model.eval()
