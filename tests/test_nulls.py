@@ -4,6 +4,7 @@ each able to fail."""
 import random
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -85,3 +86,7 @@ def test_the_illusion_check_passes_the_planted_stand_in_s_alignment_at_the_plant
     row = table.loc[("left", "left")]
     assert row["site"] == "L1 last" and row["verdict"] == "passes"
     assert row["inside left gain low"] > 0 and row["outside left gain high"] < row["inside left gain low"]
+    again = illusion_check.check(grid, finding, ["left"], controls.planted_subspaces("standin"))  # read back, not run
+    assert not table.attrs["stored"] and again.attrs["stored"]
+    pd.testing.assert_frame_equal(again, table)
+    assert not illusion_check.check(grid, finding, ["left"]).attrs["stored"]  # no reference: another check

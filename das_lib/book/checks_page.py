@@ -166,12 +166,12 @@ def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch:
     return pd.concat(tables)
 
 
-def committed_note(name: str, seeded: int, study: RobustnessResult | None = None) -> str:
-    """Where the committed cells came from (its manifest), or that this run used none; and whether the robustness
-    `study` was read back rather than evaluated by this run."""
+def committed_note(name: str, seeded: int, read: Mapping[str, bool] | None = None) -> str:
+    """Where the committed cells came from (its manifest), or that this run used none; and which studies of `read`
+    (name -> read back from the store) this run did not evaluate itself."""
     about = committed.manifest(name) if name else None
-    read_back = ("; the robustness study was read back from the store, not evaluated by this run" if study is not None
-                 and study.stored else "")
+    stored = [study for study, back in (read or {}).items() if back]
+    read_back = f"; {' and '.join(stored)} read back from the store, not evaluated by this run" if stored else ""
     if not name or about is None:
         return "this run used no committed store" + read_back
     return (f"{seeded} records copied into this run's store; made on {about['date']} on {about['machine']} in "
