@@ -155,8 +155,12 @@ def verification(read: Sequence[tuple[Grid, Finding]], store_name: str, scratch:
     trained by this build. A robustness `study` of the first grid read back from its store is checked too
     (`committed.verify_study`)."""
     tables = [] if study is None or not store_name else [committed.verify_study(read[0][0], study).round(3)]
-    for i, (grid, finding) in enumerate(read):
-        cells = [Cell(c, s.layer, s.position, grid.spec.seeds[0], grid.spec.data_seed) for c, s in finding.sites.items()]
+    by_grid: dict[int, tuple[Grid, list[Cell]]] = {}  # the findings of one grid are retrained together (shared caches)
+    for grid, finding in read:
+        kept = by_grid.setdefault(id(grid), (grid, []))[1]
+        kept += [c for c in (Cell(c, s.layer, s.position, grid.spec.seeds[0], grid.spec.data_seed)
+                             for c, s in finding.sites.items()) if c not in kept]
+    for i, (grid, cells) in enumerate(by_grid.values()):
         if not store_name:
             tables.append(pd.DataFrame({"cell": [f"{grid.spec.model}: {c.candidate} L{c.layer} {c.position}" for c in cells],
                                         "verified": "trained by this build: nothing committed to check"}).set_index("cell"))

@@ -93,13 +93,14 @@ def verify(grid: Grid, cells: Iterable[Cell], scratch: str | Path) -> pd.DataFra
     fresh = Store(scratch)
     fresh.clear()
     again = Grid(grid.spec, fresh, grid.device, grid.loaded, progress=False)
-    rows = []
+    rows, cells = [], list(cells)
+    layers = sorted({c.layer for c in cells})  # cached together in one pass over the pool, for every cell below
     for cell in cells:
         committed = grid.record(cell)
         if committed is None:
             raise KeyError(f"cell {cell} has no record in {grid.store.root} to verify")
         grid.runner  # noqa: B018  (the grid's model, loaded once for the cells retrained here)
-        run_job(again.config(cell), str(fresh.root), grid.device)
+        run_job(again.config(cell), str(fresh.root), grid.device, layers)
         mine, theirs = (Outcome.from_dict(r["results"]["outcomes"]["test"]) for r in (again.record(cell), committed))
         runs = pd.DataFrame([{"candidate": cell.candidate, "layer": cell.layer, "position": cell.position, "seed": 0,
                               "data_seed": 0, "test": theirs, "majority": 0.0}])
