@@ -398,17 +398,3 @@ def make_forward(
             problem = str(err)
     plain_path_notice(problem)
     return PlainForward(model, site, intervention)
-
-
-def unintervened(model: nn.Module, caches: dict[int, CachedForward | None], column: int,
-                 data: Iterable[InterchangeData], role: str) -> InterventionForward:
-    """A forward that swaps nothing at `role` (column `column` of `data`, encoded at k positions): from a held cache,
-    only the layers above its layer run (exact to float rounding, as the cache's self-check showed); with none,
-    the whole model (the plain path)."""
-    def keep(base: torch.Tensor, source: torch.Tensor, variable: torch.Tensor) -> torch.Tensor:
-        return base
-
-    layer = next((l for l, c in caches.items() if c is not None), None)  # noqa: E741
-    if layer is None:
-        return PlainForward(model, Site(0, role), keep)
-    return caches[layer].for_position(column, data, Site(layer, role), keep)

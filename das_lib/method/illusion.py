@@ -311,8 +311,7 @@ class TestRun:
 
 
 def test_run(model: nn.Module, site: Site, pairs: InterchangeData, fast: bool = True) -> TestRun:
-    """The `TestRun` of `pairs` at `site`; every dataset drawn from `pairs` (`select`, `relabelled`: the same origin)
-    reuses its cache, so the variables of one candidate share one."""
+    """The `TestRun` of `pairs` at `site`: datasets drawn from `pairs` (the same origin) share its cache."""
     pairs = pairs.to(_device(model))
     nothing = FixedSubspace(torch.zeros(model.config.hidden_size, 0, dtype=torch.float64, device=_device(model)))
     forward = make_forward(model, site, nothing, [pairs], fast=fast)

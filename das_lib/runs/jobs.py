@@ -21,7 +21,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -29,14 +29,14 @@ from torch import nn
 
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, caches_or_plain, unintervened
+from das_lib.method.fastpath import CachedForward, caches_or_plain
 from das_lib.method.interventions import BoundlessDASIntervention, save_intervention
 from das_lib.method.outcome import Outcome
 from das_lib.method.programs import Candidate
 from das_lib.method.sites import Site, layer_module
 from das_lib.method.task import Task, accuracy
 from das_lib.method.training import (
-    PlainForward, TrainConfig, answer_tokens_under, answers_both_ways, set_seed, train_intervention,
+    InterventionForward, PlainForward, TrainConfig, answer_tokens_under, answers_both_ways, set_seed, train_intervention,
 )
 from das_lib.models.load import load_model
 from das_lib.runs import pools
@@ -75,6 +75,20 @@ def candidate_data(pool: InterchangeData, label_ids: np.ndarray) -> InterchangeD
     data = pool.select(np.tile(np.arange(n), n_vars))
     labels = torch.from_numpy(label_ids.reshape(-1)).to(device)
     return data.relabelled(torch.arange(n_vars, device=device).repeat_interleave(n), labels, None)
+
+
+def unintervened(model: nn.Module, caches: dict[int, CachedForward | None], column: int,
+                 data: Iterable[InterchangeData], role: str) -> InterventionForward:
+    """A forward that swaps nothing at `role` (column `column` of `data`, encoded at k positions): from a held cache,
+    only the layers above its layer run (exact to float rounding, as the cache's self-check showed); with none,
+    the whole model (the plain path)."""
+    def keep(base: torch.Tensor, source: torch.Tensor, variable: torch.Tensor) -> torch.Tensor:
+        return base
+
+    layer = next((l for l, c in caches.items() if c is not None), None)  # noqa: E741
+    if layer is None:
+        return PlainForward(model, Site(0, role), keep)
+    return caches[layer].for_position(column, data, Site(layer, role), keep)
 
 
 class Runner:

@@ -37,7 +37,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.method.counterfactual import make_pair
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import caches_or_plain, unintervened
+from das_lib.method.fastpath import caches_or_plain
 from das_lib.method.outcome import Outcome
 from das_lib.method.programs import Candidate
 from das_lib.method.seeds import screening_seed, setting_games_seed, setting_seed
@@ -48,7 +48,7 @@ from das_lib.tasks import make_task
 from das_lib.runs import pools
 from das_lib.runs.grid import Cell
 from das_lib.runs.grids import iia_grid
-from das_lib.runs.jobs import candidate_data
+from das_lib.runs.jobs import candidate_data, unintervened
 
 Pair = pools.Pair
 
