@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from das_lib.method import illusion, illusory
 from das_lib.method.data import InterchangeData
-from das_lib.method.fastpath import CachedForward, make_forward
+from das_lib.method.fastpath import CachedForward, make_forward, shared_cache
 from das_lib.method.fastpath_checks import fast_path_problem
 from das_lib.method.interventions import BoundlessDASIntervention, DASIntervention, NeuronIntervention
 from das_lib.method.sites import Site
@@ -200,6 +200,37 @@ def test_test_pairs_shared_by_several_subspaces_give_the_same_diagnosis(standin)
     assert shared.table.equals(alone.table) and shared.dose.equals(alone.dose)
     with pytest.raises(ValueError, match="not drawn from the pairs"):
         illusion.diagnose(model, site, planted, half, spaces, run=illusion.test_run(model, site, half.select(np.arange(8))))
+
+
+def test_states_and_diagnosis_read_from_a_held_layer_cache_equal_a_fresh_run(standin):
+    """The grid's way: one cache over the pool and the test pairs serves the spread, the states and every patch."""
+    model, site, pool, test, spaces, _, _, planted = standin
+    held = make_forward(model, site, illusion.FixedSubspace(torch.zeros(model.config.hidden_size, 0)), [pool, test])
+    assert isinstance(held, CachedForward)
+    for data in (pool, test):
+        for cached, captured in zip(illusion.site_states(model, site, data, forward=held), illusion.site_states(model, site, data)):
+            assert torch.allclose(cached, captured, rtol=1e-5, atol=1e-5)
+    from_cache = illusion.site_spaces(model, site, pool, forward=held)
+    assert torch.allclose(from_cache.covariance, spaces.covariance, rtol=1e-4, atol=1e-6)
+    assert from_cache.read.shape == spaces.read.shape
+    shared = illusion.diagnose(model, site, planted, test, spaces, run=illusion.test_run(model, site, test, forward=held))
+    alone = illusion.diagnose(model, site, planted, test, spaces)
+    assert np.array_equal(shared.correct["whole"], alone.correct["whole"]) and shared.table.part.equals(alone.table.part)
+    assert np.allclose(shared.table.off_manifold, alone.table.off_manifold, rtol=1e-3)
+
+
+def test_states_read_from_a_grid_s_cache_of_every_position_are_each_position_s(standin):
+    """A grid caches its pool at all its positions at once; each position's view gives that position's states."""
+    model, _, pool, _, _, _, _, _ = standin
+    task, layer = PriceTagTask(load_model("standin")[1], "standin"), 1
+    roles = task.searched_roles()[:3] + ["last"]
+    data = task.interchange_data(sample_pairs("left", 24, seed=5), roles)
+    shared = shared_cache(model, layer, [data])
+    for j, role in enumerate(roles):
+        column = data.column(j)
+        view = shared.for_position(j, [column], Site(layer, role), illusion.FixedSubspace(torch.zeros(model.config.hidden_size, 0)))
+        cached, captured = illusion.site_states(model, Site(layer, role), column, forward=view), illusion.site_states(model, Site(layer, role), column)
+        assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-5) for a, b in zip(cached, captured)), role
 
 
 def test_an_illusion_built_on_purpose_is_flagged(standin):

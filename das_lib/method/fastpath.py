@@ -165,22 +165,25 @@ class CachedForward:
         rows = np.arange(min(n, len(data)))
         with torch.no_grad():
             ours = self._upper_layers(store, rows, store.suffix[: len(rows)])
-        ref = reference[: len(rows)]
-        reference = ref
-        err = relative_error(ours, ref)
+        reference = reference[: len(rows)]
+        err = relative_error(ours, reference)
         if noise is None:
-            noise = self_disagreement(self.model, data.select(rows), ref)
-        tol = check_tolerance(noise, ref.dtype)
+            noise = self_disagreement(self.model, data.select(rows), reference)
+        tol = check_tolerance(noise, reference.dtype)
         self.check_result = {"error": err, "model_noise": noise, "tolerance": tol}
         self.check_reference = reference  # the model's own answer states of the checked rows
         if not err <= tol:
             raise FastPathMismatch(
                 f"the fast path differs from {type(self.model).__name__}'s own forward pass by a relative error of "
                 f"{err:.3g} at site {self.site} (tolerance {tol:.3g}: {CHECK_FACTOR} x the model's own disagreement "
-                f"between two attention implementations, {noise:.3g}, and at least {CHECK_FLOOR[ref.dtype]:.0e} in "
-                f"{ref.dtype}); this model is not supported: use PlainForward"
+                f"between two attention implementations, {noise:.3g}, and at least {CHECK_FLOOR[reference.dtype]:.0e} in "
+                f"{reference.dtype}); this model is not supported: use PlainForward"
             )
         self.checked = True
+
+    def site_states(self, data: InterchangeData) -> tuple[torch.Tensor, torch.Tensor]:
+        """(base, source), each (N, d): `data`'s states at the site, read from its cache (built if not held)."""
+        return layer_cache.site_vectors(*self._find(data))
 
     def with_intervention(self, intervention: nn.Module) -> "CachedForward":
         """The same caches (no copy) serving another intervention at the same site."""

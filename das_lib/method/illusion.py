@@ -145,9 +145,13 @@ def _check_answers(data: InterchangeData, name: str) -> None:
                          "encode them with the task's interchange_data, or name them with data.read_over(ids)")
 
 
-def site_states(model: nn.Module, site: Site, data: InterchangeData, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base, source) states at the site, each (N, d) float64 on the CPU."""
+def site_states(model: nn.Module, site: Site, data: InterchangeData, batch_size: int = 128,
+                forward: InterventionForward | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, source) states at the site, each (N, d) float64 on the CPU: read from `forward`'s cache where it
+    is the fast path (the layer cache a grid holds), else captured by a forward pass to the site."""
     data.check_position(site.position)
+    if isinstance(forward, CachedForward):
+        return tuple(t.double().cpu() for t in forward.site_states(data))
     out: list[list[torch.Tensor]] = [[], []]
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
@@ -212,20 +216,20 @@ class SiteSpaces:
 
 
 def site_spaces(model: nn.Module, site: Site, pool: InterchangeData, read_share: float = READ_SHARE, active_share: float = ACTIVE_SHARE, fast: bool = True,
-                batch_size: int = 128) -> SiteSpaces:
+                batch_size: int = 128, forward: InterventionForward | None = None) -> SiteSpaces:
     """The natural spread (the pool's base and source states) and the read space (margin gradients at the pool's
-    base prompts) at `site`."""
+    base prompts) at `site`; `forward`: one that serves `pool` at `site` already (its caches are used)."""
     _check_answers(pool, "pool")
     if not read_share > 0 or not active_share > 0:
         raise ValueError(f"read_share and active_share must be > 0, got {read_share}, {active_share}")
     if len(pool) < 2:
         raise ValueError(f"the pool needs at least 2 pairs to measure a spread, got {len(pool)}")
     pool = pool.to(_device(model))
-    base, source = site_states(model, site, pool, batch_size)
+    base, source = site_states(model, site, pool, batch_size, forward)
     states = torch.cat([base, source])
     centred = states - states.mean(0)
     covariance = centred.T @ centred / (len(states) - 1)
-    forward = make_forward(model, site, _Probe(), [pool], fast=fast)
+    forward = make_forward(model, site, _Probe(), [pool], fast=fast) if forward is None else forward
     gradients, values = margin_gradients(forward, pool, batch_size)
     spread = float(values.std())
     if spread == 0:
@@ -310,12 +314,14 @@ class TestRun:
         return np.array([where[int(i)] for i in test.row_ids()])
 
 
-def test_run(model: nn.Module, site: Site, pairs: InterchangeData, fast: bool = True) -> TestRun:
-    """The `TestRun` of `pairs` at `site`: datasets drawn from `pairs` (the same origin) share its cache."""
+def test_run(model: nn.Module, site: Site, pairs: InterchangeData, fast: bool = True,
+             forward: InterventionForward | None = None) -> TestRun:
+    """The `TestRun` of `pairs` at `site`: datasets drawn from `pairs` (the same origin) share its cache
+    (`forward`'s, where it serves `pairs` at `site` already)."""
     pairs = pairs.to(_device(model))
     nothing = FixedSubspace(torch.zeros(model.config.hidden_size, 0, dtype=torch.float64, device=_device(model)))
-    forward = make_forward(model, site, nothing, [pairs], fast=fast)
-    return TestRun(forward, *site_states(model, site, pairs), pairs.origin, pairs.row_ids())
+    forward = make_forward(model, site, nothing, [pairs], fast=fast) if forward is None else _with(forward, nothing)
+    return TestRun(forward, *site_states(model, site, pairs, forward=forward), pairs.origin, pairs.row_ids())
 
 
 def diagnose(model: nn.Module, site: Site, basis: torch.Tensor, test: InterchangeData, spaces: SiteSpaces,

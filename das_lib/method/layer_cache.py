@@ -126,6 +126,15 @@ def longer_prefix(cache: LayerCache) -> LayerCache:
     return replace(cache, prefix_len=first, suffix=cache.suffix[:, shift:], cos=cache.cos[:, shift:], sin=cache.sin[:, shift:])
 
 
+def site_vectors(cache: LayerCache, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base, source), each (len(rows), d): the rows' states at the cached site (one position per example),
+    the base's read from the suffix, which starts at the first intervened position."""
+    if cache.base_pos.dim() != 1:
+        raise ValueError("the cache holds several positions per example: take its column_view first")
+    r = torch.as_tensor(rows, dtype=torch.long, device=cache.suffix.device)
+    return cache.suffix[r, cache.base_pos.to(r.device)[r] - cache.prefix_len], cache.source[r]
+
+
 def _cat(chunks: list[torch.Tensor]) -> torch.Tensor:
     return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from das_lib.method.illusion import diagnose, learned_subspace, reading, site_spaces, test_run
+from das_lib.method.illusion import FixedSubspace, diagnose, learned_subspace, reading, site_spaces, test_run
 from das_lib.runs.findings import Finding
 from das_lib.runs.grid import Grid
 from das_lib.runs.jobs import candidate_data, data_key
@@ -60,9 +60,12 @@ def _measure(grid: Grid, finding: Finding, keys: Sequence[str], references: Mapp
             pool = runner.pool(config)
             j = pool.roles.index(site.position)
             train = pool.encoded["train"].column(j)
-            pairs = pool.encoded["test"].column(j)
-            at_site[site, data_key(config)] = (site_spaces(runner.model, site, train.select(np.arange(min(POOL, len(train))))),
-                                               pairs, test_run(runner.model, site, pairs))  # one cache, one pass for the states
+            spread, pairs = train.select(np.arange(min(POOL, len(train)))), pool.encoded["test"].column(j)
+            # the pool's layer cache at the site (the grid's own, still held after its run): states without a forward pass
+            nothing = FixedSubspace(torch.zeros(runner.model.config.hidden_size, 0, device=runner.device))
+            forward, _ = runner.forward_for(config, nothing, [spread, pairs])
+            at_site[site, data_key(config)] = (site_spaces(runner.model, site, spread, forward=forward), pairs,
+                                               test_run(runner.model, site, pairs, forward=forward))
         spaces, pairs, run = at_site[site, data_key(config)]
         labels = runner.targets(config, "test")[0]
         test = candidate_data(pairs, labels)
