@@ -44,10 +44,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-deps pyvene==0.1.8; \
 	touch $(STAMP); echo "==> setup: $$(( $$(date +%s) - start )) s"
 
-# Two pytest workers, each running whole test files (their module fixtures are built once).
+# Two pytest workers, each running whole test files (their module fixtures are built once), each on one torch
+# thread: two workers of two threads on two cores wait on each other's threads at every operation.
 unit: setup
 	@start=$$(date +%s); echo "==> unit tests"; \
-	$(PY) -m pytest tests -q -n 2 --dist loadfile --durations=8; \
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -q -n 2 --dist loadfile --durations=8; \
 	echo "==> unit tests: $$(( $$(date +%s) - start )) s"
 
 # Each chapter: inject its smoke parameters (papermill --prepare-only) and execute it once, which gives

@@ -17,7 +17,6 @@ pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWa
 
 @pytest.fixture(scope="module")
 def merged() -> tuple[torch.nn.Module, object]:
-    torch.set_num_threads(2)
     return load_model("smollm2-pricetag")
 
 
@@ -65,6 +64,16 @@ def test_a_bad_setting_is_refused_with_the_keys_that_exist():
     with pytest.raises(ValueError, match="use key=value with a key among"):
         config_from_args(["stepz=3"], finetune.FinetuneConfig)
     assert config_from_args(["steps=3", "lr=0.01"], finetune.FinetuneConfig).steps == 3
+
+
+def test_a_missing_shipped_adapter_is_named_with_the_command_that_retrains_it(tmp_path, monkeypatch):
+    from das_lib.models import load
+
+    monkeypatch.setitem(load.SHIPPED_ADAPTERS, "gemma3-pricetag", (tmp_path / "gone", "base=gemma3-270m steps=640"))
+    with pytest.raises(FileNotFoundError, match=r"'gemma3-pricetag' is missing .* --out .*gone base=gemma3-270m steps=640"):
+        model_source("gemma3-pricetag")
+    with pytest.raises(FileNotFoundError, match=r"retrain it with .* base=gemma3-270m steps=640"):
+        finetune.load_record(tmp_path / "gone")
 
 
 def test_a_folder_that_is_neither_model_nor_adapter_is_refused(tmp_path):

