@@ -8,11 +8,11 @@ and the robustness study tests what the model generalises from pretraining (as f
 Read top to bottom: the configuration, the training loop (LoRA on every linear layer of every decoder
 layer, loss on the answer token only, fresh games every step), the measurements, and `build`, which
 writes an adapter and its training record to a folder: `python -m das_lib.models.finetune` trains one on
-SmolLM2 (about 30 minutes on two cores; `base=gemma3-270m` for Gemma) into a new folder under .cache/finetune/
-(`load_model(FOLDER)` loads it); only `--out das_lib/assets/...` writes over a shipped adapter (and so changes
-the model identity of every stored record of it). `load_model("smollm2-pricetag")` (or "gemma3-pricetag")
-merges the shipped adapter into the base weights and returns a plain `LlamaForCausalLM` (`Gemma3ForCausalLM`).
-The shipped adapters and the settings that retrain them: `das_lib.models.load.SHIPPED_ADAPTERS`.
+SmolLM2 (about 30 minutes on two cores; `base=gemma3-270m` for Gemma 3, which the same recipe does not teach
+the game: benchmarks/README.md) into a new folder under .cache/finetune/ (`load_model(FOLDER)` loads it); only
+`--out das_lib/assets/...` writes over a shipped adapter (and so changes the model identity of every stored
+record of it). `load_model("smollm2-pricetag")` merges the shipped adapter into the base weights and returns a
+plain `LlamaForCausalLM`. The shipped adapters and the settings that retrain them: `load.SHIPPED_ADAPTERS`.
 """
 from __future__ import annotations
 

