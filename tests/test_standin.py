@@ -1,7 +1,11 @@
 """The shipped stand-in: loads with plain transformers, meets its accuracy targets, and can be rebuilt."""
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +17,8 @@ from das_lib.models.game_training import sample_training_game
 from das_lib.models.load import default_template
 from das_lib.tasks.pricetag import game as pricetag
 from das_lib.tasks.pricetag.task import PriceTagTask
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ROBUSTNESS_CONTEXTS = paper.CONTEXTS
 
@@ -148,6 +154,21 @@ def test_a_program_of_the_space_can_be_planted_and_the_record_says_whether_it_to
     result = record["planted_iia"]
     assert result["took"] is (result["gain_interval"][0] > 0) and not result["took"]  # two steps plant nothing
     assert result["gain"] == pytest.approx(result["planted"] - result["no_intervention"], abs=1e-3)
+
+
+def test_a_build_that_does_not_solve_the_game_fails_saying_why(tmp_path):
+    """Issue 30: the build checks the task as well as the plant (a plant can take in a model that plays badly)."""
+    cfg = standin.StandinConfig(steps=2, batch_size=8, warmup_steps=1)
+    found = standin.problems(standin.build(cfg, tmp_path / "two_steps", n_eval=16, log_every=0))
+    assert any("fresh yesno games, below 0.95" in p for p in found) and any("did not take" in p for p in found)
+    took = {"accuracy": {"yesno": 0.75, "truefalse": 0.99}, "planted_iia": {"took": True}}  # the case the issue met
+    assert standin.problems(took) == ["it answers 0.750 of fresh yesno games, below 0.95"]
+    assert standin.problems(standin.load_record(standin.STANDIN_PRODUCT_DIR)) == []  # the shipped ones pass, the first
+    assert standin.problems(standin.load_record()) == ["the record does not say whether the plant took (it predates that check)"]
+    run = subprocess.run([sys.executable, "-m", "das_lib.models.standin", str(tmp_path / "cli"), "steps=2", "batch_size=8",
+                          "warmup_steps=1"], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 1 and "no model with a known mechanism: it answers" in run.stderr, run.stderr[-2000:]
+    assert json.loads((tmp_path / "cli" / standin.TRAINING_RECORD).read_text())["solves_game"]["solves"] is False
 
 
 def test_hard_games_sit_near_a_bound_and_labels_are_balanced():

@@ -13,9 +13,9 @@ from das_lib.models.standin.planted import (
     planted_subspace,
 )
 from das_lib.models.standin.record import (
-    REGION_NAMES, TARGETS, TRAINING_RECORD, accuracy_by_setting, accuracy_frame, accuracy_table, build,
+    REGION_NAMES, SOLVES, TARGETS, TRAINING_RECORD, accuracy_by_setting, accuracy_frame, accuracy_table, build,
     correct_by_game, correct_by_name, eval_settings, headline_accuracy, load_record, measure, record_table, record_values,
-    retrain_comparison, save, training_mix, untrained_settings,
+    problems, retrain_comparison, save, training_mix, untrained_settings,
 )
 from das_lib.models.standin.tokenizer import build_tokenizer, tokenizer_corpus
 from das_lib.models.standin.train import encode_batch, sample_batch, sample_example, train

@@ -24,6 +24,7 @@ from das_lib.tasks.pricetag.task import PriceTagTask, model_answers
 
 TRAINING_RECORD = "standin_training.json"
 TARGETS = {"yesno": 0.98, "truefalse": 0.95, "yesno_context": 0.95, "truefalse_context": 0.95}
+SOLVES = 0.95  # a stand-in solves the game when it answers at least this share of fresh games in every setting
 REGION_NAMES = {1: "below", 2: "inside", 3: "above"}
 
 
@@ -98,6 +99,7 @@ def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every
     model, tokenizer, record = train(cfg, log_every)
     record["accuracy"] = measure(model, tokenizer, n_eval)
     record["n_eval"] = n_eval
+    record["solves_game"] = {"floor": SOLVES, "solves": min(record["accuracy"].values()) >= SOLVES}
     record["torch"] = torch.__version__
     planted = planted_subspace(cfg) if cfg.iit_rate > 0 else None
     if planted is not None:
@@ -106,6 +108,18 @@ def build(cfg: StandinConfig, out_dir: Path | str, n_eval: int = 1000, log_every
     if planted is not None:
         save_intervention(planted, Path(out_dir) / PLANTED, planted_meta(cfg))
     return record
+
+
+def problems(record: dict) -> list[str]:
+    """Why a built stand-in cannot serve as a model with a known mechanism (empty when it can): a setting whose
+    fresh games it answers below SOLVES, or a planted mechanism that did not take."""
+    below = {k: v for k, v in record["accuracy"].items() if v < SOLVES}
+    found = [f"it answers {v:.3f} of fresh {k} games, below {SOLVES}" for k, v in below.items()]
+    took = record["planted_iia"].get("took") if "planted_iia" in record else True  # None: an older record
+    if took is not True:
+        found.append("the plant did not take: swapping the planted subspace does no better than doing nothing"
+                     if took is False else "the record does not say whether the plant took (it predates that check)")
+    return found
 
 
 def training_mix(model_dir: Path | str = STANDIN_DIR) -> dict[str, float | bool]:
