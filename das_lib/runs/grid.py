@@ -32,7 +32,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -54,6 +54,7 @@ from das_lib.tasks import DEFAULT_TASK, make_task
 
 
 READ_LOG = "DAS_LIB_READ_LOG"  # environment variable: a file each alignment read back is listed in (book.stores)
+T = TypeVar("T")  # what a study (Grid.study) computes
 
 
 class IncompleteGrid(LookupError):
@@ -184,6 +185,17 @@ class Grid:
         """The config of another job on the grid's model and task (`kind`, and what fixes its numbers), for a record
         in the grid's store beside its cells."""
         return {**self._base_config(), "kind": kind, **fields}
+
+    def study(self, config: Mapping[str, Any], compute: Callable[[], T], as_results: Callable[[T], Mapping[str, Any]],
+              from_results: Callable[[Mapping[str, Any]], T]) -> tuple[T, bool]:
+        """A study kept as a record in the grid's store (`config`: a `study_config`): read back where it was recorded,
+        else computed and recorded; returns it and whether it was read back."""
+        record = self.store.get(config)
+        if record is not None:
+            return from_results(record["results"]), True
+        value = compute()
+        self.store.put(config, as_results(value))
+        return value, False
 
     # ---- cells ----------------------------------------------------------------------------------
     def grid_cells(self, candidates: tuple[str, ...] | None = None) -> list[Cell]:

@@ -36,18 +36,20 @@ def check(grid: Grid, finding: Finding, candidates: Sequence[str] | None = None,
     cells = [grid.record(chosen_cell(grid, finding, k))["hash"] for k in keys]
     refs = {name: hashlib.sha256(r.detach().cpu().double().numpy().tobytes()).hexdigest() for name, r in (references or {}).items()}
     config = grid.study_config("illusion_check", alignments=cells, references=refs, pool=POOL)
-    record = grid.store.get(config)
-    if record is not None:
-        r = record["results"]
-        frame = pd.DataFrame(r["data"], columns=r["columns"]).astype(r["types"]).set_index(["candidate", "variable"])
-        frame.attrs["stored"] = True
-        return frame
-    frame = _measure(grid, finding, keys, references)
-    flat = frame.reset_index()
-    grid.store.put(config, {"columns": list(flat.columns), "data": flat.to_dict("split")["data"],
-                            "types": flat.dtypes.astype(str).to_dict()})
-    frame.attrs["stored"] = False
+    frame, stored = grid.study(config, lambda: _measure(grid, finding, keys, references), _as_results, _from_results)
+    frame.attrs["stored"] = stored
     return frame
+
+
+def _as_results(frame: pd.DataFrame) -> dict:
+    """The table as a record's results (plain JSON: columns, rows, dtypes)."""
+    flat = frame.reset_index()
+    return {"columns": list(flat.columns), "data": flat.to_dict("split")["data"], "types": flat.dtypes.astype(str).to_dict()}
+
+
+def _from_results(r: Mapping) -> pd.DataFrame:
+    """The table a record's results hold."""
+    return pd.DataFrame(r["data"], columns=r["columns"]).astype(r["types"]).set_index(["candidate", "variable"])
 
 
 def _measure(grid: Grid, finding: Finding, keys: Sequence[str], references: Mapping[str, torch.Tensor] | None) -> pd.DataFrame:

@@ -96,13 +96,10 @@ def robustness_of(grid: Grid, finding: Finding, settings: Sequence[Variant], n_p
     cells = [grid.record(c)["hash"] for c in reused.interventions]  # the alignments, by the configs that made them
     config = grid.study_config("robustness", alignments=cells, settings=[asdict(s) for s in settings], n_pairs=n_pairs,
                                n_games=n_games, max_screened=max_screened, seed=grid.spec.data_seed)
-    record = grid.store.get(config)
-    if record is not None:
-        return robustness.from_record(record["results"], settings, reused, grid.task.hypotheses())
-    runner = grid.runner
-    result = robustness.evaluate_settings(runner.model, runner.tokenizer, grid.spec.task, grid.task.settings(), settings,
-                                          reused, n_pairs, n_games, grid.spec.data_seed, max_screened)
-    grid.store.put(config, robustness.as_record(result))
+    result, _ = grid.study(
+        config, lambda: robustness.evaluate_settings(grid.runner.model, grid.runner.tokenizer, grid.spec.task, grid.task.settings(),
+                                                     settings, reused, n_pairs, n_games, grid.spec.data_seed, max_screened),
+        robustness.as_record, lambda results: robustness.from_record(results, settings, reused, grid.task.hypotheses()))
     return result
 
 
