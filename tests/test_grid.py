@@ -128,14 +128,12 @@ def test_two_processes_running_one_grid_on_one_store_share_its_cells(tiny_grid, 
 
 
 def test_dask_workers_write_the_same_records_as_a_local_run(tiny_grid, tmp_path):
-    import dask
     from dask.distributed import Client, LocalCluster, get_task_stream
 
     grid = Grid(tiny_grid.spec, tmp_path / "dask", progress=False)
-    # worker processes forked from this one start without importing torch again (a spawned one takes ~10 s);
-    # each still runs every cell through run_job, from its config alone, into the shared store
-    with dask.config.set({"distributed.worker.multiprocessing-method": "fork"}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    # spawned worker processes (Dask's default; forked ones, which skip torch's import, hung once in six runs of
+    # the suite: a fork of a process with threads), each running every cell through run_job from its config alone
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         with get_task_stream(client) as stream:
             assert grid.run(client=client) == {"ran": CELLS, "reused": 0}
