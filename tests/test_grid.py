@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import replace
@@ -127,12 +128,14 @@ def test_two_processes_running_one_grid_on_one_store_share_its_cells(tiny_grid, 
     assert recorded(shared) == recorded(tiny_grid) and not (root / "damaged").exists()
 
 
-def test_dask_workers_write_the_same_records_as_a_local_run(tiny_grid, tmp_path):
+def test_dask_workers_write_the_same_records_as_a_local_run(tiny_grid, tmp_path, monkeypatch):
     from dask.distributed import Client, LocalCluster, get_task_stream
 
     grid = Grid(tiny_grid.spec, tmp_path / "dask", progress=False)
     # spawned worker processes (Dask's default; forked ones, which skip torch's import, hung once in six runs of
-    # the suite: a fork of a process with threads), each running every cell through run_job from its config alone
+    # the suite: a fork of a process with threads), each running every cell through run_job from its config alone;
+    # a pytest-xdist worker's __main__ (code given to `python -c`) lacks the __spec__ that spawning reads
+    monkeypatch.setattr(sys.modules["__main__"], "__spec__", None, raising=False)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
             Client(cluster) as client:
         with get_task_stream(client) as stream:
