@@ -181,10 +181,6 @@ class CachedForward:
             )
         self.checked = True
 
-    def site_states(self, data: InterchangeData) -> tuple[torch.Tensor, torch.Tensor]:
-        """(base, source), each (N, d): `data`'s states at the site, read from its cache (built if not held)."""
-        return layer_cache.site_vectors(*self._find(data))
-
     def with_intervention(self, intervention: nn.Module) -> "CachedForward":
         """The same caches (no copy) serving another intervention at the same site."""
         view = copy.copy(self)
@@ -215,7 +211,7 @@ class CachedForward:
             view.stores.append(store)
         return view
 
-    def _find(self, batch: InterchangeData) -> tuple[LayerCache, np.ndarray]:
+    def find(self, batch: InterchangeData) -> tuple[LayerCache, np.ndarray]:
         """The cached dataset holding every example of `batch`, and their rows in it (on the host).
 
         A batch drawn from a cached dataset is found by its ids on the host (the training step's case: no
@@ -281,7 +277,7 @@ class CachedForward:
     def __call__(self, batch: InterchangeData) -> torch.Tensor:
         if self.intervention is None:
             raise ValueError("this cache was built without an intervention: get a forward from for_position(...)")
-        store, rows_host = self._find(batch)
+        store, rows_host = self.find(batch)
         rows = rows_on(rows_host, store.suffix.device)
         # intervened positions within the suffix; their range was checked when the dataset was cached
         local = batch.base_pos.to(rows.device) - store.prefix_len

@@ -54,6 +54,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from das_lib.method import layer_cache
 from das_lib.method.data import InterchangeData
 from das_lib.method.fastpath import CachedForward, make_forward
 from das_lib.method.interventions import RotatedSpaceIntervention
@@ -151,7 +152,7 @@ def site_states(model: nn.Module, site: Site, data: InterchangeData, batch_size:
     is the fast path (the layer cache a grid holds), else captured by a forward pass to the site."""
     data.check_position(site.position)
     if isinstance(forward, CachedForward):
-        return tuple(t.double().cpu() for t in forward.site_states(data))
+        return tuple(t.double().cpu() for t in layer_cache.site_vectors(*forward.find(data)))
     out: list[list[torch.Tensor]] = [[], []]
     with torch.no_grad():
         for start in range(0, len(data), batch_size):
